@@ -1,0 +1,50 @@
+# The README's commands. Everything installs into .venv/ in the repository root.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+ACKED := $(VENV)/bin/acked
+# Debian packages the host needs: ZooKeeper for local clusters, debootstrap for the node image.
+HOST_PACKAGES := zookeeper debootstrap
+PYTEST_ARGS ?=
+
+.PHONY: all venv host-deps image demo test test-fast nightly bench clean
+
+all: venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+host-deps:
+	@missing=""; for p in $(HOST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	fi
+
+image: venv host-deps
+	$(ACKED) image build
+
+demo: venv host-deps image
+	$(ACKED) run --backend docker --nodes 3 --profile safe --nemesis kill,partition --time-limit 30
+
+test: venv host-deps image
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# Unit tests only: no cluster, no docker.
+test-fast: venv
+	$(VENV)/bin/pytest -p no:cacheprovider -m "not docker and not slow" $(PYTEST_ARGS)
+
+nightly: venv host-deps image
+	$(VENV)/bin/pytest -p no:cacheprovider --run-slow $(PYTEST_ARGS)
+
+bench: venv host-deps
+	$(PY) bench/check_large.py
+	$(PY) bench/produce.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

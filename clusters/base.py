@@ -1,0 +1,101 @@
+"""The contract every cluster backend implements: Node transport and Cluster.
+
+Faults (nemesis/) and workloads (workloads/) reach nodes only through `Node`;
+the harness runner drives a cluster only through `Cluster`. Backends: docker
+(containers on a private bridge network), ssh (real hosts), local (processes
+on 127.0.0.1, for the development loop; network faults are not available).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+
+
+class ClusterError(RuntimeError):
+    """A cluster operation failed; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class Node(abc.ABC):
+    """One host of a cluster, reached through a transport (docker exec, SSH, local)."""
+
+    #: short name, also the hostname inside the cluster network: n1, n2, ...
+    name: str
+    #: broker.id of the broker on this node (1-based, as the name)
+    broker_id: int
+
+    @abc.abstractmethod
+    def run(self, cmd: str | list[str], timeout: float = 30.0, check: bool = False,
+            input: str | None = None) -> CommandResult:
+        """Run a command on the node (a list is run directly, a string through sh -c)."""
+
+    @abc.abstractmethod
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a local file onto the node."""
+
+    @abc.abstractmethod
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a file from the node."""
+
+    @abc.abstractmethod
+    def start_daemon(self, name: str, cmd: list[str], logfile: str, env: dict[str, str] | None = None) -> int:
+        """Start a long-running process in the background; returns its pid (also kept in a pidfile named after `name`)."""
+
+    @abc.abstractmethod
+    def signal(self, name: str, sig: str) -> bool:
+        """Send a signal (e.g. "KILL", "STOP", "CONT", "TERM") to the daemon started as `name`; False if it is not running."""
+
+    @abc.abstractmethod
+    def is_running(self, name: str) -> bool:
+        """Whether the daemon started as `name` is alive."""
+
+
+class Cluster(abc.ABC):
+    """A ZooKeeper ensemble and a broker per node, with start/stop/reset/collect/teardown (as ducktape services)."""
+
+    nodes: list[Node]
+
+    @abc.abstractmethod
+    def bootstrap_servers(self) -> str:
+        """host:port,... reachable from the harness (the host)."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start ZooKeeper and the brokers; return once every broker is registered and a controller is elected."""
+
+    @abc.abstractmethod
+    def start_broker(self, node: Node) -> None:
+        """(Re)start the broker on one node, without waiting for it."""
+
+    @abc.abstractmethod
+    def stop_broker(self, node: Node, sig: str = "TERM") -> None:
+        """Stop the broker on one node with a signal (TERM: controlled shutdown, KILL: crash)."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Between tests: stop everything, wipe data, start again, without recreating hosts."""
+
+    @abc.abstractmethod
+    def collect_logs(self, dest: Path) -> None:
+        """Copy every node's logs into dest/<node>/."""
+
+    @abc.abstractmethod
+    def teardown(self) -> None:
+        """Remove everything this cluster created. Idempotent; safe after a failure."""
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.teardown()

@@ -1,0 +1,48 @@
+"""`acked`: the command line. Each room registers its own subcommands.
+
+A module listed in COMMAND_MODULES exposes `register(subparsers)`, which adds
+its subcommands and sets `func` (called with the parsed args, returns the exit
+status). Exit statuses follow ARCHITECTURE.md: 0 valid, 1 invalid, 2 unknown,
+3 and above: the harness failed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "checkers.cli",   # check, export
+    "clusters.cli",   # image, cluster, doctor
+    "harness.run_cli",  # run, profiles
+]
+
+EXIT_HARNESS_FAILED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acked",
+        description="Jepsen-style correctness harness for a replicated Kafka-protocol log broker.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("acked: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

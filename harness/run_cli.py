@@ -1,0 +1,5 @@
+"""Subcommands of `acked` (see harness/cli.py)."""
+
+
+def register(subparsers) -> None:
+    pass
