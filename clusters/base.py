@@ -99,3 +99,25 @@ class Cluster(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.teardown()
+
+
+@dataclasses.dataclass
+class ClusterSpec:
+    """What the harness asks a backend for. `clusters.create_cluster(spec)` returns a Cluster."""
+
+    backend: str = "docker"              # docker | ssh | local
+    nodes: int = 3
+    #: broker settings, Kafka's names verbatim, written into every node's server.properties
+    broker_config: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: where this cluster keeps node data (local backend) and where logs are collected
+    work_dir: Path = Path("results/.clusters")
+    #: value of the `acked.run` label on everything created (the `acked.cluster` label names the cluster)
+    run_id: str = "manual"
+    #: "every-node" (one ZooKeeper member on every node, as Jepsen) or "dedicated" (one extra ZooKeeper node)
+    zookeeper: str = "every-node"
+    #: capabilities the enabled faults need: "net" (NET_ADMIN: iptables, tc), "disk" (/dev/fuse, SYS_ADMIN), "clock"
+    capabilities: frozenset[str] = frozenset({"net"})
+    #: ssh backend only: the TOML cluster file naming the hosts
+    cluster_file: Path | None = None
+    #: start brokers (False: ZooKeeper only)
+    brokers: bool = True
