@@ -1,0 +1,165 @@
+"""The broker's state without any I/O loop: topics, partitions, producer ids.
+
+handlers.py answers requests against a Broker; server.py owns sockets and
+timers and calls ``tick`` periodically.  In standalone mode topic metadata
+lives in a LocalMetadataStore; a ZooKeeper-backed store with the same methods
+can be passed in instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from typing import Callable
+
+from .config import BrokerConfig, TopicConfig, parse_listener
+from .log import Log, read_checkpoint, write_checkpoint
+from .metadata import LocalMetadataStore, MetadataError, TopicInfo
+from .partition import Partition
+
+log = logging.getLogger("acked.broker")
+HW_CHECKPOINT = "replication-offset-checkpoint"
+CLEAN_SHUTDOWN = ".kafka_cleanshutdown"
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig, metadata_store=None):
+        self.config = config
+        self.broker_id = config["broker.id"]
+        self.log_dir = config.log_dir
+        os.makedirs(self.log_dir, exist_ok=True)
+        clean = os.path.exists(os.path.join(self.log_dir, CLEAN_SHUTDOWN))
+        if clean:
+            os.unlink(os.path.join(self.log_dir, CLEAN_SHUTDOWN))
+        log.info("opening log dir %s (%s shutdown before)", self.log_dir, "clean" if clean else "unclean")
+        self.metadata = metadata_store or LocalMetadataStore(self.log_dir)
+        self.cluster_id = "acked-" + uuid.uuid5(uuid.NAMESPACE_URL, os.path.abspath(self.log_dir)).hex[:16]
+        self.partitions: dict[tuple[str, int], Partition] = {}
+        self.append_listeners: list[Callable[[Partition], None]] = []
+        self._pid_next, self._pid_limit = 0, 0
+        self._last_hw_checkpoint = time.monotonic()
+        self.advertised_host, self.advertised_port = "127.0.0.1", 9092
+        self._hw_checkpoint = read_checkpoint(os.path.join(self.log_dir, HW_CHECKPOINT))
+        for info in list(self.metadata.topics.values()):
+            self._open_topic(info)
+
+    # -- addresses ---------------------------------------------------------------------
+    def set_bound_address(self, host: str, port: int) -> None:
+        """Called once the listener is bound: fills in port 0 / empty host of advertised.listeners."""
+        _n, ahost, aport = parse_listener(self.config["advertised.listeners"][0])
+        if not ahost or ahost in ("0.0.0.0", "::"):
+            ahost = host if host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        self.advertised_host = ahost
+        self.advertised_port = aport or port
+
+    # -- topics ------------------------------------------------------------------------
+    def topic_config(self, info: TopicInfo) -> TopicConfig:
+        return TopicConfig(self.config, info.configs)
+
+    def _partition_dir(self, topic: str, index: int) -> str:
+        return os.path.join(self.log_dir, f"{topic}-{index}")
+
+    def _open_topic(self, info: TopicInfo) -> None:
+        tc = self.topic_config(info)
+        for i in range(info.partitions):
+            lg = Log(self._partition_dir(info.name, i),
+                     segment_bytes=tc["segment.bytes"],
+                     index_interval_bytes=tc["index.interval.bytes"],
+                     flush_messages=tc["flush.messages"],
+                     flush_ms=self._flush_ms(tc))
+            p = Partition(info.name, i, lg, tc)
+            p.listeners.append(self._notify_append)
+            self.partitions[(info.name, i)] = p
+
+    def _flush_ms(self, tc: TopicConfig) -> int | None:
+        ms = tc["flush.ms"]
+        return None if ms >= 2**63 - 1 else ms
+
+    def _notify_append(self, p: Partition) -> None:
+        for cb in self.append_listeners:
+            cb(p)
+
+    def create_topic(self, name: str, partitions: int, replication_factor: int,
+                     configs: dict[str, str], validate_only: bool = False) -> TopicInfo:
+        info = self.metadata.create_topic(name, partitions, replication_factor, configs, validate_only)
+        if not validate_only:
+            # A leftover directory of a deleted topic with the same name must not leak data.
+            for i in range(partitions):
+                shutil.rmtree(self._partition_dir(name, i), ignore_errors=True)
+            self._open_topic(info)
+            log.info("created topic %s: %d partition(s), configs %s", name, partitions, configs or "{}")
+        return info
+
+    def delete_topic(self, name: str) -> TopicInfo:
+        info = self.metadata.delete_topic(name)
+        for i in range(info.partitions):
+            p = self.partitions.pop((name, i), None)
+            if p is not None:
+                p.close()
+            shutil.rmtree(self._partition_dir(name, i), ignore_errors=True)
+        log.info("deleted topic %s", name)
+        return info
+
+    def alter_topic_config(self, name: str, set_: dict[str, str], delete: list[str],
+                           validate_only: bool = False) -> None:
+        info = self.metadata.alter_config(name, set_, delete, validate_only)
+        if validate_only:
+            return
+        tc = self.topic_config(info)
+        for i in range(info.partitions):
+            p = self.partitions.get((name, i))
+            if p is not None:
+                p.config = tc
+                p.log.segment_bytes = tc["segment.bytes"]
+                p.log.index_interval = tc["index.interval.bytes"]
+                p.log.flush_messages = tc["flush.messages"]
+                p.log.flush_ms = self._flush_ms(tc)
+        log.info("altered topic %s: set %s, deleted %s", name, set_, delete)
+
+    def get_partition(self, topic: str, index: int) -> Partition | None:
+        return self.partitions.get((topic, index))
+
+    def auto_create(self, name: str) -> TopicInfo | None:
+        if not self.config["auto.create.topics.enable"]:
+            return None
+        try:
+            return self.create_topic(name, self.config["num.partitions"],
+                                     self.config["default.replication.factor"], {})
+        except MetadataError as e:
+            log.info("auto-create of %r refused: %s", name, e)
+            raise
+
+    # -- producer ids ---------------------------------------------------------------------
+    def new_producer_id(self) -> int:
+        if self._pid_next >= self._pid_limit:
+            self._pid_next, self._pid_limit = self.metadata.allocate_producer_id_block()
+        pid = self._pid_next
+        self._pid_next += 1
+        return pid
+
+    # -- periodic work -----------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for p in self.partitions.values():
+            p.log.maybe_flush_on_time(now)
+        if (now - self._last_hw_checkpoint) * 1000 >= self.config["replica.high.watermark.checkpoint.interval.ms"]:
+            self.checkpoint_high_watermarks()
+            self._last_hw_checkpoint = now
+
+    def checkpoint_high_watermarks(self) -> None:
+        entries = {k: p.high_watermark for k, p in self.partitions.items()}
+        if entries != self._hw_checkpoint:
+            write_checkpoint(os.path.join(self.log_dir, HW_CHECKPOINT), entries)
+            self._hw_checkpoint = entries
+
+    def close(self) -> None:
+        for p in self.partitions.values():
+            p.close()
+        self.checkpoint_high_watermarks()
+        with open(os.path.join(self.log_dir, CLEAN_SHUTDOWN), "w"):
+            pass
+        log.info("log dir %s closed cleanly", self.log_dir)

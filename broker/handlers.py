@@ -1,0 +1,394 @@
+"""One function per API: (broker, request) -> response entity (or None: no response).
+
+Sans-IO: these touch only the Broker's state.  The long poll of Fetch is the
+server's job: ``fetch`` reports how many bytes it found so the server can wait
+for more and ask again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from . import protocol
+from .config import KEYS, TOPIC_KEYS, TopicConfig
+from .core import Broker
+from .metadata import MetadataError, TopicInfo, check_topic_name
+from .protocol import Request, build_response
+
+log = logging.getLogger("acked.broker.handlers")
+ZERO_UUID = uuid.UUID(int=0)
+
+NONE = 0
+UNKNOWN_SERVER_ERROR = -1
+UNKNOWN_TOPIC_OR_PARTITION = 3
+NOT_ENOUGH_REPLICAS = 19
+INVALID_REQUIRED_ACKS = 21
+INVALID_REQUEST = 42
+INVALID_CONFIG = 40
+INVALID_REPLICA_ASSIGNMENT = 39
+FETCH_SESSION_ID_NOT_FOUND = 70
+FENCED_LEADER_EPOCH = 74
+UNKNOWN_LEADER_EPOCH = 75
+UNKNOWN_TOPIC_ID = 100
+TOPIC_RESOURCE, BROKER_RESOURCE = 2, 4
+DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5
+
+
+def _resp(req: Request, data: dict):
+    return build_response(req.api_key, req.api_version, data)
+
+
+# -- ApiVersions -----------------------------------------------------------------------
+
+def api_versions(broker: Broker, req: Request):
+    return protocol.api_versions_body(req.api_version)
+
+
+# -- Produce ---------------------------------------------------------------------------
+
+def produce(broker: Broker, req: Request):
+    body = req.body
+    acks = body.acks
+    topics = []
+    for t in body.topic_data:
+        parts = []
+        for pd in t.partition_data:
+            parts.append(_produce_partition(broker, t.name, pd.index, pd.records, acks, body.transactional_id))
+        topics.append({"name": t.name, "partition_responses": parts})
+    if acks == 0:
+        return None
+    return _resp(req, {"responses": topics, "throttle_time": 0})
+
+
+def _produce_partition(broker: Broker, topic: str, index: int, data, acks: int, txn_id) -> dict:
+    out = {"index": index, "base_offset": -1, "log_append_time": -1, "log_start_offset": -1,
+           "record_errors": (), "error_message": None}
+    if acks not in (0, 1, -1):
+        return {**out, "error_code": INVALID_REQUIRED_ACKS, "error_message": f"acks={acks}: use 0, 1 or -1"}
+    if txn_id is not None:
+        return {**out, "error_code": INVALID_REQUEST, "error_message": "transactions are not supported"}
+    p = broker.get_partition(topic, index)
+    if p is None:
+        return {**out, "error_code": UNKNOWN_TOPIC_OR_PARTITION}
+    if acks == -1:
+        isr_size = 1  # single node: the leader alone is the ISR
+        if isr_size < p.config["min.insync.replicas"]:
+            return {**out, "error_code": NOT_ENOUGH_REPLICAS,
+                    "error_message": f"ISR size {isr_size} < min.insync.replicas={p.config['min.insync.replicas']}"}
+    result = p.append_as_leader(bytes(data) if data is not None else b"")
+    if result.error:
+        log.info("produce to %s-%d refused: error %d %s", topic, index, result.error, result.message or "")
+    return {**out, "error_code": result.error, "base_offset": result.base_offset,
+            "log_start_offset": result.log_start_offset, "error_message": result.message}
+
+
+# -- Fetch -----------------------------------------------------------------------------
+
+def fetch(broker: Broker, req: Request):
+    """Returns (response, bytes of records found, whether any partition had an error)."""
+    body = req.body
+    session_id = getattr(body, "session_id", 0)
+    if session_id != 0:
+        # Sessions are never created (we always answer session_id 0), so none exists.
+        return _resp(req, {"throttle_time": 0, "error_code": FETCH_SESSION_ID_NOT_FOUND,
+                           "session_id": 0, "responses": ()}), 0, True
+    committed_only = body.replica_id < 0
+    remaining = body.max_bytes if body.max_bytes > 0 else 2**31 - 1
+    total = 0
+    any_error = False
+    topics = []
+    for t in body.topics:
+        parts = []
+        for fp in t.partitions:
+            p = broker.get_partition(t.topic, fp.partition)
+            pd = {"partition_index": fp.partition, "high_watermark": -1, "last_stable_offset": -1,
+                  "log_start_offset": -1, "aborted_transactions": None,
+                  "preferred_read_replica": -1, "records": b""}
+            if p is None:
+                parts.append({**pd, "error_code": UNKNOWN_TOPIC_OR_PARTITION})
+                any_error = True
+                continue
+            epoch = getattr(fp, "current_leader_epoch", -1)
+            if epoch >= 0 and epoch != p.leader_epoch:
+                parts.append({**pd, "error_code": FENCED_LEADER_EPOCH if epoch < p.leader_epoch else UNKNOWN_LEADER_EPOCH})
+                any_error = True
+                continue
+            rr = p.read(fp.fetch_offset, min(fp.partition_max_bytes, remaining),
+                        committed_only=committed_only, must_return_one=total == 0)
+            if rr.error:
+                any_error = True
+            remaining -= len(rr.records)
+            total += len(rr.records)
+            parts.append({**pd, "error_code": rr.error, "high_watermark": rr.high_watermark,
+                          "last_stable_offset": rr.last_stable_offset,
+                          "log_start_offset": rr.log_start_offset, "records": rr.records,
+                          "aborted_transactions": () if body.isolation_level == 1 else None})
+        topics.append({"topic": t.topic, "partitions": parts})
+    resp = _resp(req, {"throttle_time": 0, "error_code": NONE, "session_id": 0, "responses": topics})
+    return resp, total, any_error
+
+
+# -- ListOffsets ------------------------------------------------------------------------
+
+def list_offsets(broker: Broker, req: Request):
+    topics = []
+    for t in req.body.topics:
+        parts = []
+        for lp in t.partitions:
+            parts.append(_list_offset(broker, req, t.name, lp))
+        topics.append({"name": t.name, "partitions": parts})
+    return _resp(req, {"throttle_time": 0, "topics": topics})
+
+
+def _list_offset(broker: Broker, req: Request, topic: str, lp) -> dict:
+    out = {"partition_index": lp.partition_index, "timestamp": -1, "offset": -1, "leader_epoch": -1}
+    p = broker.get_partition(topic, lp.partition_index)
+    if p is None:
+        return {**out, "error_code": UNKNOWN_TOPIC_OR_PARTITION}
+    epoch = getattr(lp, "current_leader_epoch", -1)
+    if epoch >= 0 and epoch != p.leader_epoch:
+        return {**out, "error_code": FENCED_LEADER_EPOCH if epoch < p.leader_epoch else UNKNOWN_LEADER_EPOCH}
+    ts = lp.timestamp
+    out["leader_epoch"] = p.leader_epoch
+    if ts == -1:    # latest: what consumers may read
+        return {**out, "error_code": NONE, "offset": p.high_watermark}
+    if ts == -2:    # earliest
+        return {**out, "error_code": NONE, "offset": p.log_start_offset}
+    if ts == -3:    # max timestamp (KIP-734)
+        found = p.log.max_timestamp()
+        if found is None:
+            return {**out, "error_code": NONE}
+        return {**out, "error_code": NONE, "offset": found[0], "timestamp": found[1]}
+    found = p.log.offset_for_timestamp(ts)
+    if found is None or found[0] >= p.high_watermark:
+        return {**out, "error_code": NONE}
+    return {**out, "error_code": NONE, "offset": found[0], "timestamp": found[1]}
+
+
+# -- Metadata ---------------------------------------------------------------------------
+
+def metadata(broker: Broker, req: Request):
+    body = req.body
+    v = req.api_version
+    wanted: list[tuple[str | None, uuid.UUID | None]]
+    if body.topics is None or (v == 0 and not body.topics):
+        wanted = [(n, None) for n in sorted(broker.metadata.topics)]
+    else:
+        wanted = [(t.name, getattr(t, "topic_id", None)) for t in body.topics]
+    allow_auto = getattr(body, "allow_auto_topic_creation", True)
+    topics = []
+    for name, topic_id in wanted:
+        info = None
+        if name is None and topic_id is not None and topic_id != ZERO_UUID:
+            info = broker.metadata.by_id(topic_id)
+            if info is None:
+                topics.append({"error_code": UNKNOWN_TOPIC_ID, "name": None, "topic_id": topic_id,
+                               "is_internal": False, "partitions": ()})
+                continue
+        else:
+            info = broker.metadata.describe(name)
+            if info is None:
+                error = UNKNOWN_TOPIC_OR_PARTITION
+                try:
+                    check_topic_name(name)
+                    if allow_auto and body.topics is not None:
+                        info = broker.auto_create(name)
+                except MetadataError as e:
+                    error = e.error_code
+                if info is None:
+                    topics.append({"error_code": error, "name": name, "topic_id": ZERO_UUID,
+                                   "is_internal": False, "partitions": ()})
+                    continue
+        topics.append(_topic_metadata(broker, info))
+    return _resp(req, {
+        "throttle_time": 0,
+        "brokers": [{"node_id": broker.broker_id, "host": broker.advertised_host,
+                     "port": broker.advertised_port, "rack": None}],
+        "cluster_id": broker.cluster_id,
+        "controller_id": broker.broker_id,
+        "topics": topics,
+        "cluster_authorized_operations": -2147483648,
+    })
+
+
+def _topic_metadata(broker: Broker, info: TopicInfo) -> dict:
+    parts = []
+    for i in range(info.partitions):
+        p = broker.get_partition(info.name, i)
+        me = (broker.broker_id,)
+        parts.append({"error_code": NONE, "partition_index": i, "leader_id": broker.broker_id,
+                      "leader_epoch": p.leader_epoch if p else 0, "replica_nodes": me,
+                      "isr_nodes": me, "offline_replicas": ()})
+    return {"error_code": NONE, "name": info.name, "topic_id": info.topic_id,
+            "is_internal": info.name.startswith("__"), "partitions": parts,
+            "topic_authorized_operations": -2147483648}
+
+
+# -- CreateTopics / DeleteTopics --------------------------------------------------------
+
+def create_topics(broker: Broker, req: Request):
+    body = req.body
+    results = []
+    for t in body.topics:
+        n, rf = t.num_partitions, t.replication_factor
+        res = {"name": t.name, "topic_id": ZERO_UUID, "error_message": None,
+               "num_partitions": -1, "replication_factor": -1, "configs": None}
+        if t.assignments:
+            if n != -1 or rf != -1:
+                results.append({**res, "error_code": INVALID_REQUEST,
+                                "error_message": "give either assignments or num_partitions/replication_factor"})
+                continue
+            ids = {tuple(a.broker_ids) for a in t.assignments}
+            if any(set(i) != {broker.broker_id} for i in ids):
+                results.append({**res, "error_code": INVALID_REPLICA_ASSIGNMENT,
+                                "error_message": f"only broker {broker.broker_id} exists"})
+                continue
+            n, rf = len(t.assignments), 1
+        n = broker.config["num.partitions"] if n == -1 else n
+        rf = broker.config["default.replication.factor"] if rf == -1 else rf
+        configs = {c.name: c.value for c in t.configs}
+        try:
+            info = broker.create_topic(t.name, n, rf, configs, body.validate_only)
+        except MetadataError as e:
+            results.append({**res, "error_code": e.error_code, "error_message": str(e)})
+            continue
+        tc = broker.topic_config(info)
+        results.append({**res, "error_code": NONE, "topic_id": info.topic_id,
+                        "num_partitions": info.partitions, "replication_factor": info.replication_factor,
+                        "configs": [{"name": name, "value": value, "read_only": False,
+                                     "config_source": source, "is_sensitive": False}
+                                    for name, value, source in tc.describe()]})
+    return _resp(req, {"throttle_time": 0, "topics": results})
+
+
+def delete_topics(broker: Broker, req: Request):
+    body = req.body
+    if hasattr(body, "topic_names"):
+        wanted = [(n, None) for n in body.topic_names]
+    else:
+        wanted = [(t.name, t.topic_id) for t in body.topics]
+    out = []
+    for name, topic_id in wanted:
+        if name is None and topic_id is not None:
+            info = broker.metadata.by_id(topic_id)
+            if info is None:
+                out.append({"name": None, "topic_id": topic_id, "error_code": UNKNOWN_TOPIC_ID,
+                            "error_message": f"no topic with id {topic_id}"})
+                continue
+            name = info.name
+        try:
+            info = broker.delete_topic(name)
+            out.append({"name": name, "topic_id": info.topic_id, "error_code": NONE, "error_message": None})
+        except MetadataError as e:
+            out.append({"name": name, "topic_id": topic_id or ZERO_UUID, "error_code": e.error_code,
+                        "error_message": str(e)})
+    return _resp(req, {"throttle_time": 0, "responses": out})
+
+
+# -- DescribeConfigs / IncrementalAlterConfigs --------------------------------------------
+
+def describe_configs(broker: Broker, req: Request):
+    body = req.body
+    results = []
+    for r in req.body.resources:
+        res = {"resource_type": r.resource_type, "resource_name": r.resource_name,
+               "error_message": None, "configs": ()}
+        keys = set(r.configuration_keys) if r.configuration_keys is not None else None
+        if r.resource_type == TOPIC_RESOURCE:
+            info = broker.metadata.describe(r.resource_name)
+            if info is None:
+                results.append({**res, "error_code": UNKNOWN_TOPIC_OR_PARTITION,
+                                "error_message": f"topic {r.resource_name} does not exist"})
+                continue
+            entries = []
+            tc = TopicConfig(broker.config, info.configs)
+            for name, value, source in tc.describe():
+                if keys is not None and name not in keys:
+                    continue
+                synonyms = []
+                if body.include_synonyms:
+                    if name in info.configs:
+                        synonyms.append({"name": name, "value": info.configs[name], "source": DYNAMIC_TOPIC_CONFIG})
+                    bk = TOPIC_KEYS[name][1]
+                    if bk is not None and broker.config.is_set(bk):
+                        synonyms.append({"name": bk, "value": broker.config.raw[bk], "source": STATIC_BROKER_CONFIG})
+                    dv = KEYS[bk].default if bk else TOPIC_KEYS[name][2]
+                    if dv is not None:
+                        synonyms.append({"name": bk or name, "value": dv, "source": DEFAULT_CONFIG})
+                entries.append({"name": name, "value": value, "read_only": False, "config_source": source,
+                                "is_sensitive": False, "synonyms": synonyms, "config_type": 0,
+                                "documentation": None})
+            results.append({**res, "error_code": NONE, "configs": entries})
+        elif r.resource_type == BROKER_RESOURCE:
+            if r.resource_name not in ("", str(broker.broker_id)):
+                results.append({**res, "error_code": INVALID_REQUEST,
+                                "error_message": f"this is broker {broker.broker_id}"})
+                continue
+            entries = []
+            for name, key in sorted(KEYS.items()):
+                if keys is not None and name not in keys:
+                    continue
+                set_ = broker.config.is_set(name)
+                value = broker.config.raw[name] if set_ else key.default
+                entries.append({"name": name, "value": value, "read_only": True,
+                                "config_source": STATIC_BROKER_CONFIG if set_ else DEFAULT_CONFIG,
+                                "is_sensitive": False, "synonyms": [], "config_type": 0,
+                                "documentation": key.doc if getattr(body, "include_documentation", False) else None})
+            results.append({**res, "error_code": NONE, "configs": entries})
+        else:
+            results.append({**res, "error_code": INVALID_REQUEST,
+                            "error_message": f"resource type {r.resource_type} is not supported (2=topic, 4=broker)"})
+    return _resp(req, {"throttle_time": 0, "results": results})
+
+
+def incremental_alter_configs(broker: Broker, req: Request):
+    out = []
+    for r in req.body.resources:
+        res = {"resource_type": r.resource_type, "resource_name": r.resource_name, "error_message": None}
+        if r.resource_type != TOPIC_RESOURCE:
+            out.append({**res, "error_code": INVALID_REQUEST,
+                        "error_message": "only topic configs can be altered; broker configs are static"})
+            continue
+        set_, delete = {}, []
+        error = None
+        for c in r.configs:
+            if c.config_operation == 0:
+                set_[c.name] = c.value
+            elif c.config_operation == 1:
+                delete.append(c.name)
+            else:
+                error = f"operation {c.config_operation} on {c.name}: only SET (0) and DELETE (1) apply to these configs"
+        if error:
+            out.append({**res, "error_code": INVALID_CONFIG, "error_message": error})
+            continue
+        try:
+            broker.alter_topic_config(r.resource_name, set_, delete, req.body.validate_only)
+            out.append({**res, "error_code": NONE})
+        except MetadataError as e:
+            out.append({**res, "error_code": e.error_code, "error_message": str(e)})
+    return _resp(req, {"throttle_time": 0, "responses": out})
+
+
+# -- InitProducerId ------------------------------------------------------------------------
+
+def init_producer_id(broker: Broker, req: Request):
+    body = req.body
+    if body.transactional_id is not None:
+        return _resp(req, {"throttle_time": 0, "error_code": INVALID_REQUEST,
+                           "producer_id": -1, "producer_epoch": -1})
+    pid = getattr(body, "producer_id", -1)
+    epoch = getattr(body, "producer_epoch", -1)
+    if pid >= 0 and 0 <= epoch < 32766 and pid < broker.metadata.producer_id_limit:
+        # KIP-360: an idempotent producer bumps its epoch to reset its sequences.
+        return _resp(req, {"throttle_time": 0, "error_code": NONE, "producer_id": pid,
+                           "producer_epoch": epoch + 1})
+    return _resp(req, {"throttle_time": 0, "error_code": NONE,
+                       "producer_id": broker.new_producer_id(), "producer_epoch": 0})
+
+
+HANDLERS = {
+    0: produce, 1: fetch, 2: list_offsets, 3: metadata, 18: api_versions,
+    19: create_topics, 20: delete_topics, 22: init_producer_id,
+    32: describe_configs, 44: incremental_alter_configs,
+}

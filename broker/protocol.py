@@ -1,0 +1,231 @@
+"""Kafka wire protocol: frames, request headers, and kio (de)serialisation.
+
+Sans-IO: bytes in, entities out, and back.  ``SUPPORTED`` is the single list of
+APIs and versions this broker implements; ApiVersions advertises exactly it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import struct
+import typing
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import kio.index
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader, entity_writer
+from kio.static.constants import EntityType
+
+API_NAMES = {
+    0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 18: "ApiVersions",
+    19: "CreateTopics", 20: "DeleteTopics", 22: "InitProducerId", 32: "DescribeConfigs",
+    44: "IncrementalAlterConfigs",
+}
+# api key -> (min version, max version) implemented here.
+SUPPORTED: dict[int, tuple[int, int]] = {
+    0: (3, 9),     # Produce
+    1: (4, 12),    # Fetch
+    2: (1, 7),     # ListOffsets
+    3: (0, 12),    # Metadata
+    18: (0, 3),    # ApiVersions
+    19: (2, 7),    # CreateTopics
+    20: (1, 6),    # DeleteTopics
+    22: (0, 4),    # InitProducerId
+    32: (1, 4),    # DescribeConfigs
+    44: (0, 1),    # IncrementalAlterConfigs
+}
+API_VERSIONS = 18
+_I16 = struct.Struct(">h")
+_HEAD = struct.Struct(">hhi")
+_I32 = struct.Struct(">i")
+
+
+class MalformedRequest(Exception):
+    """The frame cannot be understood; the connection is closed."""
+
+
+class UnsupportedVersion(Exception):
+    def __init__(self, api_key: int, version: int, correlation_id: int):
+        super().__init__(f"unsupported {API_NAMES.get(api_key, api_key)} version {version}")
+        self.api_key = api_key
+        self.version = version
+        self.correlation_id = correlation_id
+
+
+@dataclass(slots=True)
+class Request:
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+    body: Any
+
+    @property
+    def name(self) -> str:
+        return API_NAMES.get(self.api_key, str(self.api_key))
+
+
+@lru_cache(maxsize=None)
+def request_class(api_key: int, version: int):
+    return kio.index.load_request_schema(api_key, version)
+
+
+@lru_cache(maxsize=None)
+def response_class(api_key: int, version: int):
+    return kio.index.load_response_schema(api_key, version)
+
+
+@lru_cache(maxsize=None)
+def _reader(cls):
+    return entity_reader(cls)
+
+
+@lru_cache(maxsize=None)
+def _writer(cls):
+    return entity_writer(cls)
+
+
+def _read_uvarint(buf, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if pos >= len(buf) or shift > 28:
+            raise MalformedRequest("bad unsigned varint in header")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+
+
+def decode_request(frame: bytes) -> Request:
+    """Parse one request frame (without its 4-byte size prefix)."""
+    if len(frame) < 10:
+        raise MalformedRequest(f"request of {len(frame)} bytes is shorter than a header")
+    api_key, version, correlation_id = _HEAD.unpack_from(frame, 0)
+    (client_len,) = _I16.unpack_from(frame, 8)
+    pos = 10
+    client_id = None
+    if client_len >= 0:
+        if pos + client_len > len(frame):
+            raise MalformedRequest("client_id runs past the end of the frame")
+        try:
+            client_id = frame[pos:pos + client_len].decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedRequest("client_id is not UTF-8") from None
+        pos += client_len
+    elif client_len != -1:
+        raise MalformedRequest(f"bad client_id length {client_len}")
+    lo_hi = SUPPORTED.get(api_key)
+    if lo_hi is None:
+        raise MalformedRequest(f"unknown API key {api_key}")
+    if not lo_hi[0] <= version <= lo_hi[1]:
+        raise UnsupportedVersion(api_key, version, correlation_id)
+    cls = request_class(api_key, version)
+    if cls.__flexible__:
+        count, pos = _read_uvarint(frame, pos)
+        for _ in range(count):
+            _tag, pos = _read_uvarint(frame, pos)
+            size, pos = _read_uvarint(frame, pos)
+            pos += size
+        if pos > len(frame):
+            raise MalformedRequest("header tagged fields run past the end of the frame")
+    try:
+        body, size = _reader(cls)(frame, pos)
+    except Exception as e:  # kio raises several kinds on garbage; all mean "malformed"
+        raise MalformedRequest(f"cannot decode {API_NAMES[api_key]} v{version} body: {type(e).__name__}: {e}") from None
+    # Trailing bytes are ignored, as Kafka does: librdkafka 2.x sends some after Metadata v12.
+    return Request(api_key, version, correlation_id, client_id, body)
+
+
+def encode_response(api_key: int, version: int, correlation_id: int, body) -> bytes:
+    """A whole response frame, size prefix included."""
+    buf = io.BytesIO()
+    buf.write(b"\0\0\0\0")
+    buf.write(_I32.pack(correlation_id))
+    # Flexible responses use header v1 (tagged fields), except ApiVersions (always v0).
+    if type(body).__flexible__ and api_key != API_VERSIONS:
+        buf.write(b"\0")
+    _writer(type(body))(buf, body)
+    out = buf.getbuffer()
+    _I32.pack_into(out, 0, len(out) - 4)
+    data = bytes(out)
+    del out
+    return data
+
+
+# -- building response entities from plain data ----------------------------------------
+
+@lru_cache(maxsize=None)
+def _field_plan(cls) -> tuple:
+    hints = typing.get_type_hints(cls)
+    plan = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        kind, inner = "plain", None
+        origin = typing.get_origin(t)
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+            t = args[0]
+            origin = typing.get_origin(t)
+            args = list(typing.get_args(t))
+        if origin is tuple and args and dataclasses.is_dataclass(args[0]):
+            kind, inner = "entities", args[0]
+        elif dataclasses.is_dataclass(t):
+            kind, inner = "entity", t
+        ktype = f.metadata.get("kafka_type", "")
+        if ktype == "error_code":
+            kind = "error"
+        elif ktype.startswith("timedelta"):
+            kind = "timedelta"
+        elif ktype.startswith("datetime"):
+            kind = "datetime"
+        plan.append((f.name, kind, inner))
+    return tuple(plan)
+
+
+def build(cls, data: dict):
+    """cls(**data), dropping keys the version lacks and converting nested dicts,
+    error codes and milliseconds to what kio expects."""
+    kwargs = {}
+    for name, kind, inner in _field_plan(cls):
+        if name not in data:
+            continue
+        v = data[name]
+        if kind == "entities" and v is not None:
+            v = tuple(x if dataclasses.is_dataclass(x) else build(inner, x) for x in v)
+        elif kind == "entity" and isinstance(v, dict):
+            v = build(inner, v)
+        elif kind == "error":
+            v = ErrorCode(v)
+        elif kind == "timedelta" and isinstance(v, int):
+            v = datetime.timedelta(milliseconds=v)
+        elif kind == "datetime" and isinstance(v, int):
+            v = None if v < 0 else datetime.datetime.fromtimestamp(v / 1000, datetime.timezone.utc)
+        kwargs[name] = v
+    return cls(**kwargs)
+
+
+def build_response(api_key: int, version: int, data: dict):
+    return build(response_class(api_key, version), data)
+
+
+def api_versions_body(version: int, error_code: int = 0):
+    """The ApiVersions answer: exactly SUPPORTED."""
+    return build_response(API_VERSIONS, version, {
+        "error_code": error_code,
+        "api_keys": [{"api_key": k, "min_version": lo, "max_version": hi}
+                     for k, (lo, hi) in sorted(SUPPORTED.items())],
+        "throttle_time": 0,
+    })
+
+
+def unsupported_api_versions_response(correlation_id: int) -> bytes:
+    """KIP-511: a client asking ApiVersions at a version we do not know gets a v0
+    answer with UNSUPPORTED_VERSION and our ranges, and retries at a version we do."""
+    return encode_response(API_VERSIONS, 0, correlation_id,
+                           api_versions_body(0, ErrorCode.unsupported_version.value))
