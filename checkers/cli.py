@@ -1,5 +1,177 @@
-"""Subcommands of `acked` (see harness/cli.py)."""
+"""`acked check` and `acked export` (registered by harness/cli.py).
+
+Exit statuses of `acked check`: 0 valid, 1 invalid, 2 unknown, 3 the history
+could not be read (missing file, not a history), 4 bad options or output.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_BAD_HISTORY, EXIT_ERROR = 0, 1, 2, 3, 4
+PARALLEL_BYTES = 20_000_000
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser(
+        "check", help="check a history for lost, reordered or duplicated writes",
+        description="Check a queue history (history.jsonl, or Jepsen's history.edn with --format edn) "
+                    "and report anomalies in Jepsen's vocabulary. Exit 0 valid, 1 invalid, 2 unknown, "
+                    "3 the history could not be read, 4 other errors.")
+    p.add_argument("history", help="path to history.jsonl (or a run directory containing one)")
+    p.add_argument("--json", action="store_true", help="print results.json on stdout instead of a summary")
+    p.add_argument("--format", choices=("jsonl", "edn"), default=None,
+                   help="history format (default: edn for *.edn files, else jsonl)")
+    p.add_argument("--sub-via", choices=("assign", "subscribe"), default="assign",
+                   help="how consumers got their partitions; subscribe allows poll-skip and "
+                        "nonmonotonic-poll (rebalances move positions)")
+    p.add_argument("--txn", action="store_true",
+                   help="transactional run: build the dependency graph of all ops and look for G0/G1c cycles")
+    p.add_argument("--ww-deps", action="store_true",
+                   help="also infer write-write dependencies from the offset order (allows G1c, as in Jepsen)")
+    p.add_argument("--delivery", choices=("exactly-once", "at-least-once"), default="exactly-once",
+                   help="declared delivery guarantee; at-least-once allows duplicate")
+    p.add_argument("-o", "--output", help="also write results.json to this file")
+    p.add_argument("-j", "--jobs", type=int, choices=(1, 2), default=None,
+                   help="processes to check with (default: 2 for histories over 20 MB when a core is idle, else 1)")
+    p.set_defaults(func=cmd_check)
+
+    e = subparsers.add_parser(
+        "export", help="convert a history between JSON Lines and Jepsen's EDN",
+        description="Convert a history: --edn writes Jepsen's history.edn (one map per line, "
+                    "keywords for type, f and micro-op names, integer keys where possible) so Jepsen's "
+                    "own Kafka checker can cross-check it; --jsonl converts an EDN history back.")
+    e.add_argument("history", help="input history (jsonl, or edn with --jsonl)")
+    fmt = e.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--edn", action="store_true", help="write Jepsen EDN")
+    fmt.add_argument("--jsonl", action="store_true", help="write acked JSON Lines")
+    e.add_argument("-o", "--output", help="output file (default: stdout)")
+    e.set_defaults(func=cmd_export)
+
+
+def _idle_core() -> bool:
+    """A second process only helps when a core is free (the host may be busy)."""
+    try:
+        return os.getloadavg()[0] < (os.cpu_count() or 1) - 1
+    except OSError:
+        return False
+
+
+def _resolve(path: str) -> str:
+    if os.path.isdir(path):
+        for name in ("history.jsonl", "history.edn"):
+            cand = os.path.join(path, name)
+            if os.path.exists(cand):
+                return cand
+    return path
+
+
+def _err(msg: str, code: int) -> int:
+    print(f"acked: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_check(args) -> int:
+    import orjson
+
+    from . import check_path
+    from .history import HistoryError
+
+    path = _resolve(args.history)
+    fmt = args.format or ("edn" if path.endswith(".edn") else "jsonl")
+    try:
+        # Two processes pay off only for big files (each parses the whole file).
+        parallel = args.jobs == 2 or (args.jobs is None and os.path.isfile(path)
+                                      and os.path.getsize(path) > PARALLEL_BYTES and _idle_core())
+        res = check_path(path, format=fmt, sub_via=args.sub_via, txn=args.txn, ww_deps=args.ww_deps,
+                         delivery=args.delivery, parallel=parallel)
+    except HistoryError as e:
+        return _err(str(e), EXIT_BAD_HISTORY)
+    blob = orjson.dumps(res, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
+    if args.output:
+        try:
+            with open(args.output, "wb") as f:
+                f.write(blob)
+        except OSError as e:
+            return _err(f"cannot write {args.output}: {e.strerror}", EXIT_ERROR)
+    if args.json:
+        sys.stdout.buffer.write(blob)
+        sys.stdout.flush()
+    else:
+        print(summary(res, path))
+    v = res["valid"]
+    return EXIT_VALID if v is True else EXIT_INVALID if v is False else EXIT_UNKNOWN
+
+
+def summary(res: dict, path: str) -> str:
+    st = res["stats"]
+    lines = [f"{path}: {st['events']} events, {st['keys']} keys, "
+             f"{st['acknowledged']} acknowledged, {st['acknowledged-and-read']} of them read, "
+             f"{st['acknowledged-but-never-read']} never read"]
+    comp = st["completions"]
+    lines.append(f"completions: {comp.get('ok', 0)} ok, {comp.get('fail', 0)} fail, {comp.get('info', 0)} info")
+    if res.get("history-problem-count"):
+        first = res["history-problems"][0]
+        lines.append(f"history problems: {res['history-problem-count']} "
+                     f"(first: line {first['line']}: {first['message']})")
+    allowed = set(res["anomaly-types"]) - set(res["bad-anomaly-types"])
+    for t in res["anomaly-types"]:
+        n = res["anomaly-counts"][t]
+        tag = " (allowed by the declared settings)" if t in allowed else ""
+        lines.append(f"  {t}: {n}{tag}")
+        ex = res["anomalies"][t][0]
+        lines.append(f"    e.g. {ex['explanation']}")
+    v = res["valid"]
+    verdict = {True: "VALID", False: "INVALID"}.get(v, "UNKNOWN")
+    if v == "unknown":
+        verdict += f" ({res.get('unknown-reason', '')})"
+    elif v is False:
+        verdict += f": {', '.join(res['bad-anomaly-types'])}"
+    lines.append(verdict)
+    return "\n".join(lines)
+
+
+def cmd_export(args) -> int:
+    from .edn import write_edn, write_jsonl
+    from .history import HistoryError, read_history
+
+    path = _resolve(args.history)
+    try:
+        if args.edn:
+            h = read_history(path, format="edn" if path.endswith(".edn") else "jsonl")
+        else:
+            h = read_history(path, format="edn")
+    except HistoryError as e:
+        return _err(str(e), EXIT_BAD_HISTORY)
+    out = open(args.output, "w") if args.output else sys.stdout
+    try:
+        (write_edn if args.edn else write_jsonl)(h.events, out)
+        out.flush()
+    except BrokenPipeError:  # `acked export ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        return _err(f"cannot write {args.output}: {e.strerror}", EXIT_ERROR)
+    finally:
+        if args.output:
+            out.close()
+    for p in h.problems[:5]:
+        print(f"acked: warning: {path}: {p}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m checkers.cli check|export ...`: the same commands without the rest of acked."""
+    parser = argparse.ArgumentParser(prog="acked", description="acked check / acked export")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register(sub)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_UNKNOWN
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

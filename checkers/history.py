@@ -1,0 +1,243 @@
+"""The history model: history.jsonl written by the harness, read by the checkers.
+
+One JSON object per line (see docs/history-format.md). Writing flushes every
+event so a killed harness loses nothing it recorded; reading reports bad lines
+(with their line number) as problems instead of failing, because a crashed run
+leaves a truncated last line and the rest is still worth checking.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time as _time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import orjson
+
+TYPES = frozenset(("invoke", "ok", "fail", "info"))
+CLIENT_FS = frozenset(("send", "poll", "txn"))
+
+
+
+class HistoryError(Exception):
+    """The file is missing or is not a history at all (one-line message)."""
+
+
+@dataclass
+class Problem:
+    line: int
+    message: str
+
+    def to_json(self) -> dict:
+        return {"line": self.line, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+@dataclass
+class History:
+    """Parsed events in index order, plus what was wrong with the file."""
+
+    events: list[dict]
+    problems: list[Problem] = field(default_factory=list)
+    path: str | None = None
+    # completion index -> its invocation's index (per-process pairing)
+    invocation_of: dict[int, int] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def invocation(self, completion: dict) -> dict | None:
+        i = self.invocation_of.get(completion.get("index"))
+        if i is None:
+            return None
+        return self._by_index().get(i)
+
+    def _by_index(self) -> dict[int, dict]:
+        m = getattr(self, "_index_map", None)
+        if m is None:
+            m = {e["index"]: e for e in self.events}
+            self._index_map = m
+        return m
+
+
+class HistoryWriter:
+    """Append-only JSON Lines writer: one flushed line per event, thread-safe.
+
+    `index` (0, 1, 2, ...) and `time` (ns since the writer was created, from
+    the monotonic clock) are filled in when the event lacks them.
+    """
+
+    def __init__(self, path, *, fsync: bool = False):
+        self.path = os.fspath(path)
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        self._start = _time.monotonic_ns()
+        # Appending to an existing history continues its numbering.
+        self._next = _count_lines(self.path) if os.path.exists(self.path) else 0
+        self._file = open(self.path, "ab")
+
+    def append(self, event: dict) -> int:
+        with self._lock:
+            if self._file is None:
+                raise ValueError(f"history {self.path} is closed")
+            ev = dict(event)
+            idx = ev.get("index")
+            if idx is None:
+                idx = self._next
+                ev["index"] = idx
+            self._next = max(self._next, idx + 1)
+            if ev.get("time") is None:
+                ev["time"] = _time.monotonic_ns() - self._start
+            line = orjson.dumps(ev, option=orjson.OPT_NON_STR_KEYS) + b"\n"
+            self._file.write(line)
+            self._file.flush()
+            if self._fsync:
+                os.fsync(self._file.fileno())
+            return idx
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def _count_lines(path: str) -> int:
+    n = 0
+    with open(path, "rb") as f:
+        for _ in f:
+            n += 1
+    return n
+
+
+def validate_event(ev) -> str | None:
+    """What is wrong with one parsed line, or None. Cheap: top-level fields."""
+    if not isinstance(ev, dict):
+        return f"expected a JSON object, got {type(ev).__name__}"
+    t = ev.get("type")
+    if t not in TYPES:
+        return f"field type must be one of invoke, ok, fail, info (got {t!r})"
+    if "process" not in ev:
+        return "missing field process"
+    f = ev.get("f")
+    if not isinstance(f, str):
+        return f"field f must be a string (got {f!r})"
+    if f in CLIENT_FS:
+        v = ev.get("value")
+        if v is not None and not isinstance(v, list):
+            return f"value of a {f} must be a list of micro-operations (got {type(v).__name__})"
+    idx = ev.get("index")
+    if idx is not None and (not isinstance(idx, int) or idx < 0):
+        return f"field index must be a non-negative integer (got {idx!r})"
+    return None
+
+
+def iter_jsonl(path, problems: list[Problem]) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, event) for each valid line; bad lines go to problems.
+
+    Raises HistoryError when the file is missing or its first line is not a
+    JSON object (then it is not a history at all).
+    """
+    path = os.fspath(path)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise HistoryError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise HistoryError(f"{path}: is a directory, expected a history.jsonl file") from None
+    except OSError as e:
+        raise HistoryError(f"{path}: cannot open: {e.strerror}") from None
+    loads = orjson.loads
+    JSONDecodeError = orjson.JSONDecodeError
+    lineno = 0
+    first = True
+    with fh:
+        for raw in fh:
+            lineno += 1
+            try:
+                ev = loads(raw)
+            except JSONDecodeError as e:
+                if not raw.strip():
+                    continue
+                if first:
+                    raise HistoryError(
+                        f"{path}: not a history: line {lineno} is not JSON ({e}); "
+                        "a history has one JSON event per line") from None
+                if not raw.endswith(b"\n"):
+                    problems.append(Problem(lineno, "truncated last line (the run probably crashed while "
+                                                    "writing it); the lines before it were checked"))
+                else:
+                    problems.append(Problem(lineno, f"not valid JSON: {e}"))
+                continue
+            if type(ev) is dict and ev.get("type") in TYPES and "process" in ev and type(ev.get("f")) is str:
+                first = False
+                yield lineno, ev
+                continue
+            if first:
+                if not isinstance(ev, dict) or ("type" not in ev and "f" not in ev):
+                    raise HistoryError(
+                        f"{path}: not a history: line {lineno} is not an event object "
+                        "(expected fields type, f, process, value)")
+                first = False
+            problems.append(Problem(lineno, validate_event(ev) or "invalid event"))
+
+
+def read_history(path, format: str = "jsonl") -> History:
+    """Parse a whole history into memory (events in index order)."""
+    problems: list[Problem] = []
+    if format == "edn":
+        from .edn import iter_edn
+        it = iter_edn(path, problems)
+    elif format == "jsonl":
+        it = iter_jsonl(path, problems)
+    else:
+        raise HistoryError(f"unknown history format {format!r}; use jsonl or edn")
+    events: list[dict] = []
+    invocation_of: dict[int, int] = {}
+    pending: dict = {}
+    used: set = set()
+    next_index = 0
+    needs_sort = False
+    last = -1
+    for lineno, ev in it:
+        idx = ev.get("index")
+        if idx is None:
+            idx = next_index
+            ev["index"] = idx
+        if idx in used:
+            problems.append(Problem(lineno, f"index {idx} appears twice"))
+            continue
+        used.add(idx)
+        next_index = max(next_index, idx + 1)
+        if idx < last:
+            needs_sort = True
+        last = idx
+        p = ev["process"]
+        if ev["type"] == "invoke":
+            if p in pending:
+                problems.append(Problem(lineno, f"process {p} invoked a new op while op {pending[p]} "
+                                        "was still running"))
+            pending[p] = idx
+        else:
+            inv = pending.pop(p, None)
+            if inv is None:
+                problems.append(Problem(lineno, f"completion of process {p} has no invocation"))
+            else:
+                invocation_of[idx] = inv
+        events.append(ev)
+    if needs_sort:
+        events.sort(key=lambda e: e["index"])
+    return History(events=events, problems=problems, path=os.fspath(path), invocation_of=invocation_of)

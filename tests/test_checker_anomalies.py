@@ -1,0 +1,390 @@
+"""Each anomaly type on a small hand-written history, and near misses that must pass."""
+from __future__ import annotations
+
+import pytest
+
+from checkers import check
+
+
+class H:
+    """Builds a history: every op is an invocation followed by its completion."""
+
+    def __init__(self):
+        self.events = []
+
+    def _op(self, p, f, inv_value, t, value, **extra):
+        self.events.append({"index": len(self.events), "time": len(self.events) * 1000, "process": p,
+                            "type": "invoke", "f": f, "value": inv_value})
+        ev = {"index": len(self.events), "time": len(self.events) * 1000, "process": p, "type": t, "f": f,
+              "value": value}
+        ev.update(extra)
+        self.events.append(ev)
+        return ev["index"]
+
+    def send(self, p, k, v, offset, t="ok"):
+        done = [["send", k, [offset, v]]] if t != "fail" else [["send", k, v]]
+        return self._op(p, "send", [["send", k, v]], t, done)
+
+    def sends(self, p, k, pairs, t="ok"):
+        return self._op(p, "send", [["send", k, v] for _, v in pairs], t,
+                        [["send", k, [o, v]] for o, v in pairs])
+
+    def poll(self, p, reads, t="ok", **extra):
+        return self._op(p, "poll", [["poll"]], t,
+                        [["poll", {k: [list(x) for x in prs] for k, prs in reads.items()}]], **extra)
+
+    def assign(self, p, keys, **extra):
+        return self._op(p, "assign", keys, "ok", keys, **extra)
+
+    def subscribe(self, p, keys):
+        return self._op(p, "subscribe", keys, "ok", keys)
+
+    def txn(self, p, mops_inv, mops_done, t="ok"):
+        return self._op(p, "txn", mops_inv, t, mops_done)
+
+    def check(self, **opts):
+        return check(self.events, **opts)
+
+
+def base3():
+    """Key x: 1, 2, 3 at offsets 0, 1, 2, all acknowledged."""
+    h = H()
+    h.send(0, "x", 1, 0)
+    h.send(0, "x", 2, 1)
+    h.send(0, "x", 3, 2)
+    return h
+
+
+def types(res):
+    return set(res["anomaly-types"])
+
+
+def assert_explained(res, kind):
+    recs = res["anomalies"][kind]
+    assert recs, kind
+    for r in recs:
+        assert r["ops"] and all(isinstance(i, int) for i in r["ops"])
+        assert isinstance(r["explanation"], str) and len(r["explanation"]) > 30
+
+
+def test_valid_history():
+    h = base3()
+    h.poll(1, {"x": [(0, 1), (1, 2), (2, 3)]})
+    res = h.check()
+    assert res["valid"] is True and res["anomaly-types"] == []
+    assert res["stats"]["acknowledged"] == 3 and res["stats"]["acknowledged-but-never-read"] == 0
+
+
+def test_no_ok_read_is_unknown():
+    h = base3()
+    h.poll(1, {}, t="ok")
+    res = h.check()
+    # unseen is bad, so this is invalid, not unknown ...
+    assert res["valid"] is False and "unseen" in types(res)
+    # ... but with nothing acknowledged and nothing read there is nothing to decide.
+    h2 = H()
+    h2.send(0, "x", 1, None, t="info")
+    h2.poll(1, {})
+    assert h2.check()["valid"] == "unknown"
+
+
+def test_lost_write_explained():
+    h = base3()
+    read = h.poll(1, {"x": [(0, 1), (2, 3)]})
+    res = h.check()
+    assert "lost-write" in types(res) and res["valid"] is False
+    lw = res["anomalies"]["lost-write"][0]
+    assert lw["value"] == 2 and lw["offset"] == 1 and lw["key"] == "x"
+    assert lw["ops"][0] == 3 and read in lw["ops"]
+    assert "value 2 was acknowledged at offset 1 of key x (op 3)" in lw["explanation"]
+    assert f"op {read} read offsets 0 to 2 of key x without it" in lw["explanation"]
+    assert "no read ever returned it" in lw["explanation"]
+    assert "int-poll-skip" in types(res)
+
+
+def test_not_lost_when_above_highest_read():
+    h = base3()
+    h.poll(1, {"x": [(0, 1), (1, 2)]})
+    res = h.check()
+    assert "lost-write" not in types(res)
+    assert types(res) == {"unseen"}
+    u = res["anomalies"]["unseen"][0]
+    assert u["key"] == "x" and u["count"] == 1 and u["values"] == [3]
+
+
+def test_info_send_never_committed_is_not_lost():
+    h = H()
+    h.send(0, "x", 1, 0)
+    h.send(0, "x", 2, None, t="info")  # maybe written, never seen: fine
+    h.send(2, "x", 3, 1)
+    h.poll(1, {"x": [(0, 1), (1, 3)]})
+    assert h.check()["valid"] is True
+
+
+def test_info_send_proven_committed_can_be_lost():
+    h = H()
+    h.sends(0, "x", [(0, 1), (1, 2)], t="info")  # offsets known, outcome not
+    h.send(2, "x", 3, 2)
+    h.poll(1, {"x": [(0, 1), (2, 3)]})  # 1 read: so op 1 committed, 2 too
+    res = h.check()
+    assert "lost-write" in types(res)
+    assert res["anomalies"]["lost-write"][0]["value"] == 2
+
+
+def test_gap_from_aborted_write_is_not_a_skip():
+    h = H()
+    h.send(0, "x", 1, 0)
+    h.send(0, "x", 2, 1, t="fail")   # aborted: took an offset nobody can read
+    h.send(0, "x", 3, 2)
+    h.assign(1, ["x"])
+    h.poll(1, {"x": [(0, 1)]})
+    h.poll(1, {"x": [(2, 3)]})
+    h.poll(2, {"x": [(0, 1), (2, 3)]})
+    assert h.check()["valid"] is True
+
+
+def test_inconsistent_offsets():
+    h = H()
+    a = h.send(0, "x", 1, 0)
+    b = h.send(1, "x", 2, 0)
+    h.poll(2, {"x": [(0, 1)]})
+    res = h.check()
+    assert "inconsistent-offsets" in types(res)
+    r = res["anomalies"]["inconsistent-offsets"][0]
+    assert r["offset"] == 0 and sorted(r["values"]) == [1, 2] and {a, b} <= set(r["ops"])
+    assert_explained(res, "inconsistent-offsets")
+
+
+def test_failed_send_offset_does_not_conflict():
+    h = H()
+    h.send(0, "x", 1, 0)
+    h.send(1, "x", 2, 0, t="fail")
+    h.poll(2, {"x": [(0, 1)]})
+    assert h.check()["valid"] is True
+
+
+def test_duplicate_and_at_least_once():
+    h = H()
+    w = h.send(0, "x", 1, 0)
+    h.send(0, "x", 2, 2)
+    h.poll(1, {"x": [(0, 1), (1, 1), (2, 2)]})
+    res = h.check()
+    assert "duplicate" in types(res) and res["valid"] is False
+    d = res["anomalies"]["duplicate"][0]
+    assert d["value"] == 1 and d["offsets"] == [0, 1] and w in d["ops"]
+    res2 = h.check(delivery="at-least-once")
+    assert "duplicate" in res2["anomaly-types"] and res2["valid"] is True
+    assert "duplicate" not in res2["bad-anomaly-types"]
+
+
+def test_g1a():
+    h = H()
+    f = h.send(0, "x", 1, None, t="fail")
+    h.send(0, "x", 2, 0)
+    r = h.poll(1, {"x": [(0, 2), (1, 1)]})
+    res = h.check()
+    assert "G1a" in types(res)
+    g = res["anomalies"]["G1a"][0]
+    assert g["value"] == 1 and g["ops"] == [f, r]
+    assert_explained(res, "G1a")
+
+
+def test_failed_read_of_failed_send_is_not_g1a():
+    h = H()
+    h.send(0, "x", 1, None, t="fail")
+    h.send(0, "x", 2, 0)
+    h.poll(1, {"x": [(0, 2)]})
+    h.poll(2, {"x": [(1, 1)]}, t="info")  # not an ok poll
+    assert "G1a" not in types(h.check())
+
+
+def test_unexpected_value():
+    h = base3()
+    h.poll(1, {"x": [(0, 1), (1, 2), (2, 3), (3, 99)]})
+    res = h.check()
+    assert types(res) == {"unexpected-value"}
+    assert res["anomalies"]["unexpected-value"][0]["value"] == 99
+
+
+def test_poll_skip_and_assign_drop():
+    h = base3()
+    h.assign(1, ["x"])
+    a = h.poll(1, {"x": [(0, 1)]})
+    b = h.poll(1, {"x": [(2, 3)]})
+    h.poll(2, {"x": [(0, 1), (1, 2), (2, 3)]})
+    res = h.check()
+    assert types(res) == {"poll-skip"}
+    ps = res["anomalies"]["poll-skip"][0]
+    assert ps["ops"] == [a, b] and ps["skipped-values"] == [2]
+    assert_explained(res, "poll-skip")
+    # allowed when consumers subscribe
+    assert h.check(sub_via="subscribe")["valid"] is True
+    # an assign that dropped the key in between: not a skip
+    h2 = base3()
+    h2.assign(1, ["x"])
+    h2.poll(1, {"x": [(0, 1)]})
+    h2.assign(1, ["y"])
+    h2.assign(1, ["x"])
+    h2.poll(1, {"x": [(2, 3)]})
+    h2.poll(2, {"x": [(0, 1), (1, 2), (2, 3)]})
+    assert h2.check()["valid"] is True
+
+
+def test_nonmonotonic_poll():
+    h = base3()
+    h.poll(1, {"x": [(0, 1), (1, 2)]})
+    h.poll(1, {"x": [(1, 2), (2, 3)]})
+    res = h.check()
+    assert types(res) == {"nonmonotonic-poll"}
+    assert h.check(sub_via="subscribe")["valid"] is True
+    # seek-to-beginning on assign resets positions: reading again is fine
+    h2 = base3()
+    h2.poll(1, {"x": [(0, 1), (1, 2), (2, 3)]})
+    h2.assign(1, ["x"], **{"seek-to-beginning": True})
+    h2.poll(1, {"x": [(0, 1), (1, 2), (2, 3)]})
+    assert h2.check()["valid"] is True
+
+
+def test_int_poll_skip_and_nonmonotonic():
+    h = base3()
+    h.poll(1, {"x": [(0, 1), (2, 3)]})
+    h.poll(2, {"x": [(0, 1), (1, 2), (2, 3)]})
+    assert types(h.check()) == {"int-poll-skip"}
+    h2 = base3()
+    h2.poll(1, {"x": [(1, 2), (0, 1), (2, 3)]})
+    assert "int-nonmonotonic-poll" in types(h2.check())
+    # a rebalance during the poll excuses it
+    h3 = base3()
+    h3.poll(1, {"x": [(0, 1), (2, 3)]}, **{"rebalance-log": [{"keys": ["x"]}]})
+    h3.poll(2, {"x": [(0, 1), (1, 2), (2, 3)]})
+    assert h3.check()["valid"] is True
+
+
+def test_nonmonotonic_send():
+    h = H()
+    a = h.send(0, "x", 1, 1)
+    b = h.send(0, "x", 2, 0)
+    h.poll(1, {"x": [(0, 2), (1, 1)]})
+    res = h.check()
+    assert "nonmonotonic-send" in types(res)
+    assert res["anomalies"]["nonmonotonic-send"][0]["ops"] == [a, b]
+    # different processes may interleave freely ... unless realtime says otherwise
+    assert "offset-order-realtime" in types(res)
+
+
+def test_offset_order_realtime_only_for_non_overlapping_sends():
+    h = H()
+    # Two concurrent sends: overlapping in time, any order is fine.
+    h.events += [
+        {"process": 0, "type": "invoke", "f": "send", "value": [["send", "x", 1]]},
+        {"process": 1, "type": "invoke", "f": "send", "value": [["send", "x", 2]]},
+        {"process": 0, "type": "ok", "f": "send", "value": [["send", "x", [1, 1]]]},
+        {"process": 1, "type": "ok", "f": "send", "value": [["send", "x", [0, 2]]]},
+        {"process": 2, "type": "invoke", "f": "poll", "value": [["poll"]]},
+        {"process": 2, "type": "ok", "f": "poll", "value": [["poll", {"x": [[0, 2], [1, 1]]}]]},
+    ]
+    assert h.check()["valid"] is True
+    h2 = H()
+    h2.send(0, "x", 1, 1)
+    h2.send(1, "x", 2, 0)
+    h2.poll(2, {"x": [(0, 2), (1, 1)]})
+    res = h2.check()
+    assert types(res) == {"offset-order-realtime"}
+    assert_explained(res, "offset-order-realtime")
+
+
+def test_int_send_skip_allowed_and_int_nonmonotonic_send():
+    h = H()
+    # Process 1's send overlaps process 0's two-record send and lands between its records.
+    h.events += [
+        {"process": 0, "type": "invoke", "f": "send", "value": [["send", "x", 1], ["send", "x", 3]]},
+        {"process": 1, "type": "invoke", "f": "send", "value": [["send", "x", 2]]},
+        {"process": 0, "type": "ok", "f": "send", "value": [["send", "x", [0, 1]], ["send", "x", [2, 3]]]},
+        {"process": 1, "type": "ok", "f": "send", "value": [["send", "x", [1, 2]]]},
+    ]
+    h.poll(2, {"x": [(0, 1), (1, 2), (2, 3)]})
+    res = h.check()
+    assert types(res) == {"int-send-skip"} and res["valid"] is True
+    h2 = H()
+    h2.sends(0, "x", [(1, 1), (0, 2)])
+    h2.poll(2, {"x": [(0, 2), (1, 1)]})
+    assert "int-nonmonotonic-send" in types(h2.check())
+
+
+def test_precommitted_read():
+    h = H()
+    t = h.txn(0, [["send", "x", 1], ["poll"]], [["send", "x", [0, 1]], ["poll", {"x": [[0, 1]]}]])
+    res = h.check(txn=True)
+    assert "precommitted-read" in types(res)
+    assert res["anomalies"]["precommitted-read"][0]["ops"] == [t]
+
+
+def test_g1c_cycle_step_by_step():
+    h = H()
+    # T1 writes x=1 and reads y=2; T2 writes y=2 and reads x=1: each read the other's write.
+    t1 = h.txn(0, [["send", "x", 1], ["poll"]], [["send", "x", [0, 1]], ["poll", {"y": [[0, 2]]}]])
+    t2 = h.txn(1, [["send", "y", 2], ["poll"]], [["send", "y", [0, 2]], ["poll", {"x": [[0, 1]]}]])
+    res = h.check(txn=True)
+    assert "G1c" in types(res) and res["valid"] is False
+    c = res["anomalies"]["G1c"][0]
+    assert set(c["cycle"]) == {t1, t2} and c["cycle"][0] == c["cycle"][-1]
+    assert [s["type"] for s in c["steps"]] == ["wr", "wr"]
+    assert "which op" in c["steps"][0]["explanation"]
+    assert h.check(txn=True, ww_deps=True)["valid"] is True  # G1c allowed with ww-deps, as in Jepsen
+
+
+def test_g0_with_ww_deps_is_allowed():
+    h = H()
+    # T1 wrote x=1 before T2's x=2, but T2's y=3 came before T1's y=4.
+    h.events += [
+        {"process": 0, "type": "invoke", "f": "txn", "value": [["send", "x", 1], ["send", "y", 4]]},
+        {"process": 1, "type": "invoke", "f": "txn", "value": [["send", "x", 2], ["send", "y", 3]]},
+        {"process": 0, "type": "ok", "f": "txn", "value": [["send", "x", [0, 1]], ["send", "y", [1, 4]]]},
+        {"process": 1, "type": "ok", "f": "txn", "value": [["send", "x", [1, 2]], ["send", "y", [0, 3]]]},
+    ]
+    h.poll(2, {"x": [(0, 1), (1, 2)], "y": [(0, 3), (1, 4)]})
+    res = h.check(txn=True, ww_deps=True)
+    assert "G0" in types(res) and res["valid"] is True
+    assert [s["type"] for s in res["anomalies"]["G0"][0]["steps"]] == ["ww", "ww"]
+    assert "G0" not in types(h.check(txn=True))  # no ww edges without ww-deps
+
+
+def test_g1c_realtime():
+    h = H()
+    # T2 reads T1's write, but T2 completed before T1 was even invoked.
+    h.events += [
+        {"process": 1, "type": "invoke", "f": "txn", "value": [["poll"]]},
+        {"process": 1, "type": "ok", "f": "txn", "value": [["poll", {"x": [[0, 1]]}]]},
+        {"process": 0, "type": "invoke", "f": "txn", "value": [["send", "x", 1]]},
+        {"process": 0, "type": "ok", "f": "txn", "value": [["send", "x", [0, 1]]]},
+    ]
+    res = h.check(txn=True)
+    assert "G1c-realtime" in types(res)
+    steps = res["anomalies"]["G1c-realtime"][0]["steps"]
+    assert {s["type"] for s in steps} == {"wr", "realtime"}
+
+
+def test_malformed_value_is_a_problem_not_a_crash():
+    h = base3()
+    h.poll(1, {"x": [(0, 1), (1, 2), (2, 3)]})
+    h.events.append({"index": 99, "process": 5, "type": "invoke", "f": "poll", "value": [["poll"]]})
+    h.events.append({"index": 100, "process": 5, "type": "ok", "f": "poll", "value": [["poll", {"x": [[1]]}]]})
+    res = h.check()
+    assert res["history-problem-count"] == 1 and "malformed poll value" in res["history-problems"][0]["message"]
+    assert res["valid"] is True
+
+
+@pytest.mark.parametrize("kind", ["lost-write", "G1a", "duplicate", "inconsistent-offsets"])
+def test_results_are_json(kind, tmp_path):
+    import json
+    h = H()
+    h.send(0, "x", 1, 0)
+    h.send(0, "x", 2, 1)
+    h.send(0, "x", 5, None, t="fail")
+    h.send(1, "x", 4, 1)
+    h.poll(1, {"x": [(0, 1), (2, 1), (3, 5)]})
+    res = h.check()
+    assert kind in res["anomaly-types"]
+    json.loads(json.dumps(res))
+    for k in ("valid", "anomaly-types", "bad-anomaly-types", "anomalies", "stats", "perf"):
+        assert k in res
