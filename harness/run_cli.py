@@ -1,5 +1,137 @@
-"""Subcommands of `acked` (see harness/cli.py)."""
+"""`acked run` and `acked profiles` (registered by harness/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+
+from harness.config import NEMESES, PROFILES, ConfigError, TestDescription, from_dict, load_toml, parse_list, parse_setting
+
+EXIT_BAD_USAGE = 4
 
 
 def register(subparsers) -> None:
-    pass
+    p = subparsers.add_parser(
+        "run", help="run a test: cluster, workload under faults, history, verdict",
+        description="Run one test: start a cluster, drive real Kafka clients under faults, record the history in "
+                    "results/<name>/<timestamp>/, check it. Exit 0 valid, 1 invalid, 2 unknown, 3+ harness failure.")
+    p.add_argument("test_file", nargs="?", help="a TOML test description; flags override its settings")
+    p.add_argument("--name", help="test name (the run directory is results/<name>/<timestamp>)")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="reliability profile (see `acked profiles`)")
+    p.add_argument("--backend", choices=["docker", "local", "ssh"], help="where the cluster runs")
+    p.add_argument("--nodes", type=int, help="number of nodes (brokers)")
+    p.add_argument("--time-limit", type=float, help="seconds of workload under faults")
+    p.add_argument("--rate", type=float, help="target ops/s over all processes (0: unlimited)")
+    p.add_argument("--concurrency", help="client processes: a number (6) or a multiple of the nodes (2n)")
+    p.add_argument("--nemesis", help=f"comma-separated faults: {', '.join(NEMESES)}; 'none' for none")
+    p.add_argument("--nemesis-interval", type=float, help="seconds between fault start and stop")
+    p.add_argument("--kill-target", choices=["leader", "random"], help="which broker the kill fault kills")
+    for kind in ("producer", "consumer", "topic", "broker"):
+        p.add_argument(f"--{kind}", action="append", default=[], metavar="NAME=VALUE",
+                       help=f"a {kind} setting with Kafka's name, e.g. acks=1 (repeatable)")
+    p.add_argument("--sub-via", choices=["assign", "subscribe"], help="how consumers get partitions")
+    p.add_argument("--delivery", choices=["exactly-once", "at-least-once"], help="guarantee the checker judges by")
+    p.add_argument("--client", choices=["confluent-kafka", "kafka-python"], help="Kafka client library")
+    p.add_argument("--seed", type=int, help="random seed (recorded in test.json)")
+    p.add_argument("--results-dir", help="run store root (default results)")
+    p.add_argument("--final-time-limit", type=float, help="seconds the final drain may take")
+    p.add_argument("--key-count", type=int, help="keys written at once")
+    p.add_argument("--max-writes-per-key", type=int, help="upper bound of the Zipf write count per key")
+    p.add_argument("--op-timeout", type=float, help="seconds before a send or poll is recorded as info")
+    p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    p.set_defaults(func=cmd_run)
+
+    q = subparsers.add_parser("profiles", help="list the reliability profiles and their settings",
+                              description="List the profiles of KAFKA-RELIABILITY.md with their Kafka settings.")
+    q.add_argument("--json", action="store_true", help="print as JSON")
+    q.set_defaults(func=cmd_profiles)
+
+
+def description_from_args(args: argparse.Namespace) -> TestDescription:
+    desc = load_toml(args.test_file) if args.test_file else TestDescription()
+    overrides = {}
+    for field in ("name", "profile", "backend", "nodes", "time_limit", "rate", "concurrency", "nemesis_interval",
+                  "kill_target", "sub_via", "delivery", "client", "seed", "results_dir", "final_time_limit",
+                  "key_count", "max_writes_per_key", "op_timeout"):
+        v = getattr(args, field, None)
+        if v is not None:
+            overrides[field] = v
+    if args.nemesis is not None:
+        overrides["nemeses"] = [] if args.nemesis.strip() in ("", "none") else parse_list(args.nemesis)
+    for kind in ("producer", "consumer", "topic", "broker"):
+        pairs = getattr(args, kind)
+        if pairs:
+            overrides[kind] = dict(parse_setting(s) for s in pairs)
+    desc = from_dict(overrides, desc, where="command line")
+    if args.name is None and not args.test_file and args.profile:
+        desc.name = f"queue-{args.profile}"
+    return desc.validate()
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    if args.json:
+        import dataclasses
+        import json
+        print(json.dumps({n: dataclasses.asdict(p) for n, p in PROFILES.items()}, indent=2))
+        return 0
+    for p in PROFILES.values():
+        print(f"{p.name}: {p.summary}")
+        print(f"  checker: delivery={p.delivery} sub_via={p.sub_via}")
+        for kind in ("producer", "consumer", "topic", "broker"):
+            settings = " ".join(f"{k}={v}" for k, v in getattr(p, kind).items())
+            print(f"  {kind}: {settings}")
+        print()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import Runner
+    try:
+        desc = description_from_args(args)
+    except ConfigError as e:
+        print(f"acked run: {e}", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    live = sys.stdout.isatty() and not args.plain
+    lines: list[str] = []
+    runner = Runner(desc, log=lines.append if live else (lambda m: print(m, flush=True)))
+    done = threading.Event()
+    display = threading.Thread(target=_rich_display if live else _plain_display, args=(runner, done), daemon=True)
+    display.start()
+    try:
+        result = runner.run()
+    finally:
+        done.set()
+        display.join(5)
+    for line in lines:
+        print(line)
+    verdict = {True: "VALID", False: "INVALID"}.get(result.valid, "UNKNOWN")
+    bad = result.results.get("bad-anomaly-types") or []
+    print(f"{verdict}" + (f" ({', '.join(bad)})" if bad else "")
+          + f": {runner.stats.ok} ok, {runner.stats.fail} fail, {runner.stats.info} info")
+    if result.error:
+        print(f"harness error: {result.error}", file=sys.stderr)
+    print(f"run directory: {result.run_dir}")
+    return result.exit_status
+
+
+def _status_line(runner) -> str:
+    s = runner.stats
+    elapsed = time.monotonic() - (s.main_started or s.started)
+    rate = s.completed / elapsed if s.main_started and elapsed > 0 else 0.0
+    faults = ",".join(s.faults) or "none"
+    return (f"[{s.phase}] {elapsed:6.1f}s  {rate:7.0f} ops/s  ok {s.ok}  fail {s.fail}  info {s.info}  "
+            f"faults: {faults}")
+
+
+def _plain_display(runner, done: threading.Event) -> None:
+    while not done.wait(5.0):
+        print(_status_line(runner), flush=True)
+
+
+def _rich_display(runner, done: threading.Event) -> None:
+    from rich.live import Live
+    from rich.text import Text  # plain text: "[main]" is not rich markup
+    with Live(Text(_status_line(runner)), refresh_per_second=4, transient=True) as live:
+        while not done.wait(0.25):
+            live.update(Text(_status_line(runner)))

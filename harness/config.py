@@ -1,0 +1,297 @@
+"""The test description: what one run does, loadable from TOML and overridable by CLI flags.
+
+Settings for the producer, consumer, topics and brokers are dicts keyed by
+Kafka's own config names verbatim (librdkafka / Apache Kafka spelling), so a
+user can paste settings from their application. A profile is a named bundle
+of such settings taken from KAFKA-RELIABILITY.md, together with the delivery
+guarantee the checker should judge the run by.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A test description is wrong; the message says what to fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    summary: str
+    producer: dict[str, str]
+    consumer: dict[str, str]
+    topic: dict[str, str]
+    broker: dict[str, str]
+    #: what the checker judges by: "exactly-once" (no duplicates allowed) or "at-least-once"
+    delivery: str = "exactly-once"
+    #: how consumers get partitions: "assign" (explicit assignment and seeks) or "subscribe" (a consumer group)
+    sub_via: str = "assign"
+
+
+# "Be safe, not sorry" (KAFKA-RELIABILITY.md): every other profile is one deviation from it.
+_SAFE_PRODUCER = {
+    "acks": "all",
+    "enable.idempotence": "true",
+    "retries": "2147483647",
+    "max.in.flight.requests.per.connection": "5",  # the idempotent producer keeps order with up to 5
+}
+_SAFE_CONSUMER = {"enable.auto.commit": "false", "auto.offset.reset": "earliest"}
+_SAFE_TOPIC = {
+    "replication.factor": "3",
+    "min.insync.replicas": "2",
+    "unclean.leader.election.enable": "false",
+}
+_SAFE_BROKER = {
+    "default.replication.factor": "3",
+    "min.insync.replicas": "2",
+    "unclean.leader.election.enable": "false",
+}
+
+
+def _profile(name, summary, producer=None, consumer=None, topic=None, broker=None, **kw) -> Profile:
+    return Profile(
+        name=name, summary=summary,
+        producer={**_SAFE_PRODUCER, **(producer or {})},
+        consumer={**_SAFE_CONSUMER, **(consumer or {})},
+        topic={**_SAFE_TOPIC, **(topic or {})},
+        broker={**_SAFE_BROKER, **(broker or {})},
+        **kw,
+    )
+
+
+PROFILES: dict[str, Profile] = {p.name: p for p in [
+    _profile("safe", "acks=all, idempotent producer, unbounded retries, RF 3, min.insync.replicas=2, "
+             "no unclean election, manual commits after processing"),
+    _profile("acks-1", "the leader alone acknowledges (acks=1): a leader crash loses acknowledged writes",
+             producer={"acks": "1", "enable.idempotence": "false"}),
+    _profile("acks-0", "fire and forget (acks=0): acknowledged when written to the socket",
+             producer={"acks": "0", "enable.idempotence": "false"}),
+    _profile("unclean-election", "an out-of-sync replica may become leader (unclean.leader.election.enable=true, "
+             "min.insync.replicas=1)",
+             topic={"unclean.leader.election.enable": "true", "min.insync.replicas": "1"},
+             broker={"unclean.leader.election.enable": "true", "min.insync.replicas": "1"}),
+    _profile("min-isr-1", "writes are acknowledged by an ISR of one (min.insync.replicas=1)",
+             topic={"min.insync.replicas": "1"}, broker={"min.insync.replicas": "1"}),
+    _profile("no-idempotence", "retries with 5 requests in flight and no idempotence: retries reorder and duplicate",
+             producer={"enable.idempotence": "false", "max.in.flight.requests.per.connection": "5"},
+             delivery="at-least-once"),
+    _profile("auto-commit", "consumers in a group commit on a timer (enable.auto.commit=true), not after processing",
+             consumer={"enable.auto.commit": "true", "auto.commit.interval.ms": "100"},
+             sub_via="subscribe", delivery="at-least-once"),
+]}
+
+NEMESES = ("kill", "partition")
+BACKENDS = ("docker", "local", "ssh")
+CLIENTS = ("confluent-kafka", "kafka-python")
+
+
+@dataclasses.dataclass
+class TestDescription:
+    """One run of the harness. Every field can come from a TOML file and be overridden on the command line."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    name: str = "queue"
+    profile: str = "safe"
+    backend: str = "docker"
+    nodes: int = 3
+    #: seconds of the main phase (workload and nemesis together)
+    time_limit: float = 60.0
+    #: target invocations per second over all processes (0: as fast as the processes go)
+    rate: float = 100.0
+    #: number of logical client processes: an integer ("6") or a multiple of the node count ("2n")
+    concurrency: str = "2n"
+    workload: str = "queue"
+    nemeses: list[str] = dataclasses.field(default_factory=list)
+    #: seconds between fault start and stop, and between faults
+    nemesis_interval: float = 10.0
+    #: kill: "leader" (the leader of a random active key, found via metadata) or "random"
+    kill_target: str = "leader"
+    #: Kafka settings verbatim; merged over the profile's settings
+    producer: dict[str, str] = dataclasses.field(default_factory=dict)
+    consumer: dict[str, str] = dataclasses.field(default_factory=dict)
+    topic: dict[str, str] = dataclasses.field(default_factory=dict)
+    broker: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: None: the profile's choice
+    sub_via: str | None = None
+    delivery: str | None = None
+    client: str = "confluent-kafka"
+    seed: int | None = None
+    results_dir: str = "results"
+    #: seconds the final drain may take to read every key up to the highest offset seen
+    final_time_limit: float = 60.0
+    #: seconds to wait after healing for every partition to have a leader
+    recovery_time: float = 15.0
+    #: generator shape: number of keys written at once; each key's write count is Zipf over 1..max_writes_per_key
+    key_count: int = 8
+    max_writes_per_key: int = 1024
+    zipf_exponent: float = 1.0
+    partitions_per_topic: int = 8
+    #: seconds a single send or poll may take before it is recorded as info
+    op_timeout: float = 10.0
+
+    # ---- derived -----------------------------------------------------------------
+
+    def profile_obj(self) -> Profile:
+        try:
+            return PROFILES[self.profile]
+        except KeyError:
+            raise ConfigError(f"unknown profile {self.profile!r}; choose one of: {', '.join(PROFILES)}") from None
+
+    def concurrency_count(self) -> int:
+        return parse_concurrency(self.concurrency, self.nodes)
+
+    def producer_config(self) -> dict[str, str]:
+        return {**self.profile_obj().producer, **_strs(self.producer)}
+
+    def consumer_config(self) -> dict[str, str]:
+        return {**self.profile_obj().consumer, **_strs(self.consumer)}
+
+    def topic_config(self) -> dict[str, str]:
+        return {**self.profile_obj().topic, **_strs(self.topic)}
+
+    def broker_config(self) -> dict[str, str]:
+        return {**self.profile_obj().broker, **_strs(self.broker)}
+
+    def effective_sub_via(self) -> str:
+        return self.sub_via or self.profile_obj().sub_via
+
+    def effective_delivery(self) -> str:
+        return self.delivery or self.profile_obj().delivery
+
+    def replication_factor(self) -> int:
+        topic, broker = self.topic_config(), self.broker_config()
+        return int(topic.get("replication.factor", broker.get("default.replication.factor", "1")))
+
+    def validate(self) -> "TestDescription":
+        self.profile_obj()
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if self.nodes < 1:
+            raise ConfigError(f"nodes must be at least 1, not {self.nodes}")
+        self.concurrency_count()
+        if self.client not in CLIENTS:
+            raise ConfigError(f"unknown client {self.client!r}; choose one of: {', '.join(CLIENTS)}")
+        if self.workload != "queue":
+            raise ConfigError(f"unknown workload {self.workload!r}; the only workload is 'queue'")
+        for n in self.nemeses:
+            if n not in NEMESES:
+                raise ConfigError(f"unknown nemesis {n!r}; choose from: {', '.join(NEMESES)}")
+        if "partition" in self.nemeses and self.backend == "local":
+            raise ConfigError("the partition nemesis needs iptables on the nodes: use --backend docker (or ssh)")
+        if self.kill_target not in ("leader", "random"):
+            raise ConfigError(f"kill_target must be 'leader' or 'random', not {self.kill_target!r}")
+        if self.effective_sub_via() not in ("assign", "subscribe"):
+            raise ConfigError(f"sub_via must be 'assign' or 'subscribe', not {self.sub_via!r}")
+        if self.effective_delivery() not in ("exactly-once", "at-least-once"):
+            raise ConfigError(f"delivery must be 'exactly-once' or 'at-least-once', not {self.delivery!r}")
+        for field in ("time_limit", "final_time_limit", "nemesis_interval", "op_timeout"):
+            if getattr(self, field) <= 0:
+                raise ConfigError(f"{field} must be positive, not {getattr(self, field)}")
+        if self.rate < 0:
+            raise ConfigError(f"rate must be 0 (unlimited) or positive, not {self.rate}")
+        if self.key_count < 1 or self.max_writes_per_key < 1 or self.partitions_per_topic < 1:
+            raise ConfigError("key_count, max_writes_per_key and partitions_per_topic must be at least 1")
+        rf = self.replication_factor()
+        if rf > self.nodes:
+            raise ConfigError(f"replication factor {rf} needs at least {rf} nodes, the test has {self.nodes}: "
+                              f"use --nodes {rf} or set topic replication.factor")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["effective"] = {
+            "concurrency": self.concurrency_count(),
+            "producer": self.producer_config(), "consumer": self.consumer_config(),
+            "topic": self.topic_config(), "broker": self.broker_config(),
+            "sub_via": self.effective_sub_via(), "delivery": self.effective_delivery(),
+        }
+        return d
+
+
+def parse_concurrency(text: str | int, nodes: int) -> int:
+    s = str(text).strip()
+    m = re.fullmatch(r"(\d+)(n?)", s)
+    if not m or int(m.group(1)) < 1:
+        raise ConfigError(f"concurrency must be a positive integer like 6 or a multiple of the nodes like 2n, not {text!r}")
+    return int(m.group(1)) * (nodes if m.group(2) else 1)
+
+
+def _strs(d: dict) -> dict[str, str]:
+    """Kafka settings as strings, as client config files have them (true/false lower-case)."""
+    return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in d.items()}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TestDescription)}
+_DICT_FIELDS = ("producer", "consumer", "topic", "broker")
+
+
+def from_dict(data: dict[str, Any], base: TestDescription | None = None, where: str = "test description") -> TestDescription:
+    """Build a description from a dict (TOML tables: [producer], [consumer], [topic], [broker]); unknown keys are errors."""
+    desc = copy.deepcopy(base) if base else TestDescription()
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name == "nemesis":
+            name = "nemeses"
+        if name not in _FIELDS:
+            raise ConfigError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(_FIELDS))}")
+        if name in _DICT_FIELDS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{name}] must be a table of Kafka settings")
+            getattr(desc, name).update(_strs(value))
+        elif name == "nemeses":
+            desc.nemeses = parse_list(value)
+        elif name == "concurrency":
+            desc.concurrency = str(value)
+        else:
+            setattr(desc, name, _coerce(name, value, where))
+    return desc
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    ftype = str(_FIELDS[name].type)
+    try:
+        if ftype.startswith("int"):
+            return None if value is None else int(value)
+        if ftype.startswith("float"):
+            return float(value)
+        if ftype.startswith("str | None"):
+            return None if value is None else str(value)
+        if ftype == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {name} must be a {ftype}, not {value!r}") from None
+    return value
+
+
+def parse_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [s.strip() for s in value.split(",") if s.strip()]
+    return [str(v) for v in value]
+
+
+def load_toml(path: str | Path, base: TestDescription | None = None) -> TestDescription:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"test file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    return from_dict(data, base, where=str(p))
+
+
+def parse_setting(text: str) -> tuple[str, str]:
+    """`name=value` from the command line (e.g. --producer acks=1)."""
+    if "=" not in text:
+        raise ConfigError(f"expected NAME=VALUE with a Kafka config name, not {text!r}")
+    k, v = text.split("=", 1)
+    if not k.strip():
+        raise ConfigError(f"expected NAME=VALUE with a Kafka config name, not {text!r}")
+    return k.strip(), v.strip()

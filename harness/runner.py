@@ -1,0 +1,460 @@
+"""The runner: one test description -> cluster, workload under faults, history, verdict, run directory.
+
+Phases: setup, main (workload and nemesis together), heal, recover, drain,
+teardown, check, report. Whatever happens in a phase -- an exception, Ctrl-C --
+the run still heals every fault, still closes the history (it is flushed per
+event anyway), still tears the cluster down, and still writes results.json.
+
+Concurrency: each worker slot is a thread running one logical process at a
+time with its own clients. librdkafka does its network I/O on its own threads
+and releases the GIL while a send waits for its acknowledgement, so a thread
+per slot keeps many ops in flight for little CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib
+import logging
+import os
+import platform
+import random
+import subprocess
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from harness.config import TestDescription
+
+PHASES = ("setup", "main", "heal", "recover", "drain", "teardown", "check", "report")
+EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_HARNESS_FAILED = 0, 1, 2, 3
+
+
+@dataclasses.dataclass
+class RunStats:
+    """What the live display shows; updated by the runner's threads (plain ints: races only blur a display)."""
+
+    phase: str = "setup"
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    main_started: float | None = None
+    ok: int = 0
+    fail: int = 0
+    info: int = 0
+    faults: list[str] = dataclasses.field(default_factory=list)
+    messages: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def completed(self) -> int:
+        return self.ok + self.fail + self.info
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    valid: Any  # True | False | "unknown" | None (no verdict)
+    exit_status: int
+    results: dict[str, Any]
+    error: str | None = None
+
+    @property
+    def anomaly_types(self) -> list[str]:
+        return list(self.results.get("anomaly-types", []))
+
+
+def verdict_exit_status(valid: Any, error: str | None) -> int:
+    if valid is False:
+        return EXIT_INVALID  # an anomaly is a finding even if the harness later failed
+    if error:
+        return EXIT_HARNESS_FAILED
+    if valid is True:
+        return EXIT_VALID
+    return EXIT_UNKNOWN
+
+
+def make_run_dir(results_dir: str | Path, name: str, now: dt.datetime | None = None) -> Path:
+    """results/<name>/<timestamp>/ and the results/latest symlink pointing at it."""
+    root = Path(results_dir)
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%dT%H%M%S.%f")[:-3]
+    run_dir = root / name / stamp
+    run_dir.mkdir(parents=True, exist_ok=False)
+    (run_dir / "logs").mkdir()
+    latest = root / "latest"
+    tmp = root / f".latest.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(Path(name) / stamp)
+    os.replace(tmp, latest)  # atomic: a reader never sees latest missing
+    return run_dir
+
+
+def versions() -> dict[str, Any]:
+    out: dict[str, Any] = {"python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+        out["acked"] = version("acked")
+        out["kafka-python"] = version("kafka-python")
+    except Exception:
+        pass
+    try:
+        import confluent_kafka
+        out["confluent-kafka"] = confluent_kafka.version()[0]
+        out["librdkafka"] = confluent_kafka.libversion()[0]
+    except Exception:
+        pass
+    try:
+        here = Path(__file__).resolve().parent.parent
+        out["git"] = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, timeout=5).stdout.strip() or None
+    except Exception:
+        pass
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (set, frozenset, tuple)):
+        return sorted(x, key=str) if isinstance(x, (set, frozenset)) else list(x)
+    if isinstance(x, Path):
+        return str(x)
+    return str(x)
+
+
+def render_report(run_dir: Path) -> Path | None:
+    """The report hook: harness.report.render(run_dir) when the report module exists; None otherwise."""
+    try:
+        report = importlib.import_module("harness.report")
+    except ModuleNotFoundError as e:
+        if e.name != "harness.report":
+            raise  # the report module exists but is broken: say so
+        return None
+    return report.render(run_dir)
+
+
+class Runner:
+    def __init__(self, desc: TestDescription, cluster_factory: Callable | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.desc = desc.validate()
+        if self.desc.seed is None:
+            self.desc.seed = random.SystemRandom().randrange(2**31)
+        self.cluster_factory = cluster_factory
+        self.stats = RunStats()
+        self.log = log or (lambda msg: None)
+        self.run_dir: Path | None = None
+        self.history = None
+        self.cluster = None
+        self.topics = None
+        self.client_logger = None
+        self._log_handler = None
+        self.nemesis = None
+        self.gen = None
+        self._gen_lock = threading.Lock()
+        self._stop_main = threading.Event()
+        self._next_due = 0.0
+        self._max_offset: dict[str, int] = {}
+        self._offset_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self.errors: list[str] = []
+        self.interrupted = False
+        self.main_ops = 0
+        self.main_seconds = 0.0
+
+    # ---- bookkeeping -----------------------------------------------------------
+
+    def _phase(self, name: str) -> None:
+        self.stats.phase = name
+        self.log(f"phase {name}")
+
+    def _append(self, event: dict) -> int:
+        return self.history.append(event)
+
+    def _note_offsets(self, completion: dict) -> None:
+        value = completion.get("value")
+        if not isinstance(value, list):
+            return
+        with self._offset_lock:
+            for mop in value:
+                if mop[0] == "send" and isinstance(mop[2], list) and mop[2][0] is not None:
+                    k, off = mop[1], mop[2][0]
+                    if off > self._max_offset.get(k, -1):
+                        self._max_offset[k] = off
+                elif mop[0] == "poll" and len(mop) > 1:
+                    for k, records in mop[1].items():
+                        if records:
+                            off = max(r[0] for r in records)
+                            if off > self._max_offset.get(k, -1):
+                                self._max_offset[k] = off
+
+    def _client(self, process: int):
+        from workloads.queue import CLIENT_CLASSES
+        d = self.desc
+        return CLIENT_CLASSES[d.client](
+            process=process, bootstrap=self.cluster.bootstrap_servers(), keymap=self.topics.keymap, topics=self.topics,
+            producer_config=d.producer_config(), consumer_config=d.consumer_config(),
+            group_id=f"acked-{d.name}", op_timeout=d.op_timeout, sub_via=d.effective_sub_via(),
+            logger=self.client_logger)
+
+    # ---- phases ----------------------------------------------------------------
+
+    def _setup(self) -> None:
+        from checkers.history import HistoryWriter
+        import clusters
+        from clusters.base import ClusterSpec
+        from workloads.generator import GeneratorSpec, QueueGenerator
+        from workloads.queue import KeyMap, Topics
+        d = self.desc
+        self.client_logger = logging.getLogger(f"acked.clients.{self.run_dir.name}")
+        self.client_logger.propagate = False
+        self._log_handler = logging.FileHandler(self.run_dir / "logs" / "clients.log")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.client_logger.addHandler(self._log_handler)
+        self.history = HistoryWriter(self.run_dir / "history.jsonl")
+        self.history.__enter__()
+        spec = ClusterSpec(backend=d.backend, nodes=d.nodes, broker_config=d.broker_config(),
+                           work_dir=Path(d.results_dir) / ".clusters" / self.run_dir.name,
+                           run_id=f"{d.name}-{self.run_dir.name}",
+                           capabilities=frozenset({"net"}) if "partition" in d.nemeses else frozenset())
+        factory = self.cluster_factory or clusters.create_cluster
+        self.cluster = factory(spec)
+        self.cluster.start()
+        self.topics = Topics(self.cluster.bootstrap_servers(), KeyMap(d.partitions_per_topic),
+                             d.replication_factor(), d.topic_config(), logger=self.client_logger)
+        self.gen = QueueGenerator(GeneratorSpec(
+            seed=d.seed, concurrency=d.concurrency_count(), rate=d.rate, key_count=d.key_count,
+            max_writes_per_key=d.max_writes_per_key, zipf_exponent=d.zipf_exponent, sub_via=d.effective_sub_via()))
+        for key in list(self.gen.active):
+            self.topics.ensure(key)
+        self.nemesis = self._make_nemesis()
+
+    def _make_nemesis(self):
+        from nemesis.faults import KillFault, PartitionFault
+        from nemesis.schedule import Nemesis
+        d = self.desc
+        faults = {}
+        if "kill" in d.nemeses:
+            def active_keys():
+                with self._gen_lock:
+                    return list(self.gen.active)
+            faults["kill"] = KillFault(self.cluster, d.kill_target, self.topics.leader_of, active_keys)
+        if "partition" in d.nemeses:
+            faults["partition"] = PartitionFault(self.cluster)
+
+        def on_change(active):
+            self.stats.faults = active
+        return Nemesis(faults, d.seed, d.nemesis_interval, self._append, on_change)
+
+    def _worker(self, slot: int) -> None:
+        client = None
+        try:
+            while not self._stop_main.is_set():
+                with self._gen_lock:
+                    op = self.gen.next_op(slot)
+                    now = time.monotonic()
+                    # pace invocations globally; never build up more than a second of backlog
+                    self._next_due = max(self._next_due, now - 1.0) + self.gen.next_delay()
+                    due = self._next_due
+                if due > now and self._stop_main.wait(due - now):
+                    break
+                process = op["process"]
+                if client is None:
+                    client = self._client(process)
+                if op["f"] == "send":
+                    for _, key, _ in op["value"]:
+                        self.topics.ensure(key)
+                self._append({"process": process, "type": "invoke", "f": op["f"], "value": op["value"]})
+                completion = client.invoke(op)
+                self._append({"process": process, "f": op["f"], **completion})
+                self._note_offsets(completion)
+                setattr(self.stats, completion["type"], getattr(self.stats, completion["type"]) + 1)
+                with self._gen_lock:
+                    next_process = self.gen.complete(slot, op, completion["type"])
+                if next_process != process:
+                    client.close()
+                    client = None
+        except Exception as e:  # noqa: BLE001 -- a dead worker must not hang the run; the error is reported
+            self.errors.append(f"worker {slot}: {type(e).__name__}: {e}")
+            self.log(f"worker {slot} failed: {e}")
+        finally:
+            if client is not None:
+                client.close()
+
+    def _main(self) -> None:
+        self.stats.main_started = time.monotonic()
+        self._next_due = time.monotonic()
+        for slot in range(self.desc.concurrency_count()):
+            t = threading.Thread(target=self._worker, args=(slot,), name=f"worker-{slot}", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self.nemesis.start()
+        self._stop_main.wait(self.desc.time_limit)
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        self._stop_main.set()
+        if self.nemesis:
+            self.nemesis.stop()
+        for t in self._workers:
+            t.join(self.desc.op_timeout + 15)
+        if self.stats.main_started is not None and not self.main_seconds:
+            self.main_seconds = time.monotonic() - self.stats.main_started
+            self.main_ops = self.stats.completed
+        alive = [t.name for t in self._workers if t.is_alive()]
+        if alive:
+            self.errors.append(f"workers still running after the main phase: {', '.join(alive)}")
+
+    def _heal(self) -> None:
+        if self.nemesis:
+            self.nemesis.heal()
+            self.stats.faults = []
+
+    def _recover(self) -> None:
+        if self.topics:
+            ok = self.topics.wait_for_leaders(self.topics.created_topics(), self.desc.recovery_time)
+            if not ok:
+                self.log(f"some partitions still had no leader after {self.desc.recovery_time}s")
+
+    def _drain(self) -> None:
+        """Read every key from its beginning until the reads reach the highest offset seen anywhere."""
+        d = self.desc
+        with self._gen_lock:
+            keys = list(self.gen.all_keys)
+            process = max(self.gen.processes) + 1
+        with self._offset_lock:
+            targets = {k: self._max_offset.get(k, -1) for k in keys}
+        keys = [k for k in keys if targets[k] >= 0]
+        if not keys:
+            return
+        deadline = time.monotonic() + d.final_time_limit
+        client = self._client(process)
+        read: dict[str, int] = {}
+        try:
+            self._append({"process": process, "type": "invoke", "f": "assign", "value": keys})
+            completion = client.invoke({"process": process, "f": "assign", "value": keys})
+            self._append({"process": process, "f": "assign", **completion})
+            if completion["type"] != "ok":
+                raise RuntimeError(f"final drain could not assign its keys: {completion.get('error')}")
+            empty_since = time.monotonic()
+            while time.monotonic() < deadline:
+                pending = [k for k in keys if read.get(k, -1) < targets[k]]
+                if not pending:
+                    return
+                op = {"process": process, "f": "poll", "value": [["poll"]]}
+                self._append({"process": process, "type": "invoke", "f": "poll", "value": op["value"]})
+                completion = client.invoke(op)
+                self._append({"process": process, "f": "poll", **completion})
+                if completion["type"] != "ok":
+                    raise RuntimeError(f"final drain poll failed: {completion.get('error')}")
+                got = completion["value"][0][1]
+                for k, records in got.items():
+                    if records:
+                        read[k] = max(read.get(k, -1), max(r[0] for r in records))
+                if got:
+                    empty_since = time.monotonic()
+                elif time.monotonic() - empty_since > 5.0 and self._drained_to_end(pending, read):
+                    return  # the logs end below the targets: what is missing was lost, the checker says so
+            self.log(f"final drain stopped at its time limit with {len(pending)} keys short of their highest offset")
+        finally:
+            client.close()
+
+    def _drained_to_end(self, pending: list[str], read: dict[str, int]) -> bool:
+        """Whether every pending key's log now ends at or below what the drain has read (high watermarks)."""
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+        try:
+            req = {TopicPartition(*self.topics.keymap.topic_partition(k)): OffsetSpec.latest() for k in pending}
+            futures = self.topics.admin.list_offsets(req, request_timeout=5)
+            for tp, fut in futures.items():
+                key = self.topics.keymap.key_of(tp.topic, tp.partition)
+                if fut.result().offset - 1 > read.get(key, -1):
+                    return False
+            return True
+        except Exception:
+            return False
+
+    def _teardown(self) -> None:
+        if self.topics is not None:
+            self.topics.close()
+        if self.cluster is None:
+            return
+        try:
+            self.cluster.collect_logs(self.run_dir / "logs")
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(f"collecting logs: {e}")
+        finally:
+            self.cluster.teardown()
+
+    def _check(self) -> dict[str, Any]:
+        import checkers
+        from checkers.history import read_history
+        history = read_history(self.run_dir / "history.jsonl")
+        return checkers.check(history, sub_via=self.desc.effective_sub_via(), delivery=self.desc.effective_delivery())
+
+    # ---- the whole run ---------------------------------------------------------
+
+    def run(self) -> RunResult:
+        d = self.desc
+        self.run_dir = make_run_dir(d.results_dir, d.name)
+        _write_json(self.run_dir / "test.json", {"test": d.to_dict(), "versions": versions(), "seed": d.seed,
+                                                  "started": dt.datetime.now().isoformat()})
+        error: str | None = None
+
+        def guarded(phase: str, fn: Callable[[], Any]) -> Any:
+            nonlocal error
+            self._phase(phase)
+            try:
+                return fn()
+            except KeyboardInterrupt:
+                self.interrupted = True
+                error = error or f"interrupted during {phase}"
+                self.log(error)
+            except Exception as e:  # noqa: BLE001 -- every later phase still runs
+                msg = f"{phase} failed: {type(e).__name__}: {e}"
+                error = error or msg
+                self.errors.append(msg)
+                self.log(msg)
+                (self.run_dir / "harness-error.txt").open("a").write(f"{msg}\n{traceback.format_exc()}\n")
+            return None
+
+        guarded("setup", self._setup)
+        if error is None:
+            guarded("main", self._main)
+        if self._workers and not self._stop_main.is_set():
+            guarded("main", self._stop_workers)  # interrupted mid-main: stop the workers before healing
+        guarded("heal", self._heal)
+        if self.gen is not None and self.topics is not None:
+            # also after Ctrl-C or an error in main: without the drain every unread write would be "unseen";
+            # another Ctrl-C skips ahead to teardown
+            guarded("recover", self._recover)
+            guarded("drain", self._drain)
+        guarded("teardown", self._teardown)
+        if self.history is not None:
+            self.history.__exit__(None, None, None)
+        if self._log_handler is not None:
+            self.client_logger.removeHandler(self._log_handler)
+            self._log_handler.close()
+        results: dict[str, Any] = {}
+        if self.history is not None:
+            results = guarded("check", self._check) or {}
+        valid = results.get("valid") if results else None
+        if not results:
+            results = {"valid": "unknown", "anomaly-types": [], "bad-anomaly-types": [], "anomalies": {}}
+        results.setdefault("harness", {})
+        results["harness"] = {"errors": self.errors, "error": error, "interrupted": self.interrupted,
+                              "nemesis-errors": self.nemesis.errors if self.nemesis else [],
+                              "main-phase": {"seconds": round(self.main_seconds, 3), "ops": self.main_ops,
+                                             "ops-per-second": round(self.main_ops / self.main_seconds, 1)
+                                             if self.main_seconds else 0.0}}
+        _write_json(self.run_dir / "results.json", results)
+        guarded("report", lambda: render_report(self.run_dir))
+        self._phase("done")
+        return RunResult(self.run_dir, valid, verdict_exit_status(valid, error), results, error)
+
+
+def run_test(desc: TestDescription, **kw) -> RunResult:
+    return Runner(desc, **kw).run()

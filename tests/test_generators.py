@@ -1,0 +1,91 @@
+"""The queue workload's generator, without a cluster: determinism, rate, key rotation, process replacement."""
+import collections
+import statistics
+
+from workloads.generator import GeneratorSpec, QueueGenerator, ZipfSampler, take
+
+
+def test_same_seed_same_ops_and_different_seed_different_ops():
+    a = take(QueueGenerator(GeneratorSpec(seed=7, concurrency=5)), 2000)
+    b = take(QueueGenerator(GeneratorSpec(seed=7, concurrency=5)), 2000)
+    c = take(QueueGenerator(GeneratorSpec(seed=8, concurrency=5)), 2000)
+    assert a == b
+    assert a != c
+
+
+def test_delays_average_to_the_rate_with_random_stagger():
+    gen = QueueGenerator(GeneratorSpec(seed=1, rate=200.0))
+    delays = [gen.next_delay() for _ in range(20000)]
+    assert abs(statistics.mean(delays) - 1 / 200) < 0.0002
+    assert min(delays) >= 0 and max(delays) <= 2 / 200
+    assert statistics.pstdev(delays) > 0.001  # staggered, not a fixed period
+    assert QueueGenerator(GeneratorSpec(rate=0)).next_delay() == 0.0
+
+
+def test_values_are_unique_and_keys_rotate_after_their_budget():
+    gen = QueueGenerator(GeneratorSpec(seed=3, concurrency=4, key_count=5, max_writes_per_key=50))
+    budgets = dict(gen.budget)
+    ops = take(gen, 20000)
+    sends = [mop for op in ops if op["f"] == "send" for mop in op["value"]]
+    values = [v for _, _, v in sends]
+    assert len(values) == len(set(values))
+    assert len(gen.active) == 5  # bounded active set
+    assert len(gen.retired) > 50  # many keys came and went
+    writes = collections.Counter(k for _, k, _ in sends)
+    for key in gen.retired:
+        budgets.setdefault(key, None)
+    # every retired key received exactly its budget of writes, and no write after retirement
+    first_budgets = {}
+    g2 = QueueGenerator(GeneratorSpec(seed=3, concurrency=4, key_count=5, max_writes_per_key=50))
+    first_budgets.update(g2.budget)
+    for key, budget in first_budgets.items():
+        assert writes[key] == budget
+    assert all(writes[k] <= 50 for k in writes)
+    # keys are created in order: the active keys are the newest ones
+    assert all(int(k) >= int(r) for k in gen.active for r in gen.retired[:10])
+
+
+def test_write_counts_per_key_are_zipf_shaped():
+    import random
+    z = ZipfSampler(1000, 1.0)
+    rng = random.Random(0)
+    samples = collections.Counter(z.sample(rng) for _ in range(50000))
+    assert min(samples) >= 1 and max(samples) <= 1000
+    # P(1) / P(2) is 2 for exponent 1
+    assert 1.8 < samples[1] / samples[2] < 2.2
+    assert samples[1] > samples[10] > samples[100]
+
+
+def test_mix_has_every_kind_of_op_and_polls_need_an_assignment():
+    gen = QueueGenerator(GeneratorSpec(seed=5, concurrency=3))
+    ops = take(gen, 5000)
+    kinds = collections.Counter(op["f"] for op in ops)
+    assert set(kinds) == {"send", "poll", "assign", "crash"}
+    assert kinds["send"] > kinds["poll"] > kinds["assign"] > kinds["crash"] > 0
+    # a process never polls before it has assigned keys
+    assigned = set()
+    for op in ops:
+        if op["f"] == "assign":
+            assigned.add(op["process"])
+            assert 1 <= len(op["value"]) <= 4
+        if op["f"] == "poll":
+            assert op["process"] in assigned
+    sub = take(QueueGenerator(GeneratorSpec(seed=5, concurrency=3, sub_via="subscribe")), 500)
+    assert "subscribe" in {op["f"] for op in sub} and "assign" not in {op["f"] for op in sub}
+
+
+def test_process_replaced_after_info_and_crash_but_not_after_ok_or_fail():
+    gen = QueueGenerator(GeneratorSpec(seed=2, concurrency=3))
+    send = {"process": 1, "f": "send", "value": [["send", "0", 1]]}
+    assert gen.next_op(1)["process"] == 1
+    assert gen.complete(1, send, "ok") == 1
+    assert gen.complete(1, send, "fail") == 1
+    assert gen.complete(1, send, "info") == 4  # old + concurrency, as Jepsen
+    assert gen.next_op(1)["process"] == 4
+    assert gen.processes == [0, 4, 2]
+    # the new process starts without an assignment: its first consumer op is an assign
+    ops = [gen.next_op(1) for _ in range(200)]
+    consumer_ops = [o for o in ops if o["f"] in ("poll", "assign")]
+    assert consumer_ops[0]["f"] == "assign"
+    crash = {"process": 4, "f": "crash", "value": None}
+    assert gen.complete(1, crash, "info") == 7

@@ -1,0 +1,530 @@
+"""The queue workload's clients: real Kafka producers and consumers executing generator ops.
+
+Each logical process owns its own clients (created lazily: a process that only
+sends never opens a consumer). `invoke(op)` runs one op synchronously and
+returns its completion {type, value, error?} in the history format of
+ARCHITECTURE.md:
+
+- send: ok with the acknowledged offsets; `fail` only for errors that prove
+  the broker never appended the record (rejected locally, or rejected by the
+  broker on the one and only attempt); everything else -- timeouts, lost
+  connections, NOT_ENOUGH_REPLICAS_AFTER_APPEND, rejections after retries
+  that may have followed an appended attempt -- is `info`.
+- poll: ok with the records read per key.
+- assign: ok; keys kept keep their position, new keys start at the beginning.
+- subscribe: ok; the consumer joins the run's group for the keys' topics.
+- crash: info; the clients are abandoned.
+
+After an `info` the runner retires the process and this client is closed.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+#: librdkafka error names that prove a record was never appended, whatever the retries
+_LOCAL_REJECTIONS = {
+    "MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "INVALID_TOPIC_EXCEPTION", "TOPIC_AUTHORIZATION_FAILED",
+    "INVALID_REQUIRED_ACKS", "UNSUPPORTED_FOR_MESSAGE_FORMAT", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION",
+    "_INVALID_ARG", "_QUEUE_FULL", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "CORRUPT_MESSAGE", "INVALID_MSG",
+}
+#: broker rejections made before the append: definite only when the producer made a single attempt
+_BROKER_REJECTIONS = {
+    "NOT_ENOUGH_REPLICAS", "NOT_LEADER_FOR_PARTITION", "NOT_LEADER_OR_FOLLOWER", "UNKNOWN_TOPIC_OR_PART",
+    "UNKNOWN_TOPIC_OR_PARTITION", "FENCED_LEADER_EPOCH", "LEADER_NOT_AVAILABLE",
+}
+
+
+def classify_send_error(name: str, retries: int) -> str:
+    """`fail` when the error proves the record was never appended, else `info`."""
+    name = name.upper()
+    if name in _LOCAL_REJECTIONS:
+        return "fail"
+    if name in _BROKER_REJECTIONS and retries == 0:
+        return "fail"
+    return "info"
+
+
+class KeyMap:
+    """A key is one partition of one topic: key k is partition k % P of topic <prefix>k//P."""
+
+    def __init__(self, partitions_per_topic: int = 8, prefix: str = "acked-queue-"):
+        self.ppt = partitions_per_topic
+        self.prefix = prefix
+
+    def topic_partition(self, key: str) -> tuple[str, int]:
+        k = int(key)
+        return f"{self.prefix}{k // self.ppt}", k % self.ppt
+
+    def topic_index(self, key: str) -> int:
+        return int(key) // self.ppt
+
+    def topic(self, index: int) -> str:
+        return f"{self.prefix}{index}"
+
+    def key_of(self, topic: str, partition: int) -> str | None:
+        if not topic.startswith(self.prefix):
+            return None
+        try:
+            return str(int(topic[len(self.prefix):]) * self.ppt + partition)
+        except ValueError:
+            return None
+
+
+class Topics:
+    """The harness's own admin connection: creates topics as keys need them, finds leaders."""
+
+    def __init__(self, bootstrap: str, keymap: KeyMap, replication_factor: int, topic_config: dict[str, str],
+                 logger=None):
+        from confluent_kafka.admin import AdminClient
+        self.keymap = keymap
+        self.rf = replication_factor
+        # replication.factor is a CreateTopics field, not a topic config entry
+        self.config = {k: v for k, v in topic_config.items() if k != "replication.factor"}
+        conf = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000}
+        if logger is not None:
+            conf["logger"] = logger
+        self.admin = AdminClient(conf)
+        self._created: set[int] = set()
+        self._ahead: set[int] = set()
+        self._lock = threading.Lock()
+
+    def ensure(self, key: str, timeout: float = 30.0) -> None:
+        """Make sure the key's topic exists; the next topic is created in the background, so that key
+        rotation rarely waits for a topic creation."""
+        index = self.keymap.topic_index(key)
+        if index in self._created:
+            if index + 1 not in self._created and index + 1 not in self._ahead:
+                self._create_ahead(index + 1)
+            return
+        with self._lock:
+            if index not in self._created:
+                self._create([index], timeout)
+                self._created.add(index)
+        self.ensure(key, timeout)
+
+    def _create_ahead(self, index: int) -> None:
+        with self._lock:
+            if index in self._ahead or index in self._created:
+                return
+            self._ahead.add(index)
+
+        def create():
+            try:
+                with self._lock:
+                    if index not in self._created:
+                        self._create([index], 30.0)
+                        self._created.add(index)
+            except Exception:
+                pass  # the op that needs it creates it synchronously and reports the error
+            finally:
+                self._ahead.discard(index)
+        threading.Thread(target=create, name=f"create-topic-{index}", daemon=True).start()
+
+    def _create(self, indexes: list[int], timeout: float) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import NewTopic
+        topics = [NewTopic(self.keymap.topic(i), num_partitions=self.keymap.ppt, replication_factor=self.rf,
+                           config=dict(self.config)) for i in indexes]
+        deadline = time.monotonic() + timeout
+        while True:
+            futures = self.admin.create_topics(topics, operation_timeout=min(10.0, timeout), request_timeout=min(15.0, timeout))
+            errors = []
+            for name, fut in futures.items():
+                try:
+                    fut.result()
+                except KafkaException as e:
+                    if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                        errors.append(f"{name}: {e.args[0].str()}")
+            if not errors:
+                self.wait_for_leaders([self.keymap.topic(i) for i in indexes], deadline - time.monotonic())
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("could not create topics: " + "; ".join(errors))
+            time.sleep(0.5)
+
+    def wait_for_leaders(self, topics: list[str], timeout: float) -> bool:
+        """Wait until every partition of these topics has a leader; False on timeout."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            try:
+                md = self.admin.list_topics(timeout=5)
+                if all(t in md.topics and not md.topics[t].error and len(md.topics[t].partitions) == self.keymap.ppt
+                       and all(p.leader >= 0 for p in md.topics[t].partitions.values()) for t in topics):
+                    return True
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.admin = None  # librdkafka destroys the handle with the last reference
+
+    def created_topics(self) -> list[str]:
+        return [self.keymap.topic(i) for i in sorted(self._created)]
+
+    def leader_of(self, key: str) -> int | None:
+        """broker.id of the key's partition leader, from a fresh metadata request; None if unknown."""
+        topic, partition = self.keymap.topic_partition(key)
+        try:
+            md = self.admin.list_topics(topic=topic, timeout=5)
+            p = md.topics[topic].partitions.get(partition)
+            return p.leader if p is not None and p.leader >= 0 else None
+        except Exception:
+            return None
+
+
+class Client:
+    """One logical process's clients. Subclasses implement the op functions for one client library."""
+
+    def __init__(self, process: int, bootstrap: str, keymap: KeyMap, topics: Topics | None,
+                 producer_config: dict[str, str], consumer_config: dict[str, str], group_id: str,
+                 op_timeout: float = 10.0, poll_timeout: float = 0.1, max_poll_records: int = 500,
+                 sub_via: str = "assign", logger=None):
+        self.logger = logger
+        self.process = process
+        self.bootstrap = bootstrap
+        self.keymap = keymap
+        self.topics = topics
+        self.producer_config = dict(producer_config)
+        self.consumer_config = dict(consumer_config)
+        self.group_id = group_id
+        self.op_timeout = op_timeout
+        self.poll_timeout = poll_timeout
+        self.max_poll_records = max_poll_records
+        self.sub_via = sub_via
+        self.retries = int(self.producer_config.get("retries", "2147483647"))
+        self.auto_commit = self.consumer_config.get("enable.auto.commit", "true").lower() == "true"
+
+    def invoke(self, op: dict[str, Any]) -> dict[str, Any]:
+        """Execute an op; returns {type, value, [error]}. Unexpected exceptions are indeterminate: info."""
+        f = op["f"]
+        try:
+            if f == "send":
+                for _, key, _ in op["value"]:
+                    if self.topics:
+                        self.topics.ensure(key)
+                return self.send(op["value"])
+            if f == "poll":
+                return {"type": "ok", "value": [["poll", self.poll()]]}
+            if f == "assign":
+                for key in op["value"]:
+                    if self.topics:
+                        self.topics.ensure(key)
+                self.assign(op["value"])
+                return {"type": "ok", "value": op["value"]}
+            if f == "subscribe":
+                for key in op["value"]:
+                    if self.topics:
+                        self.topics.ensure(key)
+                self.subscribe(op["value"])
+                return {"type": "ok", "value": op["value"]}
+            if f == "crash":
+                self.crash()
+                return {"type": "info", "value": None, "error": "client crashed on purpose"}
+        except Exception as e:  # noqa: BLE001 -- anything unexpected may or may not have happened
+            return {"type": "info", "value": _indeterminate_value(op), "error": f"{type(e).__name__}: {e}"}
+        raise ValueError(f"unknown op {f!r}")
+
+    def _decode(self, raw: bytes | None) -> Any:
+        if raw is None:
+            return None
+        s = raw.decode("utf-8", "replace")
+        return int(s) if s.lstrip("-").isdigit() else s
+
+    # implemented per client library
+    def send(self, sends: list) -> dict[str, Any]: raise NotImplementedError
+    def poll(self) -> dict[str, list]: raise NotImplementedError
+    def assign(self, keys: list[str]) -> None: raise NotImplementedError
+    def subscribe(self, keys: list[str]) -> None: raise NotImplementedError
+    def crash(self) -> None: raise NotImplementedError
+    def close(self) -> None: raise NotImplementedError
+
+
+def _indeterminate_value(op: dict[str, Any]) -> Any:
+    if op["f"] == "send":
+        return [["send", k, [None, v]] for _, k, v in op["value"]]
+    if op["f"] == "poll":
+        return [["poll"]]
+    return op["value"]
+
+
+def _send_completion(sends: list, outcomes: list) -> dict[str, Any]:
+    """outcomes[i]: ("ok", offset) | ("fail", error) | ("info", error)."""
+    value = [["send", k, [out[1] if out[0] == "ok" else None, v]] for (_, k, v), out in zip(sends, outcomes)]
+    kinds = {out[0] for out in outcomes}
+    errors = sorted({str(out[1]) for out in outcomes if out[0] != "ok"})
+    if kinds == {"ok"}:
+        return {"type": "ok", "value": value}
+    result = {"type": "fail" if kinds == {"fail"} else "info", "value": value, "error": "; ".join(errors)}
+    return result
+
+
+class ConfluentClient(Client):
+    """confluent-kafka (librdkafka) Producer and Consumer."""
+
+    _producer = None
+    _consumer = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: (topic, partition) -> next offset to read, for the assigned partitions
+        self._positions: dict[tuple[str, int], int] = {}
+
+    def _get_producer(self):
+        if self._producer is None:
+            from confluent_kafka import Producer
+            conf = {"linger.ms": "0", **self.producer_config,
+                    "bootstrap.servers": self.bootstrap, "client.id": f"acked-p{self.process}"}
+            if self.logger is not None:
+                conf["logger"] = self.logger  # librdkafka's log lines go to the run's clients.log
+            self._producer = Producer(conf)
+        return self._producer
+
+    def _get_consumer(self):
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+            conf = {"auto.offset.reset": "earliest", "enable.partition.eof": "false", **self.consumer_config,
+                    "bootstrap.servers": self.bootstrap, "group.id": self.group_id,
+                    "client.id": f"acked-c{self.process}"}
+            if self.logger is not None:
+                conf["logger"] = self.logger
+            self._consumer = Consumer(conf)
+        return self._consumer
+
+    def send(self, sends: list) -> dict[str, Any]:
+        producer = self._get_producer()
+        outcomes: list = [None] * len(sends)
+
+        def on_delivery(i):
+            def cb(err, msg):
+                if err is None:
+                    off = msg.offset()
+                    outcomes[i] = ("ok", off if off is not None and off >= 0 else None)
+                else:
+                    outcomes[i] = (classify_send_error(err.name(), self.retries), err.name())
+            return cb
+
+        from confluent_kafka import KafkaException
+        for i, (_, key, value) in enumerate(sends):
+            topic, partition = self.keymap.topic_partition(key)
+            try:
+                producer.produce(topic, value=str(value).encode(), key=key.encode(), partition=partition,
+                                 on_delivery=on_delivery(i))
+            except BufferError:
+                outcomes[i] = ("fail", "_QUEUE_FULL")
+            except KafkaException as e:
+                outcomes[i] = (classify_send_error(e.args[0].name(), 0), e.args[0].name())
+        deadline = time.monotonic() + self.op_timeout
+        while any(o is None for o in outcomes):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            producer.flush(min(remaining, 1.0))
+        for i, o in enumerate(outcomes):
+            if o is None:  # still queued or in flight when the op timed out: it may land later
+                outcomes[i] = ("info", "timeout")
+        return _send_completion(sends, outcomes)
+
+    def poll(self) -> dict[str, list]:
+        consumer = self._get_consumer()
+        msgs = []
+        first = consumer.poll(self.poll_timeout)
+        if first is not None:
+            msgs.append(first)
+            msgs.extend(consumer.consume(self.max_poll_records - 1, 0))
+        records: dict[str, list] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise RuntimeError(f"consumer fatal error {err.name()}: {err.str()}")
+                if self.logger is not None:
+                    self.logger.warning("process %s: consumer event %s: %s", self.process, err.name(), err.str())
+                continue  # transient events (a broker went down, EOF): records still arrive in order
+            key = self.keymap.key_of(m.topic(), m.partition())
+            if key is not None:
+                records.setdefault(key, []).append([m.offset(), self._decode(m.value())])
+                self._positions[(m.topic(), m.partition())] = m.offset() + 1
+        if self.sub_via == "subscribe" and not self.auto_commit and msgs:
+            # commit after processing: the records are "processed" once they are in the history,
+            # which they will be as this op completes ok
+            try:
+                consumer.commit(asynchronous=False)
+            except Exception:
+                pass  # a failed commit re-delivers later: allowed under at-least-once, seen by the checker
+        return records
+
+    def assign(self, keys: list[str]) -> None:
+        # librdkafka's position() is unset until a partition has been consumed from, so this client
+        # tracks the next offset of every assigned partition itself: kept keys keep their position
+        # New keys start at offset 0, not the logical OFFSET_BEGINNING: keys are fresh partitions (their
+        # log starts at 0), and with OFFSET_BEGINNING librdkafka 2.16 against acked-broker was seen to
+        # deliver a partition from 0 twice in a row (a nonmonotonic-poll that no seek explains).
+        from confluent_kafka import TopicPartition
+        consumer = self._get_consumer()
+        positions = {}
+        for key in keys:
+            tp = self.keymap.topic_partition(key)
+            positions[tp] = self._positions.get(tp, 0)
+        consumer.assign([TopicPartition(t, p, off) for (t, p), off in positions.items()])
+        self._positions = positions
+
+    def subscribe(self, keys: list[str]) -> None:
+        consumer = self._get_consumer()
+        topics = sorted({self.keymap.topic_partition(k)[0] for k in keys})
+
+        def on_revoke(c, partitions):
+            if not self.auto_commit:
+                try:  # commit what this process has processed before another member takes over
+                    c.commit(asynchronous=False)
+                except Exception:
+                    pass
+
+        consumer.subscribe(topics, on_revoke=on_revoke)
+
+    def crash(self) -> None:
+        if self._producer is not None:
+            self._producer.purge()
+            self._producer.flush(0)
+        self.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.purge()
+                self._producer.flush(0)
+            except Exception:
+                pass
+            self._producer = None
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except Exception:
+                pass
+            self._consumer = None
+
+
+def kafka_python_config(conf: dict[str, str]) -> dict[str, Any]:
+    """Kafka's dotted names to kafka-python's keyword arguments (the same names with underscores)."""
+    out: dict[str, Any] = {}
+    for k, v in conf.items():
+        if isinstance(v, str) and v.lower() in ("true", "false"):
+            v = v.lower() == "true"
+        elif isinstance(v, str) and v.lstrip("-").isdigit() and k != "acks":
+            v = int(v)
+        elif k == "acks" and v != "all":
+            v = int(v)
+        out[k.replace(".", "_")] = v
+    return out
+
+
+class KafkaPythonClient(Client):
+    """kafka-python KafkaProducer and KafkaConsumer."""
+
+    _producer = None
+    _consumer = None
+
+    def _get_producer(self):
+        if self._producer is None:
+            from kafka import KafkaProducer
+            conf = {"linger_ms": 0, **kafka_python_config(self.producer_config)}
+            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, client_id=f"acked-p{self.process}", **conf)
+        return self._producer
+
+    def _get_consumer(self):
+        if self._consumer is None:
+            from kafka import KafkaConsumer
+            conf = {"auto_offset_reset": "earliest", **kafka_python_config(self.consumer_config)}
+            # in assign mode no group: kafka-python would otherwise look for a coordinator on every poll
+            group = self.group_id if self.sub_via == "subscribe" else None
+            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
+                                           client_id=f"acked-c{self.process}", **conf)
+        return self._consumer
+
+    def send(self, sends: list) -> dict[str, Any]:
+        import kafka.errors as ke
+        producer = self._get_producer()
+        futures = []
+        for _, key, value in sends:
+            topic, partition = self.keymap.topic_partition(key)
+            futures.append(producer.send(topic, value=str(value).encode(), key=key.encode(), partition=partition))
+        deadline = time.monotonic() + self.op_timeout
+        outcomes = []
+        for fut in futures:
+            try:
+                md = fut.get(timeout=max(0.0, deadline - time.monotonic()))
+                outcomes.append(("ok", md.offset if md.offset is not None and md.offset >= 0 else None))
+            except ke.KafkaTimeoutError:
+                outcomes.append(("info", "timeout"))
+            except ke.KafkaError as e:
+                name = getattr(e, "message", type(e).__name__)
+                outcomes.append((classify_send_error(str(name), self.retries), str(name)))
+        return _send_completion(sends, outcomes)
+
+    def poll(self) -> dict[str, list]:
+        batches = self._get_consumer().poll(timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_poll_records)
+        records: dict[str, list] = {}
+        n = 0
+        for tp, msgs in batches.items():
+            key = self.keymap.key_of(tp.topic, tp.partition)
+            if key is None:
+                continue
+            for m in msgs:
+                records.setdefault(key, []).append([m.offset, self._decode(m.value)])
+                n += 1
+        if self.sub_via == "subscribe" and not self.auto_commit and n:
+            try:
+                self._consumer.commit()
+            except Exception:
+                pass
+        return records
+
+    def assign(self, keys: list[str]) -> None:
+        from kafka import TopicPartition
+        consumer = self._get_consumer()
+        current = set(consumer.assignment())
+        positions = {}
+        for tp in current:
+            try:
+                positions[tp] = consumer.position(tp, timeout_ms=2000)
+            except Exception:
+                pass
+        tps = [TopicPartition(*self.keymap.topic_partition(k)) for k in keys]
+        consumer.assign(tps)
+        for tp in tps:
+            if positions.get(tp) is not None:
+                consumer.seek(tp, positions[tp])
+            else:
+                consumer.seek_to_beginning(tp)
+
+    def subscribe(self, keys: list[str]) -> None:
+        self._get_consumer().subscribe(sorted({self.keymap.topic_partition(k)[0] for k in keys}))
+
+    def crash(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=0)
+            self._producer = None
+        self.close()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=0)
+            except Exception:
+                pass
+            self._producer = None
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:
+                pass
+            self._consumer = None
+
+
+CLIENT_CLASSES: dict[str, Callable[..., Client]] = {
+    "confluent-kafka": ConfluentClient,
+    "kafka-python": KafkaPythonClient,
+}
