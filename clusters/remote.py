@@ -1,0 +1,192 @@
+"""The node layout shared by the docker and ssh backends: fixed ports, fixed paths, daemons via the Node transport.
+
+Every node has a host address (`ip`), a ZooKeeper member when it is one of
+`zk_nodes`, and a broker when it is one of `nodes`. ZooKeeper and brokers
+use hostnames (n1, n2, ...) among themselves and advertise the node's address,
+so the harness on the host reaches every broker directly.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+from clusters import services
+from clusters.base import Cluster, ClusterError, Node
+from clusters.node import ShellNode
+
+DATA = "/var/lib/acked"           # ZooKeeper data, broker log.dirs
+LOGS = "/var/log/acked"
+ETC = "/etc/acked"
+
+
+class RemoteCluster(Cluster):
+    nodes: list  # brokers
+    zk_nodes: list
+    #: interpreter and import path of the broker on a node
+    python: str = "python3"
+    #: seconds per phase of the last start
+    timings: dict
+    pythonpath: str = "/src"
+
+    @property
+    def all_nodes(self) -> list:
+        return [*self.nodes, *(n for n in self.zk_nodes if n not in self.nodes)]
+
+    def node(self, name: str):
+        return next(n for n in self.all_nodes if n.name == name)
+
+    @property
+    def zookeeper_members(self) -> list[services.ZooKeeperMember]:
+        return [services.ZooKeeperMember(i, n.name) for i, n in enumerate(self.zk_nodes, 1)]
+
+    @property
+    def zookeeper_connect(self) -> str:
+        """As the brokers on the nodes use it (hostnames)."""
+        return services.connect_string(self.zookeeper_members)
+
+    @property
+    def zookeeper_connect_from_host(self) -> str:
+        return ",".join(f"{n.ip}:{services.ZK_CLIENT_PORT}" for n in self.zk_nodes)
+
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"{n.ip}:{services.BROKER_PORT}" for n in self.nodes)
+
+    def _parallel(self, fn, items) -> list:
+        items = list(items)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def _prepare_node(self, node) -> None:
+        """Backend hook run on every node before ZooKeeper starts."""
+
+    def _phase(self, name: str, started: float) -> float:
+        """Record how long a start phase took (bench/cluster_up.py prints them)."""
+        now = time.monotonic()
+        self.timings[name] = round(now - started, 2)
+        return now
+
+    def _start_daemons(self, timeout: float, zookeeper: bool = True) -> None:
+        t = time.monotonic()
+        self._parallel(self._prepare_node, self.all_nodes)
+        t = self._phase("prepare", t)
+        if zookeeper:
+            self._parallel(self._start_zookeeper, self.zk_nodes)
+            t = self._phase("zookeeper-started", t)
+        if self.spec.brokers:
+            # Brokers start at once and connect when the quorum forms (they wait up to 30 s for it):
+            # their interpreter start overlaps ZooKeeper's JVM start and election.
+            self._parallel(self.start_broker, self.nodes)
+            t = self._phase("brokers-started", t)
+        members = [(n.ip, services.ZK_CLIENT_PORT) for n in self.zk_nodes]
+        services.wait_for_zookeeper(members, timeout,
+                                    alive=lambda: all(n.is_running("zookeeper") for n in self.zk_nodes))
+        t = self._phase("zookeeper-quorum", t)
+        if self.spec.brokers:
+            services.wait_for_brokers(self.zookeeper_connect_from_host, [n.broker_id for n in self.nodes], timeout,
+                                      alive=lambda: all(n.is_running("broker") for n in self.nodes))
+            self._phase("brokers-registered", t)
+
+    def _start_zookeeper(self, node) -> None:
+        member = next(m for m in self.zookeeper_members if m.host == node.name)
+        node.run(["mkdir", "-p", f"{DATA}/zookeeper", f"{ETC}/zookeeper", LOGS], check=True)
+        put_files(node, {
+            f"{DATA}/zookeeper/myid": f"{member.myid}\n",
+            f"{ETC}/zookeeper/zoo.cfg": services.zoo_cfg(member, self.zookeeper_members, f"{DATA}/zookeeper"),
+            f"{ETC}/zookeeper/log4j.properties": services.LOG4J_PROPERTIES,
+        })
+        node.start_daemon("zookeeper", services.zookeeper_command(f"{ETC}/zookeeper"), f"{LOGS}/zookeeper.log")
+
+    def start_broker(self, node: Node) -> None:
+        props = services.server_properties(node.broker_id, "0.0.0.0", services.BROKER_PORT, node.ip,
+                                           f"{DATA}/broker", self.zookeeper_connect, self.spec.broker_config)
+        node.run(["mkdir", "-p", f"{DATA}/broker", LOGS, ETC], check=True)
+        put_files(node, {f"{ETC}/server.properties": props})
+        node.start_daemon("broker", services.broker_command(f"{ETC}/server.properties", python=self.python),
+                          f"{LOGS}/broker.log", env={"PYTHONPATH": self.pythonpath, "PYTHONUNBUFFERED": "1"})
+
+    def stop_broker(self, node: Node, sig: str = "TERM") -> None:
+        node.stop_daemon("broker", sig, timeout=30.0 if sig.upper().endswith("TERM") else 5.0)
+
+    def stop_daemons(self) -> None:
+        def stop(node) -> None:
+            node.stop_daemon("broker", "KILL")
+            node.stop_daemon("zookeeper", "KILL")
+        self._parallel(stop, self.all_nodes)
+
+    def reset(self) -> None:
+        """Stop the brokers, wipe all data, start again; the hosts stay.
+
+        ZooKeeper keeps running when every member is healthy after the faults are undone: its
+        data is wiped through the client (every znode but /zookeeper, including the killed
+        brokers' ephemeral registrations), which saves a JVM start and an election. Otherwise
+        the ensemble is killed, its data directories wiped, and it starts afresh.
+        """
+        self.timings = {}
+        t = time.monotonic()
+
+        def wipe(node: ShellNode) -> None:
+            # one round trip: KILL the brokers' process groups (continue them first: a stopped
+            # process would hold its ports), wait until they are gone, wipe their data; faults may
+            # have left iptables rules and qdiscs behind and a paused ZooKeeper: undo them
+            pid = f"$(cat {node.pidfile('broker')} 2>/dev/null)"
+            script = (
+                f"p={pid}; if [ -n \"$p\" ]; then kill -s CONT -- -$p; kill -s KILL -- -$p; fi 2>/dev/null; "
+                "for i in $(seq 200); do [ -n \"$p\" ] && [ -e /proc/$p ] && "
+                "! grep -qs '^State:.*Z' /proc/$p/status || break; sleep 0.05; done; "
+                f"zk=$(cat {node.pidfile('zookeeper')} 2>/dev/null); [ -n \"$zk\" ] && kill -s CONT -- -$zk 2>/dev/null; "
+                f"rm -rf {DATA}/broker; iptables -F 2>/dev/null; "
+                "tc qdisc del dev eth0 root 2>/dev/null; true")
+            node.run(script, timeout=20)
+        self._parallel(wipe, self.all_nodes)
+        t = self._phase("brokers-stopped", t)
+        if self._wipe_zookeeper_in_place():
+            self._phase("zookeeper-wiped", t)
+            self._start_daemons(60.0, zookeeper=False)
+            return
+        def kill_zookeeper(node: ShellNode) -> None:
+            node.stop_daemon("zookeeper", "KILL")
+            node.run(["rm", "-rf", f"{DATA}/zookeeper"])
+        self._parallel(kill_zookeeper, self.zk_nodes)
+        self._start_daemons(60.0)
+
+    def _wipe_zookeeper_in_place(self) -> bool:
+        """Delete every znode but /zookeeper if the ensemble is up with a quorum; False if it is not."""
+        from kazoo.client import KazooClient
+        members = [(n.ip, services.ZK_CLIENT_PORT) for n in self.zk_nodes]
+        try:
+            if not all(n.is_running("zookeeper") for n in self.zk_nodes):
+                return False
+            services.wait_for_zookeeper(members, 3.0)
+        except ClusterError:
+            return False
+        zk = KazooClient(hosts=self.zookeeper_connect_from_host, timeout=5.0)
+        try:
+            zk.start(timeout=5.0)
+            for child in zk.get_children("/"):
+                if child != "zookeeper":
+                    zk.delete(f"/{child}", recursive=True)
+            return zk.get_children("/") == ["zookeeper"]
+        except Exception:  # any ZooKeeper trouble: fall back to a fresh ensemble
+            return False
+        finally:
+            zk.stop()
+            zk.close()
+
+    def collect_logs(self, dest: Path) -> None:
+        def one(node) -> None:
+            try:
+                node.get_tree(LOGS, Path(dest) / node.name)
+                node.get(f"{ETC}/server.properties", Path(dest) / node.name / "server.properties")
+            except ClusterError:
+                pass  # a node without a broker has no server.properties
+        self._parallel(one, self.all_nodes)
+
+
+def put_files(node, files: dict[str, str]) -> None:
+    """Write several text files; in one round trip when the transport can."""
+    if hasattr(node, "put_many"):
+        node.put_many({path: text.encode() for path, text in files.items()})
+    else:
+        for path, text in files.items():
+            node.put_bytes(text.encode(), path)
