@@ -47,6 +47,15 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_profiles)
 
+    r = subparsers.add_parser(
+        "report", help="write the HTML report of a run directory, or the index of a results directory",
+        description="Write RUN_DIR/index.html (verdict, test, totals, anomalies, plots, links to logs; "
+                    "self-contained) and the results directory's index.html of all runs. Given a results "
+                    "directory, re-render the runs whose report is missing or stale, then its index.")
+    r.add_argument("path", metavar="RUN_DIR|RESULTS_DIR", help="a run directory (results/<name>/<timestamp>) "
+                   "or a results directory (default layout: results/)")
+    r.set_defaults(func=cmd_report)
+
 
 def description_from_args(args: argparse.Namespace) -> TestDescription:
     desc = load_toml(args.test_file) if args.test_file else TestDescription()
@@ -135,3 +144,22 @@ def _rich_display(runner, done: threading.Event) -> None:
     with Live(Text(_status_line(runner)), refresh_per_second=4, transient=True) as live:
         while not done.wait(0.25):
             live.update(Text(_status_line(runner)))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from harness import report
+    path = Path(args.path)
+    if not path.is_dir():
+        print(f"acked report: {path} is not a directory; give a run directory or a results directory",
+              file=sys.stderr)
+        return EXIT_BAD_USAGE
+    if report.is_run_dir(path):
+        print(report.render(path))
+        return 0
+    if not report.find_runs(path):
+        print(f"acked report: {path} holds no runs (no <name>/<timestamp>/ with history.jsonl, results.json "
+              "or test.json)", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    print(report.render_index(path, stale_runs=True))
+    return 0

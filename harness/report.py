@@ -1,0 +1,859 @@
+"""The HTML report of a run: run dir -> index.html (self-contained), results dir -> index.html of all runs.
+
+`render(path)` takes a run directory (results/<name>/<timestamp>/) or a results
+directory. For a run it writes the run's index.html -- verdict, test
+description, totals, anomalies with their explanations and history lines,
+Jepsen-style perf plots with the fault intervals shaded, links to the logs --
+and then regenerates the results directory's index.html. Everything is
+embedded (CSS inline, plots as data: URIs), so the file can be mailed or
+archived by CI on its own; links to logs and raw files are relative.
+
+A run that crashed may lack results.json or test.json, or end in a truncated
+history line: the report shows what is there and says what is missing. Huge
+histories only cost one streaming pass; every table is bounded.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+TEMPLATES = Path(__file__).with_name("templates")
+
+MAX_RECORDS_PER_TYPE = 8       # anomaly records shown with their explanation, per type
+MAX_HISTORY_ROWS_PER_TYPE = 40  # history lines shown per anomaly type
+MAX_VALUE_CHARS = 300          # an op's value is cut after this many characters in tables
+MAX_FAULT_ROWS = 100
+MAX_LOG_FILES = 200
+MAX_PROBLEMS = 20
+MAX_OFFSET_KEYS = 6
+RUN_FILES = ("history.jsonl", "results.json", "test.json")
+TIMESTAMP = re.compile(r"^\d{8}T\d{6}")
+
+# Which nemesis op ends the fault another one started (nemesis/faults.py: start_f -> stop_f).
+FAULT_STOP = {"kill": "start", "start-partition": "stop-partition", "pause": "resume"}
+FAULT_COLORS = {"kill": "#e4572e", "partition": "#7b5ea7", "pause": "#2e86ab"}
+OUTCOME_COLORS = {"ok": "#2b9348", "info": "#f4a300", "fail": "#d62828"}
+F_STYLES = {"send": "-", "poll": "--", "txn": "-."}
+
+# One sentence per type so a reader needs no other page; docs/anomalies.md has the details.
+TYPE_MEANINGS = {
+    "lost-write": "An acknowledged write disappeared: reads went past its offset but none ever returned it.",
+    "unseen": "Acknowledged values that no read returned by the end of the run (after the final drain).",
+    "duplicate": "One value is stored at more than one offset of a key (typically a producer retry).",
+    "inconsistent-offsets": "One offset of a key holds different values: the log forked.",
+    "G1a": "A read returned a value whose send failed (an aborted read).",
+    "poll-skip": "A consumer's next poll of a key started past records it never read.",
+    "nonmonotonic-poll": "A consumer's next poll of a key went back to or before where the previous one ended.",
+    "int-poll-skip": "Within one poll, consecutive records of a key skip over a known record.",
+    "int-nonmonotonic-poll": "Within one poll, the records of a key go backwards.",
+    "nonmonotonic-send": "A process's later send to a key landed at or before its earlier send.",
+    "int-send-skip": "Within one op, two sends to a key have other records between them.",
+    "int-nonmonotonic-send": "Within one op, two sends to a key landed in reverse order.",
+    "offset-order-realtime": "A send begun after another was acknowledged got a lower offset.",
+    "unexpected-value": "A read returned a value no op ever sent to that key.",
+    "precommitted-read": "A transaction read its own uncommitted write.",
+    "G0": "A cycle of write-write dependencies between transactions.",
+    "G1c": "A cycle of dependencies that needs a write-read edge (circular information flow).",
+    "committed-offset-regression": "A consumer group's committed offset went backwards.",
+}
+
+
+# ---- entry points ----------------------------------------------------------------------------------------------
+
+def render(path: str | os.PathLike) -> Path:
+    """Render a run directory's index.html (and its results directory's), or a results directory's index.
+
+    Returns the path of the file written for `path` itself.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory: give a run directory or a results directory")
+    if is_run_dir(path):
+        out = render_run(path)
+        root = results_root_of(path)
+        if root is not None:
+            try:
+                render_index(root)
+            except OSError:
+                pass  # the run's own report is written; an unwritable results dir must not fail the run
+        return out
+    return render_index(path)
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((path / f).is_file() for f in RUN_FILES)
+
+
+def results_root_of(run_dir: Path) -> Path | None:
+    """results/<name>/<timestamp>/ -> results/, when the run dir sits in that layout."""
+    root = run_dir.resolve().parent.parent
+    if TIMESTAMP.match(run_dir.resolve().name) or (root / "latest").is_symlink():
+        return root
+    return None
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories of a results dir: <name>/<timestamp>/ (and a run dir given directly below root)."""
+    runs = []
+    for name in sorted(root.iterdir()):
+        if name.name.startswith(".") or name.is_symlink() or not name.is_dir():
+            continue  # .clusters, latest
+        if is_run_dir(name):
+            runs.append(name)
+            continue
+        for stamp in sorted(name.iterdir()):
+            if stamp.is_dir() and not stamp.is_symlink() and is_run_dir(stamp):
+                runs.append(stamp)
+    return runs
+
+
+def render_run(run_dir: Path) -> Path:
+    run = load_run(run_dir)
+    page = _env().get_template("run.html.j2").render(run=run, generated=_now())
+    out = run_dir / "index.html"
+    _write_atomic(out, page)
+    return out
+
+
+def render_index(root: Path, stale_runs: bool = False) -> Path:
+    """results/index.html: every run, newest first. stale_runs=True first (re)renders runs whose report is
+    missing or older than their results."""
+    rows = []
+    for run_dir in find_runs(root):
+        if stale_runs and _stale(run_dir):
+            try:
+                render_run(run_dir)
+            except Exception as e:  # noqa: BLE001 -- one broken run must not hide the others
+                (run_dir / "report-error.txt").write_text(f"{type(e).__name__}: {e}\n")
+        try:
+            rows.append(summarize_run(run_dir, root))
+        except Exception as e:  # noqa: BLE001 -- a run with odd files is listed, not fatal to the index
+            rows.append({"name": run_dir.parent.name, "stamp": run_dir.name, "when": "",
+                         "sort": (0.0, run_dir.name), "verdict": "unknown", "bad": [], "allowed": [], "profile": "", "nemeses": "",
+                         "backend": "", "duration": "", "ops": "", "error": f"unreadable: {type(e).__name__}: {e}",
+                         "href": _href(f"{run_dir.relative_to(root).as_posix()}/")})
+    rows.sort(key=lambda r: r["sort"], reverse=True)
+    page = _env().get_template("index.html.j2").render(root=str(root), rows=rows, generated=_now())
+    out = root / "index.html"
+    _write_atomic(out, page)
+    return out
+
+
+def _stale(run_dir: Path) -> bool:
+    report = run_dir / "index.html"
+    if not report.exists():
+        return True
+    newest = max((run_dir / f).stat().st_mtime for f in RUN_FILES if (run_dir / f).exists())
+    return report.stat().st_mtime < newest
+
+
+# ---- loading a run ---------------------------------------------------------------------------------------------
+
+def _read_json(path: Path, notes: list[str], missing_note: str) -> dict | None:
+    if not path.exists():
+        notes.append(missing_note)
+        return None
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as e:
+        notes.append(f"{path.name} is not valid JSON ({e}); it was probably cut off while being written.")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"{path.name} does not hold a JSON object; it is ignored.")
+        return None
+    return data
+
+
+class HistoryScan:
+    """What the report needs from history.jsonl, gathered in one streaming pass with bounded memory."""
+
+    def __init__(self, path: Path, wanted: set[int]):
+        self.events = 0
+        self.bad_lines: list[tuple[int, str]] = []
+        self.truncated = False
+        self.counts: dict[str, dict[str, int]] = {}
+        self.nemesis: list[dict] = []
+        self.rows: dict[int, dict] = {}
+        self.invocations: dict[int, dict] = {}  # completion index -> its invocation
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+        open_invoke: dict[Any, dict] = {}
+        with open(path, "rb") as fh:
+            line_no = 0
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    ev = orjson.loads(line)
+                    if not isinstance(ev, dict):
+                        raise ValueError("not an object")
+                except (orjson.JSONDecodeError, ValueError) as e:
+                    if not line.endswith(b"\n"):
+                        self.truncated = True
+                    if len(self.bad_lines) < MAX_PROBLEMS:
+                        self.bad_lines.append((line_no, str(e)))
+                    continue
+                idx = ev.get("index")
+                if not isinstance(idx, int):
+                    idx = ev["index"] = self.events
+                self.events += 1
+                t = ev.get("time")
+                if isinstance(t, (int, float)):
+                    s = t / 1e9
+                    self.first_time = s if self.first_time is None else min(self.first_time, s)
+                    self.last_time = s if self.last_time is None else max(self.last_time, s)
+                p, typ, f = ev.get("process"), ev.get("type"), ev.get("f")
+                if p == "nemesis":
+                    if len(self.nemesis) < 20_000:
+                        self.nemesis.append(ev)
+                elif typ == "invoke":
+                    open_invoke[p] = ev
+                elif typ in ("ok", "fail", "info"):
+                    c = self.counts.setdefault(str(f), {"ok": 0, "fail": 0, "info": 0})
+                    c[typ] += 1
+                    inv = open_invoke.pop(p, None)
+                    if idx in wanted and inv is not None:
+                        self.invocations[idx] = inv
+                if idx in wanted:
+                    self.rows[idx] = ev
+        self.open_at_end = len(open_invoke)
+
+
+def _fault_name(f: str) -> str:
+    return f[len("start-"):] if f.startswith("start-") else f
+
+
+def fault_intervals(nemesis_events: list[dict], end: float | None) -> list[dict]:
+    """Nemesis ops -> [{"fault", "start", "end", "open", "value"}] in seconds; a fault never stopped runs to `end`.
+
+    An interval spans the start op's invocation to the stop op's completion, as Jepsen shades them.
+    """
+    intervals: list[dict] = []
+    active: dict[str, dict] = {}  # stop f -> interval
+    pending: dict[str, float] = {}  # f -> invocation time
+    for ev in nemesis_events:
+        f, t = str(ev.get("f")), ev.get("time")
+        if not isinstance(t, (int, float)):
+            continue
+        s = t / 1e9
+        if ev.get("type") == "invoke":
+            pending[f] = s
+            continue
+        started = pending.pop(f, s)
+        stop_f = FAULT_STOP.get(f) or (("stop-" + f[len("start-"):]) if f.startswith("start-") else None)
+        if stop_f is not None and stop_f not in active:
+            iv = {"fault": _fault_name(f), "start": started, "end": None, "open": True,
+                  "value": ev.get("value"), "error": ev.get("error")}
+            active[stop_f] = iv
+            intervals.append(iv)
+        elif f in active:
+            iv = active.pop(f)
+            iv["end"], iv["open"] = s, False
+    for iv in intervals:
+        if iv["end"] is None:
+            iv["end"] = end if end is not None else iv["start"]
+    return intervals
+
+
+def _anomaly_ops(results: dict) -> set[int]:
+    ops: set[int] = set()
+    for recs in (results.get("anomalies") or {}).values():
+        for rec in recs[:MAX_RECORDS_PER_TYPE]:
+            ops.update(i for i in rec.get("ops", []) if isinstance(i, int))
+    return ops
+
+
+def load_run(run_dir: Path) -> dict:
+    """Everything the run template shows, as plain data."""
+    notes: list[str] = []
+    test = _read_json(run_dir / "test.json", notes, "test.json is missing: the run's settings are unknown.")
+    results = _read_json(run_dir / "results.json", notes,
+                         "results.json is missing: the harness stopped before the check phase. The history below "
+                         f"can still be judged offline: acked check {run_dir / 'history.jsonl'}")
+    history_path = run_dir / "history.jsonl"
+    scan = None
+    if history_path.exists():
+        scan = HistoryScan(history_path, _anomaly_ops(results or {}))
+        if scan.truncated:
+            notes.append("history.jsonl ends in a cut-off line: the run stopped while writing it. Everything "
+                         "before that line is used; the cut-off line is skipped.")
+        elif scan.bad_lines:
+            notes.append(f"history.jsonl has {len(scan.bad_lines)} line(s) that are not JSON events; they are "
+                         "skipped.")
+        if scan.events == 0:
+            notes.append("history.jsonl is empty: no operation was recorded.")
+    else:
+        notes.append("history.jsonl is missing: no operation was recorded.")
+    if (run_dir / "harness-error.txt").exists():
+        notes.append("A phase of the harness failed; harness-error.txt has the traceback.")
+    res = results or {}
+    harness = res.get("harness") or {}
+    valid = res.get("valid") if results is not None else None
+    verdict = {True: "valid", False: "invalid"}.get(valid, "unknown")
+    end = None
+    perf = res.get("perf") or {}
+    if scan is not None and scan.last_time is not None:
+        end = scan.last_time
+    intervals = fault_intervals(scan.nemesis, end) if scan else []
+    anomalies = _anomaly_sections(res, scan)
+    stats = res.get("stats") or {}
+    by_f = stats.get("by-f") or (scan.counts if scan else {})
+    nemesis_fs = {str(e.get("f")) for e in scan.nemesis} if scan else set()
+    by_f = {f: c for f, c in by_f.items() if f not in nemesis_fs}  # faults have their own table
+    plots = _plots(perf, intervals, res, end, nemesis_fs, notes)
+    return {
+        "dir": str(run_dir), "name": _run_name(run_dir, test), "stamp": run_dir.name,
+        "verdict": verdict, "bad_types": res.get("bad-anomaly-types") or [],
+        "anomaly_types": res.get("anomaly-types") or [],
+        "unknown_reason": res.get("unknown-reason") if results is not None
+        else "not checked: the run left no results.json",
+        "checked": results is not None,
+        "notes": notes,
+        "harness": {"error": harness.get("error"), "errors": harness.get("errors") or [],
+                    "interrupted": harness.get("interrupted"),
+                    "nemesis_errors": harness.get("nemesis-errors") or [],
+                    "main": harness.get("main-phase") or {}},
+        "test": _test_view(test),
+        "totals": _totals(stats, by_f, scan),
+        "by_f": {f: by_f[f] for f in sorted(by_f)},
+        "options": res.get("options") or {},
+        "anomalies": anomalies,
+        "problems": (res.get("history-problems") or [])[:MAX_PROBLEMS],
+        "problem_count": res.get("history-problem-count", 0),
+        "faults": _fault_rows(intervals),
+        "fault_count": len(intervals),
+        "plots": plots,
+        "files": _files(run_dir),
+        "logs": _logs(run_dir),
+        "history": {"events": scan.events if scan else 0, "span": end,
+                    "open_at_end": scan.open_at_end if scan else 0} if scan else None,
+    }
+
+
+def _run_name(run_dir: Path, test: dict | None) -> str:
+    if test and isinstance(test.get("test"), dict) and test["test"].get("name"):
+        return str(test["test"]["name"])
+    return run_dir.parent.name
+
+
+def _test_view(test: dict | None) -> dict | None:
+    if not test:
+        return None
+    d = test.get("test") if isinstance(test.get("test"), dict) else {}
+    eff = d.get("effective") or {}
+    nemeses = d.get("nemeses")
+    summary = [
+        ("profile", d.get("profile")), ("backend", d.get("backend")), ("nodes", d.get("nodes")),
+        ("client", d.get("client")),
+        ("concurrency", f"{eff['concurrency']} processes" if "concurrency" in eff else d.get("concurrency")),
+        ("nemeses", ", ".join(nemeses) if nemeses else "none" if nemeses is not None else None),
+        ("nemesis interval", _secs(d.get("nemesis_interval"))),
+        ("kill target", d.get("kill_target") if nemeses and "kill" in nemeses else None),
+        ("time limit", _secs(d.get("time_limit"))), ("rate", f"{d['rate']} ops/s" if d.get("rate") else
+                                                     "unlimited" if d.get("rate") == 0 else None),
+        ("sub-via", eff.get("sub_via") or d.get("sub_via")), ("delivery", eff.get("delivery") or d.get("delivery")),
+        ("seed", test.get("seed", d.get("seed"))), ("started", test.get("started")),
+    ]
+    kafka = {kind: eff.get(kind) or d.get(kind) or {} for kind in ("producer", "consumer", "topic", "broker")}
+    return {"summary": [(k, v) for k, v in summary if v not in (None, "")],
+            "kafka": {k: sorted(v.items()) for k, v in kafka.items() if v},
+            "versions": sorted((test.get("versions") or {}).items()),
+            "json": orjson.dumps(test, option=orjson.OPT_INDENT_2).decode()[:200_000]}
+
+
+def _secs(v) -> str | None:
+    return None if v is None else f"{v:g} s" if isinstance(v, (int, float)) else str(v)
+
+
+def _totals(stats: dict, by_f: dict, scan: HistoryScan | None) -> list[tuple[str, Any, str]]:
+    rows = []
+    for key, label, hint in (("acknowledged", "acknowledged", "values whose send completed ok"),
+                             ("read", "read", "distinct values returned by ok polls"),
+                             ("acknowledged-and-read", "acknowledged and read", ""),
+                             ("acknowledged-but-never-read", "acknowledged but never read",
+                              "after the final drain; see unseen / lost-write")):
+        if key in stats:
+            rows.append((label, stats[key], hint))
+    if by_f:  # client ops only: by_f has no nemesis functions
+        comp = {t: sum(c.get(t, 0) for c in by_f.values()) for t in ("ok", "fail", "info")}
+        rows.append(("client ops completed", f"{comp['ok']} ok, {comp['fail']} fail, {comp['info']} info",
+                     "fail: certainly not done; info: may or may not have happened"))
+    if "keys" in stats:
+        rows.append(("keys", stats["keys"], "partitions written or read"))
+    events = stats.get("events", scan.events if scan else None)
+    if events is not None:
+        rows.append(("history events", events, ""))
+    return rows
+
+
+def _short(value: Any, limit: int = MAX_VALUE_CHARS) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    return text if len(text) <= limit else text[:limit] + f" … ({len(text) - limit} more characters)"
+
+
+def _focus(value: Any, keys: set[str] | None) -> tuple[Any, int]:
+    """A poll's records of `keys` only (the rest is noise for this anomaly) and how many other keys it read."""
+    if not keys or not isinstance(value, list):
+        return value, 0
+    out, hidden = [], 0
+    for mop in value:
+        if isinstance(mop, list) and len(mop) == 2 and mop[0] == "poll" and isinstance(mop[1], dict):
+            kept = {k: v for k, v in mop[1].items() if k in keys}
+            hidden += len(mop[1]) - len(kept)
+            out.append(["poll", kept])
+        else:
+            out.append(mop)
+    return out, hidden
+
+
+def _row(ev: dict, role: str = "", keys: set[str] | None = None) -> dict:
+    t = ev.get("time")
+    value, hidden = _focus(ev.get("value"), keys)
+    text = _short(value)
+    if hidden:
+        text += f"  (+ {hidden} other key{'s' if hidden > 1 else ''})"
+    return {"index": ev.get("index"), "time": f"{t / 1e9:.3f}" if isinstance(t, (int, float)) else "",
+            "process": ev.get("process"), "type": ev.get("type"), "f": ev.get("f"),
+            "value": text, "error": _short(ev["error"], 120) if ev.get("error") else "",
+            "role": role}
+
+
+# Worst first: what breaks the log itself, then what breaks reading it, then ordering.
+SEVERITY = ["lost-write", "inconsistent-offsets", "G1a", "unexpected-value", "duplicate", "unseen",
+            "precommitted-read", "G1c", "G0", "poll-skip", "nonmonotonic-poll", "int-poll-skip",
+            "int-nonmonotonic-poll", "nonmonotonic-send", "int-nonmonotonic-send", "offset-order-realtime",
+            "int-send-skip", "committed-offset-regression"]
+
+
+def _severity(kind: str) -> int:
+    base = kind.replace("-process", "").replace("-realtime", "")
+    return SEVERITY.index(base) if base in SEVERITY else len(SEVERITY)
+
+
+def _anomaly_sections(res: dict, scan: HistoryScan | None) -> list[dict]:
+    anomalies = res.get("anomalies") or {}
+    counts = res.get("anomaly-counts") or {}
+    bad = set(res.get("bad-anomaly-types") or [])
+    types = list(res.get("anomaly-types") or anomalies.keys())
+    types.sort(key=lambda t: (t not in bad, _severity(t), t))
+    sections = []
+    for kind in types:
+        recs = anomalies.get(kind) or []
+        shown = []
+        op_keys: dict[int, set[str] | None] = {}
+        for rec in recs[:MAX_RECORDS_PER_TYPE]:
+            fields = [(k, _short(v, 160)) for k, v in rec.items()
+                      if k not in ("ops", "explanation", "steps", "cycle")]
+            steps = [s.get("explanation") or _short(s, 200) for s in rec.get("steps") or []]
+            shown.append({"explanation": _paragraphs(rec.get("explanation")), "ops": rec.get("ops") or [],
+                          "fields": fields, "steps": steps})
+            for i in rec.get("ops") or []:
+                if "key" in rec and op_keys.get(i, set()) is not None:
+                    op_keys.setdefault(i, set()).add(str(rec["key"]))
+                else:
+                    op_keys[i] = None  # a record without a key: show the whole op
+        rows = []
+        for i in op_keys:
+            if scan is None or len(rows) >= MAX_HISTORY_ROWS_PER_TYPE:
+                break
+            if i in scan.invocations:
+                rows.append(_row(scan.invocations[i], "invocation"))
+            if i in scan.rows:
+                rows.append(_row(scan.rows[i], "cited", op_keys[i]))
+        sections.append({"type": kind, "bad": kind in bad, "count": counts.get(kind, len(recs)),
+                         "meaning": TYPE_MEANINGS.get(kind)
+                         or TYPE_MEANINGS.get(kind.replace("-process", "").replace("-realtime", ""), ""),
+                         "records": shown, "more": max(0, counts.get(kind, len(recs)) - len(shown)),
+                         "rows": rows, "open": kind in bad and len(sections) < 2})
+    return sections
+
+
+def _paragraphs(text: Any) -> list[str]:
+    if not text:
+        return []
+    return [p.strip() for p in str(text).split("\n\n") if p.strip()]
+
+
+def _fault_rows(intervals: list[dict]) -> list[dict]:
+    rows = []
+    for iv in intervals[:MAX_FAULT_ROWS]:
+        rows.append({"fault": iv["fault"], "start": f"{iv['start']:.2f}",
+                     "end": "not stopped" if iv["open"] else f"{iv['end']:.2f}",
+                     "value": _short(iv["value"], 200) if iv["value"] is not None else "",
+                     "error": iv.get("error") or ""})
+    return rows
+
+
+def _files(run_dir: Path) -> list[dict]:
+    out = []
+    for name in ("history.jsonl", "results.json", "test.json", "harness-error.txt"):
+        p = run_dir / name
+        if p.is_file():
+            out.append({"href": name, "name": name, "size": _size(p.stat().st_size)})
+    return out
+
+
+def _logs(run_dir: Path) -> dict:
+    logs = run_dir / "logs"
+    files = []
+    total = 0
+    if logs.is_dir():
+        for p in sorted(logs.rglob("*")):
+            if p.is_file():
+                total += 1
+                if len(files) < MAX_LOG_FILES:
+                    rel = p.relative_to(run_dir).as_posix()
+                    files.append({"href": _href(rel), "name": p.relative_to(logs).as_posix(),
+                                  "size": _size(p.stat().st_size)})
+    return {"files": files, "total": total, "exists": logs.is_dir()}
+
+
+def _href(rel: str) -> str:
+    from urllib.parse import quote
+    return quote(rel)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+# ---- plots -----------------------------------------------------------------------------------------------------
+
+PLOT_WIDTH = 11.5
+PLOT_MARGINS = {"left": 0.07, "right": 0.83}  # the same for every plot, so their time axes line up
+
+
+def _figure(height: float, top_inches: float = 0.35, bottom_inches: float = 0.5, hspace: float = 0.35):
+    from matplotlib.figure import Figure  # object API: no pyplot, no global backend switch
+    fig = Figure(figsize=(PLOT_WIDTH, height), dpi=100)
+    fig.subplots_adjust(top=1 - top_inches / height, bottom=bottom_inches / height, hspace=hspace,
+                        **PLOT_MARGINS)
+    return fig
+
+
+def _data_uri(fig) -> str:
+    import matplotlib
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "acked"}):
+        fig.savefig(buf, format="svg")
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _style(ax, xlabel="seconds since the run started", ylabel=""):
+    ax.grid(True, color="#e6e6e6", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_xlabel(xlabel, fontsize=9)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+
+
+def _plain_log_ticks(ax):
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    lo, hi = ax.get_ylim()
+    narrow = lo > 0 and hi / lo < 150  # within about two decades: label 1, 2, 5 of each, else decades only
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 100, not 10^2
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _shade(ax, intervals: list[dict]) -> list:
+    from matplotlib.patches import Patch
+    handles, seen = [], set()
+    for iv in intervals:
+        color = FAULT_COLORS.get(iv["fault"], "#888888")
+        ax.axvspan(iv["start"], max(iv["end"], iv["start"]), color=color, alpha=0.13, linewidth=0, zorder=0)
+        if iv["fault"] not in seen:
+            seen.add(iv["fault"])
+            handles.append(Patch(facecolor=color, alpha=0.3, label=f"{iv['fault']} (fault)"))
+    return handles
+
+
+def _series_style(name: str) -> tuple[str, str, str]:
+    f, _, outcome = name.rpartition(" ")
+    return f, OUTCOME_COLORS.get(outcome, "#555555"), F_STYLES.get(f, ":")
+
+
+def _legend(ax, extra=()):
+    handles, labels = ax.get_legend_handles_labels()
+    handles += list(extra)
+    labels += [h.get_label() for h in extra]
+    if handles:
+        ax.legend(handles, labels, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _xlim(ax, end):
+    if end:
+        ax.set_xlim(0, end * 1.01)
+
+
+def _series_order(name: str):
+    f, _, outcome = name.rpartition(" ")
+    return (list(F_STYLES).index(f) if f in F_STYLES else len(F_STYLES), f, ["ok", "info", "fail"].index(outcome)
+            if outcome in ("ok", "info", "fail") else 3)
+
+
+def _display_bucket(series: dict, bucket: float, points: int = 80, shortest: float = 0.25) -> float:
+    """A display bucket that leaves about `points` points over the run, and no shorter than `shortest` seconds:
+    a rate over a few milliseconds is mostly noise."""
+    end = max((pts[-1][0] for pts in series.values() if pts), default=0)
+    if bucket <= 0 or end <= 0:
+        return bucket
+    return bucket * max(1, round(max(end / points, shortest) / bucket))
+
+
+def _dense(pts: list, bucket: float) -> bool:
+    """Whether a series has points in most buckets of its span (else lines between them would invent a trend)."""
+    if len(pts) < 20 or bucket <= 0:
+        return False
+    return len(pts) >= 0.5 * ((pts[-1][0] - pts[0][0]) / bucket + 1)
+
+
+def _rebin(pts: list, bucket: float, width: float, c0: float) -> list:
+    """Average a rate series over display buckets of n of its own buckets (c0: the centre of its bucket 0);
+    buckets without completions count as 0."""
+    n = max(1, round(width / bucket)) if bucket > 0 else 1
+    if not pts or n == 1:
+        return pts
+    sums: dict[int, float] = {}
+    for t, rate in pts:
+        b = round((t - c0) / bucket) // n
+        sums[b] = sums.get(b, 0.0) + rate / n
+    return [[c0 + (b * n + (n - 1) / 2) * bucket, sums.get(b, 0.0)] for b in range(min(sums), max(sums) + 1)]
+
+
+def plot_throughput(perf: dict, intervals: list[dict], end: float | None,
+                    nemesis_fs: set[str] = frozenset()) -> str | None:
+    series = _client_series(perf.get("throughput") or {}, set(nemesis_fs))
+    if not any(series.values()):
+        return None
+    fig = _figure(3.2)
+    ax = fig.add_subplot()
+    bucket = perf.get("bucket-seconds") or 0
+    width = _display_bucket(series, bucket)
+    c0 = min(pts[0][0] for pts in (perf.get("throughput") or {}).values() if pts)  # every series' bucket grid
+    for name in sorted(series, key=_series_order):
+        pts = _rebin(series[name], bucket, width, c0)
+        if not pts:
+            continue
+        _, color, ls = _series_style(name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, color=color, linewidth=1.4, label=name)
+    _style(ax, ylabel="completions per second")
+    ax.set_ylim(bottom=0)
+    _xlim(ax, end)
+    _legend(ax, _shade(ax, intervals))
+    ax.set_title(f"Throughput (completions per second, averaged over {width:.3g} s)", fontsize=10, loc="left")
+    return _data_uri(fig)
+
+
+def _client_series(series: dict, nemesis_fs: set[str]) -> dict:
+    """Series of client ops only: nemesis ops and client crashes are instants, not requests."""
+    return {k: v for k, v in series.items() if v and k.rpartition(" ")[0] not in nemesis_fs | {"crash"}}
+
+
+def plot_latency(perf: dict, intervals: list[dict], end: float | None, nemesis_fs: set[str] = frozenset()) -> str | None:
+    """Jepsen's latency graph as quantiles: one panel per request kind, p50 solid and p99 dotted per outcome."""
+    series = _client_series(perf.get("latency") or {}, set(nemesis_fs))
+    if not series:
+        return None
+    panels: dict[str, list[str]] = {}
+    for name in series:
+        f = name.rpartition(" ")[0]
+        panels.setdefault(f if f in F_STYLES else "assign / subscribe", []).append(name)
+    order = sorted(panels, key=lambda p: (p not in F_STYLES, list(F_STYLES).index(p) if p in F_STYLES else 0, p))
+    fig = _figure(2.3 * len(order) + 0.5)
+    axes = fig.subplots(len(order), 1, sharex=True, squeeze=False)[:, 0]
+    for n, (ax, panel) in enumerate(zip(axes, order)):
+        shade = _shade(ax, intervals)
+        for name in sorted(panels[panel]):
+            pts = series[name]
+            f, color, ls = _series_style(name)
+            t = [p[0] for p in pts]
+            p50 = [max(p[1], 1e-3) for p in pts]
+            p99 = [max(p[3], 1e-3) for p in pts]
+            label = name if panel not in F_STYLES else name.rpartition(" ")[2]
+            if _dense(pts, perf.get("bucket-seconds") or 0):
+                ax.plot(t, p50, "-", color=color, linewidth=1.3, label=f"{label} p50")
+                ax.plot(t, p99, ":", color=color, linewidth=1.1, label=f"{label} p99")
+            else:  # sparse series (rare outcomes, short runs): markers only
+                ax.plot(t, p50, "o", color=color, markersize=4, label=f"{label} p50")
+                ax.plot(t, p99, "^", color=color, markersize=4, markerfacecolor="none", label=f"{label} p99")
+        ax.set_yscale("log")
+        _plain_log_ticks(ax)
+        _style(ax, xlabel="seconds since the run started" if n == len(order) - 1 else "", ylabel="latency (ms)")
+        ax.set_title(f"{panel} latency", fontsize=10, loc="left")
+        _xlim(ax, end)
+        _legend(ax, shade)
+    return _data_uri(fig)
+
+
+def plot_unseen(perf: dict, intervals: list[dict], end: float | None) -> str | None:
+    samples = perf.get("unseen") or []
+    if not samples:
+        return None
+    fig = _figure(2.6)
+    ax = fig.add_subplot()
+    ax.step([s["time"] for s in samples], [s["total"] for s in samples], where="post", color="#1d4e89",
+            linewidth=1.4, label="acknowledged,\nnot yet read")
+    _style(ax, ylabel="values")
+    ax.set_ylim(bottom=0)
+    _xlim(ax, end)
+    _legend(ax, _shade(ax, intervals))
+    ax.set_title("Unseen over time (should fall to 0 after the final drain)", fontsize=10, loc="left")
+    return _data_uri(fig)
+
+
+def _offset_keys(res: dict, offsets: dict) -> list[str]:
+    """Keys worth a plot: those named by bad anomalies, then those with unseen values, then the busiest."""
+    chosen: list[str] = []
+
+    def add(k):
+        k = str(k)
+        if k in offsets and k not in chosen and len(chosen) < MAX_OFFSET_KEYS:
+            chosen.append(k)
+    bad = res.get("bad-anomaly-types") or []
+    for kind in bad + [t for t in res.get("anomaly-types") or [] if t not in bad]:
+        for rec in (res.get("anomalies") or {}).get(kind, [])[:20]:
+            if "key" in rec:
+                add(rec["key"])
+    unseen = (res.get("stats") or {}).get("unseen-by-key") or {}
+    for k in sorted(unseen, key=lambda k: -unseen[k]):
+        add(k)
+
+    def last_offset(k):
+        pts = [p for p in offsets[k] if p[1] is not None]
+        return pts[-1][1] if pts else -1
+    for k in sorted(offsets, key=lambda k: (-last_offset(k), k)):
+        add(k)
+    return chosen
+
+
+def plot_offsets(res: dict, intervals: list[dict], end: float | None) -> tuple[str | None, list[str]]:
+    offsets = (res.get("perf") or {}).get("offsets") or {}
+    keys = _offset_keys(res, offsets)
+    if not keys:
+        return None, []
+    cols = 3 if len(keys) > 2 else len(keys)
+    rows = (len(keys) + cols - 1) // cols
+    fig = _figure(2.2 * rows + 0.4, top_inches=0.3, hspace=0.45)
+    fig.subplots_adjust(wspace=0.25)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    for n, ax in enumerate(axes.flat):
+        if n >= len(keys):
+            ax.set_visible(False)
+            continue
+        k = keys[n]
+        pts = offsets[k]
+        _shade(ax, intervals)
+        for col, label, color, ls in ((1, "max acknowledged offset", "#2b9348", "-"),
+                                      (2, "max read offset", "#1d4e89", "--")):
+            xs = [p[0] for p in pts if p[col] is not None]
+            ys = [p[col] for p in pts if p[col] is not None]
+            ax.step(xs, ys, ls, where="post", color=color, linewidth=1.3, label=label)
+        _style(ax, xlabel="seconds" if n >= len(keys) - cols else "", ylabel="offset" if n % cols == 0 else "")
+        ax.set_title(f"key {k}", fontsize=9, loc="left")
+        _xlim(ax, end)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=8, frameon=False, loc="upper left",
+                   bbox_to_anchor=(PLOT_MARGINS["right"] + 0.01, 1 - 0.3 / (2.2 * rows + 0.4)))
+    return _data_uri(fig), keys
+
+
+def _plots(perf: dict, intervals: list[dict], res: dict, end: float | None, nemesis_fs: set[str],
+           notes: list[str]) -> dict:
+    def attempt(name, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 -- odd series cost one plot, never the report
+            notes.append(f"The {name} plot could not be drawn: {type(e).__name__}: {e}")
+            return None
+    offsets, keys = attempt("offsets", plot_offsets, res, intervals, end) or (None, [])
+    return {"throughput": attempt("throughput", plot_throughput, perf, intervals, end, nemesis_fs),
+            "latency": attempt("latency", plot_latency, perf, intervals, end, nemesis_fs),
+            "unseen": attempt("unseen", plot_unseen, perf, intervals, end), "offsets": offsets, "offset_keys": keys}
+
+
+# ---- the results index -----------------------------------------------------------------------------------------
+
+def summarize_run(run_dir: Path, root: Path) -> dict:
+    notes: list[str] = []
+    test = _read_json(run_dir / "test.json", notes, "no test.json")
+    results = _read_json(run_dir / "results.json", notes, "no results.json")
+    res = results or {}
+    valid = res.get("valid") if results is not None else None
+    verdict = {True: "valid", False: "invalid"}.get(valid, "unknown")
+    d = (test or {}).get("test") or {}
+    started = (test or {}).get("started")
+    when = None
+    if started:
+        try:
+            when = dt.datetime.fromisoformat(started)
+        except ValueError:
+            pass
+    if when is None:
+        try:
+            when = dt.datetime.strptime(run_dir.name[:15], "%Y%m%dT%H%M%S")
+        except ValueError:
+            when = dt.datetime.fromtimestamp(run_dir.stat().st_mtime)
+    unseen = ((res.get("perf") or {}).get("unseen") or [])
+    main = ((res.get("harness") or {}).get("main-phase") or {})
+    duration = unseen[-1]["time"] if unseen else main.get("seconds")
+    counts = res.get("anomaly-counts") or {}
+    rel = run_dir.relative_to(root).as_posix()
+    link = f"{rel}/index.html" if (run_dir / "index.html").exists() else f"{rel}/"
+    comp = (res.get("stats") or {}).get("completions") or {}
+    return {
+        "name": _run_name(run_dir, test), "stamp": run_dir.name, "when": when.strftime("%Y-%m-%d %H:%M:%S"),
+        "sort": (when.timestamp(), run_dir.name), "verdict": verdict,
+        "bad": [(t, counts.get(t)) for t in res.get("bad-anomaly-types") or []],
+        "allowed": [(t, counts.get(t)) for t in res.get("anomaly-types") or []
+                    if t not in (res.get("bad-anomaly-types") or [])],
+        "profile": d.get("profile", ""), "nemeses": ", ".join(d.get("nemeses") or []) or ("none" if test else ""),
+        "backend": d.get("backend", ""),
+        "duration": f"{duration:.1f} s" if isinstance(duration, (int, float)) else "",
+        "ops": sum(comp.values()) if comp else "",
+        "error": (res.get("harness") or {}).get("error") or ("no results.json" if results is None else ""),
+        "href": _href(link),
+    }
+
+
+# ---- plumbing --------------------------------------------------------------------------------------------------
+
+_ENV = None
+
+
+def _env():
+    global _ENV
+    if _ENV is None:
+        import jinja2
+        _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                                  autoescape=jinja2.select_autoescape(["html", "j2"]),
+                                  trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    return _ENV
+
+
+def _now() -> str:
+    return dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = ["render", "render_run", "render_index", "load_run", "fault_intervals", "find_runs"]
