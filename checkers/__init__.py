@@ -44,7 +44,7 @@ def check_path(path, *, format="jsonl", sub_via="assign", txn=False, ww_deps=Fal
     problems: list[Problem] = []
     if format == "jsonl":
         with _open_history(path) as fh:
-            chk.feed_lines(fh)
+            chk.feed_file(fh)
     else:
         h = read_history(path, format=format)
         problems = h.problems

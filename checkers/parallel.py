@@ -16,7 +16,7 @@ import os
 import pickle
 import traceback
 
-from .queue import QueueChecker, _Key
+from .queue import QueueChecker, _Key, totals as _totals
 
 # Anomaly types the "keys" half finds; everything else comes from the parent.
 KEY_KINDS = {"inconsistent-offsets", "duplicate", "G1a", "unexpected-value", "unseen", "precommitted-read",
@@ -82,18 +82,3 @@ def check_path_parallel(path, opts: dict, open_history) -> dict:
     # unseen evolution from the child, offsets progress from the parent (same sample times)
     chk.stats.samples = [(t, u, o) for (t, _, o), u in zip(chk.stats.samples, payload["unseen-samples"])]
     return chk._results(totals=payload["totals"])
-
-
-def _totals(chk) -> dict:
-    acked = read_acked = 0
-    for ks in chk.keys.values():
-        acked += len(ks.acked)
-        read_acked += len(ks.acked) - len(ks.unseen)
-    return {
-        "keys": len(chk.keys),
-        "acknowledged": acked,
-        "read": sum(len(ks.read) for ks in chk.keys.values()),
-        "acknowledged-and-read": read_acked,
-        "acknowledged-but-never-read": acked - read_acked,
-        "unseen-by-key": {k: len(ks.unseen) for k, ks in sorted(chk.keys.items()) if ks.unseen},
-    }

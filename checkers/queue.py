@@ -13,13 +13,18 @@ outcome, exactly as Jepsen does.
 from __future__ import annotations
 
 import gc
+import io
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from itertools import repeat
+from operator import itemgetter
+from typing import Literal
+
+import msgspec
 
 import orjson
 
-from .history import validate_event
+from .history import BATCH_BYTES, Event, decode_value, iter_event_batches, validate_event
 from .stats import StatsCollector
 
 # Allowed anomaly types (they never make a run invalid), as in Jepsen.
@@ -30,11 +35,26 @@ _COMPLETIONS = frozenset(("ok", "fail", "info"))
 MAX_EXAMPLES = 1000  # anomalies kept per type; anomaly-counts has the totals
 
 
+_UNSET = object()
+_decode_ok_poll = msgspec.json.Decoder(
+    tuple[tuple[Literal["poll"], dict[str, list[tuple[int, int | str]]]]]).decode
+_decode_ok_send = msgspec.json.Decoder(tuple[tuple[Literal["send"], str, tuple[int, int | str]]]).decode
+_op_of = itemgetter(1)
+
+
+def _inv_tuple(inv):
+    """A pending invocation as the general code takes it: (index, time, f, value, None)."""
+    if type(inv) is Event:
+        return (inv.index, inv.time, inv.f, decode_value(inv.value), None)
+    return inv
+
+
 class _Key:
     """Everything known about one key (one partition)."""
 
     __slots__ = ("log", "voff", "read", "acked", "failed", "info", "unseen",
-                 "conflicts", "dups", "maxread", "maxread_op", "acked_max", "attempted")
+                 "conflicts", "dups", "maxread", "maxread_op", "acked_max", "attempted",
+                 "am_hist")
 
     def __init__(self):
         self.log = {}        # offset -> first value seen there
@@ -50,6 +70,10 @@ class _Key:
         self.maxread_op = None
         self.acked_max = None  # (offset, op, value) highest ok send offset so far
         self.attempted = None  # values only invoked (never completed)
+        # Every rise of acked_max, (offset, op, value) in history order. It
+        # answers "the highest acknowledged offset when op X was invoked" at X's
+        # completion, so invocations need no snapshot.
+        self.am_hist = []
 
 
 class QueueChecker:
@@ -73,7 +97,7 @@ class QueueChecker:
         self.counts: dict[str, int] = {}
         self.info_sends = []       # (op, [(k, offset, value)]) decided at the end
         self.skip_cands = []       # (kind, k, o1, o2, ops) where o2 > o1 + 1
-        self.pending = {}          # process -> (index, time, f, value, realtime snapshot)
+        self.pending = {}          # process -> (index, time, f, value, None), or its Event (fast path)
         self.pread = {}            # process -> {k: (last offset, op)}
         self.psend = {}            # process -> {k: (last offset, op)}
         self.txn_ops = []          # (op, process, inv_index, writes, reads) for the graph
@@ -161,6 +185,241 @@ class QueueChecker:
             if was_enabled:
                 gc.enable()
 
+    def feed_file(self, fh, batch_bytes=BATCH_BYTES):
+        """Fold a binary history.jsonl file: blocks of well-formed lines go
+        through the fast path (msgspec-decoded Events, values decoded only for
+        completions); any block with a bad line is folded line by line, which
+        reports each problem with its line number."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            fast = self.role == "all" and not self.collect_txn
+            for _lines, events, block in iter_event_batches(fh, batch_bytes):
+                if events is not None and fast:
+                    self._feed_events(events)
+                else:
+                    self._feed(io.BytesIO(block), raw=True)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _feed_events(self, events):
+        """The fast path of _feed for one block of Events (role "all", no --txn).
+
+        The same decisions as _feed + _poll_fast + _send_one, in one loop with
+        everything bound to locals: invocations are only remembered (their
+        value stays undecoded unless the completion lacks one), and the
+        common completions (an ok poll or an ok single-record send) are folded
+        inline. Anything unusual goes through the general code.
+        """
+        keys = self.keys
+        pending = self.pending
+        pop = pending.pop
+        pread = self.pread
+        psend = self.psend
+        st = self.stats
+        kind_ix = st.kind_ix
+        kind_append = st.kind.append
+        tdone_append = st.t_done.append
+        lat_append = st.lat.append
+        problems = self.problems
+        next_index = self.n_events
+        next_sample = self.next_sample
+        last_time = self.last_time
+        lineno = self.lines
+        decode_ok_poll = _decode_ok_poll
+        decode_ok_send = _decode_ok_send
+        ValidationError = msgspec.ValidationError
+        completions = _COMPLETIONS
+        Key = _Key
+        any_read = False
+        for ev in events:
+            lineno += 1
+            idx = ev.index
+            if idx is None:
+                idx = ev.index = next_index
+            next_index = idx + 1
+            t = ev.type
+            if t == "invoke":
+                pending[ev.process] = ev
+                continue
+            if t not in completions:
+                problems.append((lineno, f"field type must be one of invoke, ok, fail, info (got {t!r})"))
+                continue
+            p = ev.process
+            f = ev.f
+            inv = pop(p, None)
+            if type(inv) is Event:
+                itime = inv.time
+            elif inv is None:
+                if p != "nemesis":
+                    problems.append((lineno, f"completion of process {p} has no invocation"))
+                inv = (None, None, f, None, None)
+                itime = None
+            else:
+                itime = inv[1]
+            # stats
+            kd = kind_ix.get(f)
+            if kd is None:
+                kd = kind_ix[f] = {}
+            kx = kd.get(t)
+            if kx is None:
+                kx = kd[t] = st.new_kind(f, t)
+            kind_append(kx)
+            time = ev.time
+            if time is not None:
+                tdone_append(time)
+                lat_append(time - itime if itime is not None else -1)
+                last_time = time
+                if time >= next_sample:
+                    st.sample(time, keys)
+                    next_sample = time + SAMPLE_NS
+            else:
+                tdone_append(-1)
+                lat_append(-1)
+            if f != "poll" and f != "send":
+                if f == "txn" or f == "assign" or f == "subscribe":
+                    self._general_completion(lineno, idx, t, p, f, ev, inv)
+                continue
+            if t != "ok":
+                self._general_completion(lineno, idx, t, p, f, ev, inv)
+                continue
+            # The common shapes, checked by msgspec while decoding: an ok poll
+            # [["poll", {key: [[offset, value], ...]}]] with integer offsets, an
+            # ok send [["send", key, [offset, value]]] with an integer offset.
+            # Anything else fails validation and takes the general path.
+            if f == "poll":
+                try:
+                    ((_, polled),) = decode_ok_poll(ev.value)
+                except ValidationError:
+                    self._general_completion(lineno, idx, t, p, f, ev, inv)
+                    continue
+                try:
+                    # == self._poll_fast(idx, p, mop, inv, ev)
+                    if not polled:
+                        continue
+                    pr = pread.get(p)
+                    if pr is None:
+                        pr = pread[p] = {}
+                    for k, pairs in polled.items():
+                        n = len(pairs)
+                        if n == 1:
+                            ks = keys.get(k)
+                            if ks is None:
+                                ks = keys[k] = Key()
+                            (o0, lv), = pairs
+                            ol = o0
+                            cur = ks.log.get(o0)
+                            if cur is None or cur != lv:
+                                self._place(ks, k, o0, lv, idx)
+                            ks.read[lv] = idx
+                            if ks.unseen:
+                                ks.unseen.discard(lv)
+                        elif not n:
+                            continue
+                        else:
+                            ks = keys.get(k)
+                            if ks is None:
+                                ks = keys[k] = Key()
+                            offs, vals = zip(*pairs)
+                            o0 = offs[0]
+                            if offs != tuple(range(o0, o0 + n)):
+                                self._client_op(idx, "ok", p, "poll", [["poll", {k: [list(x) for x in pairs]}]],
+                                                _inv_tuple(inv), ev)
+                                continue
+                            log = ks.log
+                            got = list(map(log.get, offs))
+                            if got != list(vals):
+                                for i, cur in enumerate(got):
+                                    if cur is None or cur != vals[i]:
+                                        self._place(ks, k, offs[i], vals[i], idx)
+                            ks.read.update(zip(vals, repeat(idx)))
+                            if ks.unseen:
+                                ks.unseen.difference_update(vals)
+                            ol = offs[-1]
+                            lv = vals[-1]
+                        if ol > ks.maxread:
+                            ks.maxread = ol
+                            ks.maxread_op = idx
+                        prev = pr.get(k)
+                        if prev is not None and o0 != prev[0] + 1:
+                            self._poll_step(p, k, prev, o0, idx)
+                        pr[k] = (ol, idx, lv)
+                    any_read = True
+                except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+                    problems.append((lineno, f"malformed {f} value ({type(e).__name__}: {e}): "
+                                             f"{str(decode_value(ev.value))[:120]}"))
+            else:
+                try:
+                    ((_, k, (o, v)),) = decode_ok_send(ev.value)
+                except ValidationError:
+                    self._general_completion(lineno, idx, t, p, f, ev, inv)
+                    continue
+                try:
+                    # == self._send_one(idx, p, mop, inv)
+                    ks = keys.get(k)
+                    if ks is None:
+                        ks = keys[k] = Key()
+                    ks.acked[v] = idx
+                    if v not in ks.read:
+                        ks.unseen.add(v)
+                    log = ks.log
+                    cur = log.get(o)
+                    if cur is None:
+                        log[o] = v
+                    elif cur != v:
+                        self._place(ks, k, o, v, idx)
+                    am = ks.acked_max
+                    if am is None or o > am[0]:
+                        ks.acked_max = am = (o, idx, v)
+                        ks.am_hist.append(am)
+                    else:
+                        if o < am[0]:
+                            self._check_offset_order(ks, k, o, v, idx, _inv_tuple(inv)[0])
+                        am = (o, idx, v)
+                    ps = psend.get(p)
+                    if ps is None:
+                        ps = psend[p] = {}
+                    prev = ps.get(k)
+                    if prev is not None and o <= prev[0]:
+                        self._nonmonotonic_send(k, p, prev, o, v, idx)
+                    ps[k] = am  # (o, idx, v)
+                except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+                    problems.append((lineno, f"malformed {f} value ({type(e).__name__}: {e}): "
+                                             f"{str(decode_value(ev.value))[:120]}"))
+        if any_read:
+            self.any_ok_read = True
+        self.lines = lineno
+        self.n_events = next_index
+        self.next_sample = next_sample
+        self.last_time = last_time
+
+    def _general_completion(self, lineno, idx, t, p, f, ev, inv, value=_UNSET):
+        """A completion the fast path does not fold inline, exactly as _feed would."""
+        inv = _inv_tuple(inv)
+        if f == "poll" or f == "send" or f == "txn":
+            if value is _UNSET:
+                value = ev.get("value")
+            if value is None:
+                value = inv[3]
+            if not value:
+                return
+            try:
+                if t == "ok" and len(value) == 1 and not self.collect_txn:
+                    if f == "poll":
+                        self._poll_fast(idx, p, value[0], inv, ev)
+                    elif f == "send":
+                        self._send_one(idx, p, value[0], inv)
+                    else:
+                        self._client_op(idx, t, p, f, value, inv, ev)
+                else:
+                    self._client_op(idx, t, p, f, value, inv, ev)
+            except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+                self.problems.append((lineno, f"malformed {f} value ({type(e).__name__}: {e}): {str(value)[:120]}"))
+        elif f == "assign" or f == "subscribe":
+            if t != "fail":
+                self._reassign(p, ev.get("value") or inv[3] or [], bool(ev.get("seek-to-beginning")))
+
     def _feed(self, items, raw=False):
         keys = self.keys
         pending = self.pending
@@ -212,21 +471,7 @@ class QueueChecker:
             time = ev.get("time")
             if t == "invoke":
                 value = ev.get("value")
-                snap = None
-                if f == "send" and value:
-                    # Highest acknowledged offset of the key when this send began.
-                    try:
-                        if len(value) == 1:
-                            ks = keys.get(value[0][1])
-                            if ks is not None:
-                                snap = ks.acked_max  # (offset, op, value) or None
-                        else:
-                            snap = self._realtime_snapshot(value)
-                    except (TypeError, IndexError, KeyError):
-                        snap = None
-                elif f == "txn" and value:
-                    snap = self._realtime_snapshot(value)
-                pending[p] = (idx, time, f, value, snap)
+                pending[p] = (idx, time, f, value, None)
                 continue
             if t not in _COMPLETIONS:
                 problems.append((lineno, f"field type must be one of invoke, ok, fail, info (got {t!r})"))
@@ -236,6 +481,8 @@ class QueueChecker:
                 if p != "nemesis":
                     problems.append((lineno, f"completion of process {p} has no invocation"))
                 inv = (None, None, f, None, None)
+            elif type(inv) is Event:  # invoked in a block the fast path folded
+                inv = _inv_tuple(inv)
             if do_stats:
                 kd = kind_ix.get(f)
                 if kd is None:
@@ -458,13 +705,10 @@ class QueueChecker:
             ks = self.keys[k] = _Key()
         am = ks.acked_max
         if am is None or o > am[0]:
-            ks.acked_max = (o, idx, v)
-        prior = inv[4]
-        if prior is not None:
-            if type(prior) is dict:
-                prior = prior.get(k)
-            if prior is not None and o < prior[0]:
-                self._offset_order(k, o, v, idx, inv[0], prior)
+            ks.acked_max = am = (o, idx, v)
+            ks.am_hist.append(am)
+        elif o < am[0]:
+            self._check_offset_order(ks, k, o, v, idx, inv[0])
         ps = self.psend.get(p)
         if ps is None:
             ps = self.psend[p] = {}
@@ -500,13 +744,10 @@ class QueueChecker:
             self._place(ks, k, o, v, idx)
         am = ks.acked_max
         if am is None or o > am[0]:
-            ks.acked_max = (o, idx, v)
-        prior = inv[4]
-        if prior is not None:
-            if type(prior) is dict:
-                prior = prior.get(k)
-            if prior is not None and o < prior[0]:
-                self._offset_order(k, o, v, idx, inv[0], prior)
+            ks.acked_max = am = (o, idx, v)
+            ks.am_hist.append(am)
+        elif o < am[0]:
+            self._check_offset_order(ks, k, o, v, idx, inv[0])
         ps = self.psend.get(p)
         if ps is None:
             ps = self.psend[p] = {}
@@ -523,25 +764,14 @@ class QueueChecker:
                            f"(op {prev[1]}), then its later op {idx} sent {v!r} which landed "
                            f"at offset {o}, not after it."})
 
-    def _realtime_snapshot(self, value):
-        if not value:
-            return None
-        snap = None
-        keys = self.keys
-        try:
-            for mop in value:
-                if mop[0] == "send":
-                    k = mop[1]
-                    if type(k) is not str:
-                        k = str(k)
-                    ks = keys.get(k)
-                    if ks is not None and ks.acked_max is not None:
-                        if snap is None:
-                            snap = {}
-                        snap[k] = ks.acked_max
-        except (TypeError, IndexError, KeyError):
-            return None
-        return snap
+    def _check_offset_order(self, ks, k, o, v, idx, inv_idx):
+        """o is below the key's highest acknowledged offset: was that one
+        acknowledged before this send was invoked (offset-order-realtime)?"""
+        if inv_idx is None:
+            return
+        i = bisect_left(ks.am_hist, inv_idx, key=_op_of)
+        if i and o < ks.am_hist[i - 1][0]:
+            self._offset_order(k, o, v, idx, inv_idx, ks.am_hist[i - 1])
 
     def _reassign(self, p, value, seek):
         keep = set(str(k) for k in value)
@@ -590,13 +820,10 @@ class QueueChecker:
                         self._place(ks, k, o, v, idx)
                         am = ks.acked_max
                         if am is None or o > am[0]:
-                            ks.acked_max = (o, idx, v)
-                        prior = inv[4]
-                        if prior is not None:
-                            if type(prior) is dict:
-                                prior = prior.get(k)
-                            if prior is not None and o < prior[0]:
-                                self._offset_order(k, o, v, idx, inv[0], prior)
+                            ks.acked_max = am = (o, idx, v)
+                            ks.am_hist.append(am)
+                        elif o < am[0]:
+                            self._check_offset_order(ks, k, o, v, idx, inv[0])
                 else:  # info: committed only if a read proves it; decided at the end
                     ks.info[v] = idx
                     self._info_pending(idx, k, o, v)
@@ -794,7 +1021,8 @@ class QueueChecker:
         """Everything that needs the per-key value state (the "keys" half)."""
         keys = self.keys
         # Ops still running when the history ended are indeterminate (info).
-        for p, (iidx, itime, f, value, snap) in list(self.pending.items()):
+        for p, inv in list(self.pending.items()):
+            iidx, itime, f, value, _ = _inv_tuple(inv)
             if f in ("send", "txn") and value:
                 for mop in value:
                     try:
@@ -982,7 +1210,6 @@ class QueueChecker:
         else:
             valid = True
         if totals is None:
-            from .parallel import _totals
             totals = _totals(self)
         stats = self.stats.summary()
         stats["events"] = self.n_events
@@ -1002,6 +1229,25 @@ class QueueChecker:
         if valid == "unknown":
             res["unknown-reason"] = "no poll completed ok with any record, so nothing could be verified"
         return res
+
+
+def totals(chk) -> dict:
+    """Kafka system-test style totals: acknowledged, read, acknowledged-but-never-read."""
+    acked = read_acked = 0
+    for ks in chk.keys.values():
+        acked += len(ks.acked)
+        read_acked += len(ks.acked) - len(ks.unseen)
+    return {
+        "keys": len(chk.keys),
+        "acknowledged": acked,
+        "read": sum(len(ks.read) for ks in chk.keys.values()),
+        "acknowledged-and-read": read_acked,
+        "acknowledged-but-never-read": acked - read_acked,
+        "unseen-by-key": {k: len(ks.unseen) for k, ks in sorted(chk.keys.items()) if ks.unseen},
+    }
+
+
+_totals = totals
 
 
 def _sort_key(v):

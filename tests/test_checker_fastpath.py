@@ -1,0 +1,106 @@
+"""The fast path of `check_path` (msgspec-decoded blocks, checkers.queue._feed_events)
+must decide exactly what the general path decides.
+
+Every hand-written history of test_checker_anomalies and every generated one of
+test_checker_properties is checked twice more: written as history.jsonl and
+folded by the fast path, once in big blocks and once in blocks of a few lines
+(so invocations and completions land in different blocks); each result must
+equal the general path's, field for field.
+"""
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import tempfile
+
+import orjson
+import pytest
+
+import checkers
+from checkers.history import Event, iter_event_batches
+from checkers.queue import QueueChecker
+
+import test_checker_anomalies as anomalies  # noqa: E402  (tests/ is on sys.path under pytest)
+import test_checker_properties as properties  # noqa: E402
+
+_real_check = checkers.check
+
+
+def _jsonl(events) -> bytes:
+    return b"".join(orjson.dumps(ev, option=orjson.OPT_NON_STR_KEYS) + b"\n" for ev in events)
+
+
+def _fast(blob: bytes, batch_bytes: int, **opts) -> dict:
+    chk = QueueChecker(**opts)
+    chk.feed_file(io.BytesIO(blob), batch_bytes=batch_bytes)
+    return chk.finish()
+
+
+def check_all_paths(events, **opts):
+    """checkers.check, plus the same history through check_path's fast path."""
+    events = list(events)
+    general = _real_check(events, **opts)
+    blob = _jsonl(events)
+    for batch in (1 << 22, 97):
+        assert _fast(blob, batch, **opts) == general, f"fast path (blocks of {batch} bytes) disagrees"
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "history.jsonl")
+        with open(path, "wb") as f:
+            f.write(blob)
+        assert checkers.check_path(path, **opts) == general
+    return general
+
+
+def _plain_tests(module):
+    return [fn for name, fn in sorted(vars(module).items())
+            if name.startswith("test_") and inspect.isfunction(fn) and not inspect.signature(fn).parameters]
+
+
+@pytest.mark.parametrize("test", _plain_tests(anomalies), ids=lambda fn: fn.__name__)
+def test_hand_written_histories_agree(test, monkeypatch):
+    monkeypatch.setattr(anomalies, "check", check_all_paths)
+    test()
+
+
+@pytest.mark.parametrize("test", [fn for name, fn in sorted(vars(properties).items())
+                                  if name.startswith("test_") and hasattr(fn, "hypothesis")],
+                         ids=lambda fn: fn.__name__)
+def test_generated_histories_agree(test, monkeypatch):
+    monkeypatch.setattr(properties, "check", check_all_paths)
+    test()
+
+
+def test_bad_lines_between_fast_blocks(tmp_path):
+    """A garbled line sends its block through the general path; ops that span
+    a fast and a slow block still pair, and the problem keeps its line number."""
+    h = anomalies.base3()
+    h.poll(1, {"x": [(0, 1), (1, 2)]})
+    h.poll(1, {"x": [(2, 3)]})
+    lines = _jsonl(h.events).splitlines(keepends=True)
+    lines.insert(5, b'{"type": "ok", "f": \n')
+    blob = b"".join(lines) + b'{"type": "invoke", "f": "poll", "process": 9, "val'
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(blob)
+    general = QueueChecker()
+    general.feed_lines(io.BytesIO(blob))
+    expected = general.finish()
+    assert expected["history-problem-count"] == 2
+    assert [p["line"] for p in expected["history-problems"]] == [6, len(lines) + 1]
+    assert expected["valid"] is True
+    for batch in (1 << 22, 50, 200):
+        assert _fast(blob, batch) == expected
+    assert checkers.check_path(path) == expected
+
+
+def test_event_batches_keep_line_numbers():
+    blob = b'{"type":"invoke","f":"poll","process":0,"value":[["poll"]]}\n\n' \
+           b'{"type":"ok","f":"poll","process":0,"value":[["poll",{}]]}\n'
+    batches = list(iter_event_batches(io.BytesIO(blob)))
+    # a blank line would shift line numbers: that block goes the general way
+    assert [(n, ev) for n, ev, _ in batches] == [(3, None)]
+    batches = list(iter_event_batches(io.BytesIO(blob.replace(b"\n\n", b"\n"))))
+    assert len(batches) == 1 and batches[0][0] == 2
+    evs = batches[0][1]
+    assert [type(e) for e in evs] == [Event, Event]
+    assert evs[1].get("value") == [["poll", {}]] and evs[1].get("seek-to-beginning") is None
