@@ -391,9 +391,9 @@ class Runner:
 
     def _check(self) -> dict[str, Any]:
         import checkers
-        from checkers.history import read_history
-        history = read_history(self.run_dir / "history.jsonl")
-        return checkers.check(history, sub_via=self.desc.effective_sub_via(), delivery=self.desc.effective_delivery())
+        # check_path streams the file through the checker's fast path; same results as check().
+        return checkers.check_path(self.run_dir / "history.jsonl", sub_via=self.desc.effective_sub_via(),
+                                   delivery=self.desc.effective_delivery())
 
     # ---- the whole run ---------------------------------------------------------
 
