@@ -1,12 +1,14 @@
-"""Produce/consume throughput of one acked-broker with the confluent-kafka client.
+"""Produce/consume throughput of acked-broker with the confluent-kafka client.
 
-Starts a broker process on a free 127.0.0.1 port in a temporary directory
-(or uses --bootstrap), produces --messages values of --value-bytes with the
-producer's default batching for each --acks setting, and reports messages/s,
-p50/p99 acknowledgement latency (produce() to delivery report) and the
-consumer's messages/s reading the topic back.
+Starts one broker process on a free 127.0.0.1 port in a temporary directory
+(or, with --brokers 3, a local cluster: a ZooKeeper and 3 broker processes,
+topics with replication factor 3; or uses --bootstrap), produces --messages
+values of --value-bytes with the producer's default batching for each --acks
+setting, and reports messages/s, p50/p99 acknowledgement latency (produce() to
+delivery report) and the consumer's messages/s reading the topic back.
 
     .venv/bin/python bench/produce.py [--messages 300000] [--acks 1,all]
+    .venv/bin/python bench/produce.py --brokers 3 [--acks 1,all]
 """
 
 from __future__ import annotations
@@ -47,6 +49,33 @@ def start_broker(workdir: str) -> tuple[subprocess.Popen, str]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("broker did not start; see " + workdir)
+
+
+def start_cluster(workdir: str, brokers: int):
+    """ZooKeeper + `brokers` broker processes on 127.0.0.1 (clusters/local.py); returns (cluster, bootstrap)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from pathlib import Path
+
+    from clusters.base import ClusterSpec
+    from clusters.local import LocalCluster
+    cluster = LocalCluster(ClusterSpec(backend="local", nodes=brokers, zookeeper="dedicated",
+                                       work_dir=Path(workdir), run_id="bench",
+                                       broker_config={"offsets.topic.num.partitions": "1"}))
+    cluster.start()
+    return cluster, cluster.bootstrap_servers()
+
+
+def create_topic(admin: AdminClient, topic: str, partitions: int, rf: int) -> None:
+    """Create and wait until every partition has a leader, so the figures do not include the election."""
+    admin.create_topics([NewTopic(topic, partitions, rf)])[topic].result(15)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        md = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if md is not None and md.error is None and len(md.partitions) == partitions and all(
+                p.leader >= 0 and p.error is None and len(p.isrs) == rf for p in md.partitions.values()):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"topic {topic}: partitions without a leader or a full ISR after 30 s")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -114,22 +143,28 @@ def main() -> int:
     ap.add_argument("--acks", default="1,all", help="comma-separated acks settings to run")
     ap.add_argument("--paced-rate", type=float, default=10_000,
                     help="also measure ack latency at this steady rate (msg/s; 0 to skip)")
+    ap.add_argument("--brokers", type=int, default=1,
+                    help="1: one standalone broker; N>1: ZooKeeper + N brokers, replication factor N")
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="acked-bench-")
-    proc = None
+    proc = cluster = None
+    rf = args.brokers
     try:
         bootstrap = args.bootstrap
-        if bootstrap is None:
+        if bootstrap is None and args.brokers > 1:
+            cluster, bootstrap = start_cluster(workdir, args.brokers)
+        elif bootstrap is None:
             proc, bootstrap = start_broker(workdir)
         admin = AdminClient({"bootstrap.servers": bootstrap})
         results = {"produce": [], "consume": []}
         for acks in args.acks.split(","):
             topic = f"bench-acks-{acks}-{int(time.time())}"
-            admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(15)
+            create_topic(admin, topic, args.partitions, rf)
             r = bench_produce(bootstrap, topic, args.messages, args.value_bytes, acks)
+            r["brokers"], r["replication_factor"] = args.brokers, rf
             results["produce"].append(r)
             c = bench_consume(bootstrap, topic, args.partitions, args.messages)
             c["topic_acks"] = acks
@@ -140,7 +175,7 @@ def main() -> int:
                 print(f"consume: {c['msgs_per_s']:,} msg/s ({c['messages']:,} messages)")
             if args.paced_rate:
                 topic += "-paced"
-                admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(15)
+                create_topic(admin, topic, args.partitions, rf)
                 n = int(min(args.messages, args.paced_rate * 10))
                 r = bench_produce(bootstrap, topic, n, args.value_bytes, acks, args.paced_rate)
                 results["produce"].append(r)
@@ -151,6 +186,8 @@ def main() -> int:
             print(json.dumps(results))
         del admin  # close the client before the broker goes away
     finally:
+        if cluster is not None:
+            cluster.teardown()
         if proc is not None:
             proc.terminate()
             try:

@@ -108,6 +108,10 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("group.initial.rebalance.delay.ms", _int_range(0, I32), "3000", "Delay of the first rebalance of an empty group."),
     Key("group.min.session.timeout.ms", _int_range(0, I32), "6000", "Smallest session.timeout.ms a member may ask for."),
     Key("group.max.session.timeout.ms", _int_range(0, I32), "1800000", "Largest session.timeout.ms a member may ask for."),
+    # Consumer groups, continued (broker/group_api.py).
+    Key("group.max.size", _int_range(1, I32), str(I32), "Most members a group may have."),
+    Key("offsets.commit.timeout.ms", _int_range(1, I32), "5000", "How long an offset commit waits to be committed in __consumer_offsets."),
+    Key("offset.metadata.max.bytes", _int_range(0, I32), "4096", "Longest metadata string of an offset commit."),
 ]}
 
 # Topic-level configs: name -> (parser, broker key holding the default, or a literal default).

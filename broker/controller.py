@@ -101,8 +101,11 @@ class StateWrite:
     reason: str
 
 
-def assignment_to_json(assignment: Mapping[int, Sequence[int]]) -> bytes:
-    return json.dumps({"version": 1, "partitions": {str(p): list(r) for p, r in sorted(assignment.items())}}).encode()
+def assignment_to_json(assignment: Mapping[int, Sequence[int]], topic_id: str | None = None) -> bytes:
+    data = {"version": 1, "partitions": {str(p): list(r) for p, r in sorted(assignment.items())}}
+    if topic_id is not None:
+        data["topic_id"] = topic_id     # as Kafka 2.8+ keeps it in the same znode
+    return json.dumps(data).encode()
 
 
 def assignment_from_json(data: bytes) -> dict[int, tuple[int, ...]]:
@@ -455,11 +458,12 @@ class ZkBroker:
         return "ok"
 
     # -- topics ---------------------------------------------------------------------------------
-    def create_topic(self, topic: str, assignment: Mapping[int, Sequence[int]], config: Mapping[str, str] = {}) -> None:
+    def create_topic(self, topic: str, assignment: Mapping[int, Sequence[int]], config: Mapping[str, str] = {},
+                     topic_id: str | None = None) -> None:
         """Write the replica assignment and config overrides; the controller then creates the partition states."""
         tx = self.zk.transaction()
         tx.create(f"{CONFIG_TOPICS}/{topic}", config_to_json(config))
-        tx.create(topic_path(topic), assignment_to_json(assignment))
+        tx.create(topic_path(topic), assignment_to_json(assignment, topic_id))
         results = tx.commit()
         if any(isinstance(r, NodeExistsError) for r in results):
             raise ControllerError(f"topic {topic!r} already exists")

@@ -19,7 +19,7 @@ from typing import Callable
 from .config import BrokerConfig, TopicConfig, parse_listener
 from .log import Log, read_checkpoint, write_checkpoint
 from .metadata import LocalMetadataStore, MetadataError, TopicInfo
-from .partition import Partition
+from .partition import EPOCH_CHECKPOINT, Partition
 
 log = logging.getLogger("acked.broker")
 HW_CHECKPOINT = "replication-offset-checkpoint"
@@ -37,6 +37,9 @@ class Broker:
             os.unlink(os.path.join(self.log_dir, CLEAN_SHUTDOWN))
         log.info("opening log dir %s (%s shutdown before)", self.log_dir, "clean" if clean else "unclean")
         self.metadata = metadata_store or LocalMetadataStore(self.log_dir)
+        self.standalone = config.standalone
+        # Set by the replication layer (broker/replica_manager.py) in ZooKeeper mode.
+        self.replication = None
         self.cluster_id = "acked-" + uuid.uuid5(uuid.NAMESPACE_URL, os.path.abspath(self.log_dir)).hex[:16]
         self.partitions: dict[tuple[str, int], Partition] = {}
         self.append_listeners: list[Callable[[Partition], None]] = []
@@ -44,8 +47,10 @@ class Broker:
         self._last_hw_checkpoint = time.monotonic()
         self.advertised_host, self.advertised_port = "127.0.0.1", 9092
         self._hw_checkpoint = read_checkpoint(os.path.join(self.log_dir, HW_CHECKPOINT))
-        for info in list(self.metadata.topics.values()):
-            self._open_topic(info)
+        if self.standalone:
+            for info in list(self.metadata.topics.values()):
+                self._open_topic(info)
+        # In ZooKeeper mode a partition is opened when its state names this broker as a replica.
 
     # -- addresses ---------------------------------------------------------------------
     def set_bound_address(self, host: str, port: int) -> None:
@@ -64,16 +69,51 @@ class Broker:
         return os.path.join(self.log_dir, f"{topic}-{index}")
 
     def _open_topic(self, info: TopicInfo) -> None:
-        tc = self.topic_config(info)
         for i in range(info.partitions):
-            lg = Log(self._partition_dir(info.name, i),
-                     segment_bytes=tc["segment.bytes"],
-                     index_interval_bytes=tc["index.interval.bytes"],
-                     flush_messages=tc["flush.messages"],
-                     flush_ms=self._flush_ms(tc))
-            p = Partition(info.name, i, lg, tc)
-            p.listeners.append(self._notify_append)
-            self.partitions[(info.name, i)] = p
+            self.open_partition(info, i)
+
+    def open_partition(self, info: TopicInfo, i: int) -> Partition:
+        """Open (or create) the local replica of one partition."""
+        tc = self.topic_config(info)
+        directory = self._partition_dir(info.name, i)
+        epoch_path = None
+        if not self.standalone:
+            # A directory left by a deleted topic of the same name must not leak into this one.
+            id_file = os.path.join(directory, "partition.metadata")
+            try:
+                with open(id_file) as f:
+                    stored = f.read().split("topic_id:")[-1].strip()
+            except FileNotFoundError:
+                stored = None
+            if stored is not None and stored != str(info.topic_id):
+                log.info("%s holds topic id %s, not %s: removing it", directory, stored, info.topic_id)
+                shutil.rmtree(directory, ignore_errors=True)
+                stored = None
+            os.makedirs(directory, exist_ok=True)
+            if stored is None:
+                with open(id_file, "w") as f:
+                    f.write(f"version: 0\ntopic_id: {info.topic_id}\n")
+            epoch_path = os.path.join(directory, EPOCH_CHECKPOINT)
+        lg = Log(directory,
+                 segment_bytes=tc["segment.bytes"],
+                 index_interval_bytes=tc["index.interval.bytes"],
+                 flush_messages=tc["flush.messages"],
+                 flush_ms=self._flush_ms(tc))
+        p = Partition(info.name, i, lg, tc, epoch_cache_path=epoch_path)
+        if not self.standalone:
+            # A replica is only sure of what its checkpoint says was committed; it starts as no leader.
+            p.high_watermark = min(self._hw_checkpoint.get((info.name, i), 0), p.log_end_offset)
+            p.is_leader = False
+        p.listeners.append(self._notify_append)
+        self.partitions[(info.name, i)] = p
+        return p
+
+    def drop_partition(self, topic: str, i: int) -> None:
+        """The topic was deleted: close the replica and remove its files."""
+        p = self.partitions.pop((topic, i), None)
+        if p is not None:
+            p.close()
+        shutil.rmtree(self._partition_dir(topic, i), ignore_errors=True)
 
     def _flush_ms(self, tc: TopicConfig) -> int | None:
         ms = tc["flush.ms"]
@@ -84,7 +124,16 @@ class Broker:
             cb(p)
 
     def create_topic(self, name: str, partitions: int, replication_factor: int,
-                     configs: dict[str, str], validate_only: bool = False) -> TopicInfo:
+                     configs: dict[str, str], validate_only: bool = False,
+                     assignment: dict[int, list[int]] | None = None) -> TopicInfo:
+        if not self.standalone:
+            # The controller creates the partition states; replicas open their logs on seeing them.
+            info = self.metadata.create_topic(name, partitions, replication_factor, configs, validate_only,
+                                              assignment=assignment)
+            if not validate_only:
+                log.info("created topic %s: %d partition(s), RF %d, configs %s", name, info.partitions,
+                         info.replication_factor, configs or "{}")
+            return info
         info = self.metadata.create_topic(name, partitions, replication_factor, configs, validate_only)
         if not validate_only:
             # A leftover directory of a deleted topic with the same name must not leak data.
@@ -96,6 +145,9 @@ class Broker:
 
     def delete_topic(self, name: str) -> TopicInfo:
         info = self.metadata.delete_topic(name)
+        if not self.standalone:
+            log.info("deleted topic %s (replicas remove their logs when they see it gone)", name)
+            return info
         for i in range(info.partitions):
             p = self.partitions.pop((name, i), None)
             if p is not None:
@@ -109,16 +161,25 @@ class Broker:
         info = self.metadata.alter_config(name, set_, delete, validate_only)
         if validate_only:
             return
+        self.apply_topic_config(info)
+        log.info("altered topic %s: set %s, deleted %s", name, set_, delete)
+
+    def apply_topic_config(self, info: TopicInfo) -> None:
+        """Give every local replica of the topic its current config."""
         tc = self.topic_config(info)
         for i in range(info.partitions):
-            p = self.partitions.get((name, i))
+            p = self.partitions.get((info.name, i))
             if p is not None:
-                p.config = tc
-                p.log.segment_bytes = tc["segment.bytes"]
-                p.log.index_interval = tc["index.interval.bytes"]
-                p.log.flush_messages = tc["flush.messages"]
-                p.log.flush_ms = self._flush_ms(tc)
-        log.info("altered topic %s: set %s, deleted %s", name, set_, delete)
+                self.configure_partition(p, tc)
+        if self.replication is not None:
+            self.replication.config_changed(info.name, tc)
+
+    def configure_partition(self, p: Partition, tc: TopicConfig) -> None:
+        p.config = tc
+        p.log.segment_bytes = tc["segment.bytes"]
+        p.log.index_interval = tc["index.interval.bytes"]
+        p.log.flush_messages = tc["flush.messages"]
+        p.log.flush_ms = self._flush_ms(tc)
 
     def get_partition(self, topic: str, index: int) -> Partition | None:
         return self.partitions.get((topic, index))
@@ -133,6 +194,27 @@ class Broker:
             log.info("auto-create of %r refused: %s", name, e)
             raise
 
+    # -- cluster view (Metadata) ----------------------------------------------------------
+    def live_brokers(self) -> list[tuple[int, str, int]]:
+        """(id, host, port) of every live broker."""
+        if self.replication is None:
+            return [(self.broker_id, self.advertised_host, self.advertised_port)]
+        return self.replication.live_brokers()
+
+    def controller_id(self) -> int:
+        if self.replication is None:
+            return self.broker_id
+        return self.replication.controller_id()
+
+    def partition_metadata(self, info: TopicInfo, i: int) -> dict:
+        """error_code, leader_id, leader_epoch, replica_nodes, isr_nodes, offline_replicas."""
+        if self.replication is None:
+            p = self.get_partition(info.name, i)
+            me = (self.broker_id,)
+            return {"error_code": 0, "leader_id": self.broker_id, "leader_epoch": p.leader_epoch if p else 0,
+                    "replica_nodes": me, "isr_nodes": me, "offline_replicas": ()}
+        return self.replication.partition_metadata(info, i)
+
     # -- producer ids ---------------------------------------------------------------------
     def new_producer_id(self) -> int:
         if self._pid_next >= self._pid_limit:
@@ -144,6 +226,8 @@ class Broker:
     # -- periodic work -----------------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        if self.replication is not None:
+            self.replication.tick()
         for p in self.partitions.values():
             p.log.maybe_flush_on_time(now)
         if (now - self._last_hw_checkpoint) * 1000 >= self.config["replica.high.watermark.checkpoint.interval.ms"]:

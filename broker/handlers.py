@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from . import protocol
 from .config import KEYS, TOPIC_KEYS, TopicConfig
@@ -21,7 +23,10 @@ ZERO_UUID = uuid.UUID(int=0)
 
 NONE = 0
 UNKNOWN_SERVER_ERROR = -1
+OFFSET_OUT_OF_RANGE = 1
 UNKNOWN_TOPIC_OR_PARTITION = 3
+LEADER_NOT_AVAILABLE = 5
+NOT_LEADER_OR_FOLLOWER = 6
 NOT_ENOUGH_REPLICAS = 19
 INVALID_REQUIRED_ACKS = 21
 INVALID_REQUEST = 42
@@ -39,6 +44,14 @@ def _resp(req: Request, data: dict):
     return build_response(req.api_key, req.api_version, data)
 
 
+@dataclass
+class Deferred:
+    """A response that waits for replication (acks=all): the server awaits `waits` (awaitables
+    from broker.replication, each resolving to an error code) and sends `finish(codes)`."""
+    waits: list
+    finish: Callable[[list[int]], Any]
+
+
 # -- ApiVersions -----------------------------------------------------------------------
 
 def api_versions(broker: Broker, req: Request):
@@ -48,20 +61,46 @@ def api_versions(broker: Broker, req: Request):
 # -- Produce ---------------------------------------------------------------------------
 
 def produce(broker: Broker, req: Request):
+    """acks=all in replicated mode answers once the ISR has the batches: a Deferred."""
     body = req.body
     acks = body.acks
+    # The client's request.timeout.ms travels as the produce timeout (as in Kafka).
+    timeout_ms = int(body.timeout.total_seconds() * 1000)
+    if timeout_ms <= 0:
+        timeout_ms = broker.config["request.timeout.ms"]
     topics = []
+    waiting = []
     for t in body.topic_data:
         parts = []
         for pd in t.partition_data:
-            parts.append(_produce_partition(broker, t.name, pd.index, pd.records, acks, body.transactional_id))
+            out = _produce_partition(broker, t.name, pd.index, pd.records, acks, body.transactional_id, timeout_ms)
+            if isinstance(out, tuple):
+                out, wait = out
+                waiting.append((out, wait))
+            parts.append(out)
         topics.append({"name": t.name, "partition_responses": parts})
     if acks == 0:
         return None
-    return _resp(req, {"responses": topics, "throttle_time": 0})
+    data = {"responses": topics, "throttle_time": 0}
+    if not waiting:
+        return _resp(req, data)
+
+    def finish(codes: list[int]):
+        for (out, _wait), code in zip(waiting, codes):
+            if code:
+                out.update(error_code=code, error_message=_ACK_ERRORS.get(code))
+        return _resp(req, data)
+    return Deferred([w for _o, w in waiting], finish)
 
 
-def _produce_partition(broker: Broker, topic: str, index: int, data, acks: int, txn_id) -> dict:
+_ACK_ERRORS = {
+    7: "not replicated to the in-sync replicas within the request timeout (REQUEST_TIMED_OUT)",
+    6: "leadership lost while waiting for the in-sync replicas",
+    20: "appended, but the ISR shrank below min.insync.replicas while waiting",
+}
+
+
+def _produce_partition(broker: Broker, topic: str, index: int, data, acks: int, txn_id, timeout_ms: int):
     out = {"index": index, "base_offset": -1, "log_append_time": -1, "log_start_offset": -1,
            "record_errors": (), "error_message": None}
     if acks not in (0, 1, -1):
@@ -71,22 +110,38 @@ def _produce_partition(broker: Broker, topic: str, index: int, data, acks: int, 
     p = broker.get_partition(topic, index)
     if p is None:
         return {**out, "error_code": UNKNOWN_TOPIC_OR_PARTITION}
+    replication = broker.replication
     if acks == -1:
-        isr_size = 1  # single node: the leader alone is the ISR
-        if isr_size < p.config["min.insync.replicas"]:
-            return {**out, "error_code": NOT_ENOUGH_REPLICAS,
-                    "error_message": f"ISR size {isr_size} < min.insync.replicas={p.config['min.insync.replicas']}"}
+        if replication is not None:
+            error, message = replication.check_produce(topic, index)
+        else:
+            isr_size = 1  # single node: the leader alone is the ISR
+            error, message = NONE, None
+            if isr_size < p.config["min.insync.replicas"]:
+                error = NOT_ENOUGH_REPLICAS
+                message = f"ISR size {isr_size} < min.insync.replicas={p.config['min.insync.replicas']}"
+        if error:
+            return {**out, "error_code": error, "error_message": message}
     result = p.append_as_leader(bytes(data) if data is not None else b"")
     if result.error:
         log.info("produce to %s-%d refused: error %d %s", topic, index, result.error, result.message or "")
-    return {**out, "error_code": result.error, "base_offset": result.base_offset,
-            "log_start_offset": result.log_start_offset, "error_message": result.message}
+    out = {**out, "error_code": result.error, "base_offset": result.base_offset,
+           "log_start_offset": result.log_start_offset, "error_message": result.message}
+    if result.error or acks != -1 or replication is None:
+        return out
+    wait = replication.wait_for_ack(topic, index, p.log_end_offset, timeout_ms)
+    if isinstance(wait, int):
+        return {**out, "error_code": wait, "error_message": _ACK_ERRORS.get(wait)} if wait else out
+    return out, wait
 
 
 # -- Fetch -----------------------------------------------------------------------------
 
-def fetch(broker: Broker, req: Request):
-    """Returns (response, bytes of records found, whether any partition had an error)."""
+def fetch(broker: Broker, req: Request, first: bool = True):
+    """Returns (response, bytes of records found, whether any partition had an error).
+
+    A follower's fetch (replica_id >= 0) reports its log end offset to the leader; the
+    server's long poll calls this again on wake-ups with first=False, which reports nothing."""
     body = req.body
     session_id = getattr(body, "session_id", 0)
     if session_id != 0:
@@ -112,6 +167,17 @@ def fetch(broker: Broker, req: Request):
             epoch = getattr(fp, "current_leader_epoch", -1)
             if epoch >= 0 and epoch != p.leader_epoch:
                 parts.append({**pd, "error_code": FENCED_LEADER_EPOCH if epoch < p.leader_epoch else UNKNOWN_LEADER_EPOCH})
+                any_error = True
+                continue
+            error = NONE
+            if broker.replication is not None:
+                if not p.is_leader:
+                    error = NOT_LEADER_OR_FOLLOWER
+                elif not committed_only and first:
+                    error = broker.replication.on_follower_fetch(t.topic, fp.partition, body.replica_id,
+                                                                 fp.fetch_offset)
+            if error:
+                parts.append({**pd, "error_code": error})
                 any_error = True
                 continue
             rr = p.read(fp.fetch_offset, min(fp.partition_max_bytes, remaining),
@@ -149,6 +215,8 @@ def _list_offset(broker: Broker, req: Request, topic: str, lp) -> dict:
     epoch = getattr(lp, "current_leader_epoch", -1)
     if epoch >= 0 and epoch != p.leader_epoch:
         return {**out, "error_code": FENCED_LEADER_EPOCH if epoch < p.leader_epoch else UNKNOWN_LEADER_EPOCH}
+    if broker.replication is not None and not p.is_leader:
+        return {**out, "error_code": NOT_LEADER_OR_FOLLOWER}
     ts = lp.timestamp
     out["leader_epoch"] = p.leader_epoch
     if ts == -1:    # latest: what consumers may read
@@ -203,23 +271,17 @@ def metadata(broker: Broker, req: Request):
         topics.append(_topic_metadata(broker, info))
     return _resp(req, {
         "throttle_time": 0,
-        "brokers": [{"node_id": broker.broker_id, "host": broker.advertised_host,
-                     "port": broker.advertised_port, "rack": None}],
+        "brokers": [{"node_id": node_id, "host": host, "port": port, "rack": None}
+                    for node_id, host, port in broker.live_brokers()],
         "cluster_id": broker.cluster_id,
-        "controller_id": broker.broker_id,
+        "controller_id": broker.controller_id(),
         "topics": topics,
         "cluster_authorized_operations": -2147483648,
     })
 
 
 def _topic_metadata(broker: Broker, info: TopicInfo) -> dict:
-    parts = []
-    for i in range(info.partitions):
-        p = broker.get_partition(info.name, i)
-        me = (broker.broker_id,)
-        parts.append({"error_code": NONE, "partition_index": i, "leader_id": broker.broker_id,
-                      "leader_epoch": p.leader_epoch if p else 0, "replica_nodes": me,
-                      "isr_nodes": me, "offline_replicas": ()})
+    parts = [{"partition_index": i, **broker.partition_metadata(info, i)} for i in range(info.partitions)]
     return {"error_code": NONE, "name": info.name, "topic_id": info.topic_id,
             "is_internal": info.name.startswith("__"), "partitions": parts,
             "topic_authorized_operations": -2147483648}
@@ -239,17 +301,27 @@ def create_topics(broker: Broker, req: Request):
                 results.append({**res, "error_code": INVALID_REQUEST,
                                 "error_message": "give either assignments or num_partitions/replication_factor"})
                 continue
-            ids = {tuple(a.broker_ids) for a in t.assignments}
-            if any(set(i) != {broker.broker_id} for i in ids):
-                results.append({**res, "error_code": INVALID_REPLICA_ASSIGNMENT,
-                                "error_message": f"only broker {broker.broker_id} exists"})
-                continue
+            if broker.replication is not None:
+                assignment = {a.partition_index: list(a.broker_ids) for a in t.assignments}
+                if sorted(assignment) != list(range(len(assignment))):
+                    results.append({**res, "error_code": INVALID_REPLICA_ASSIGNMENT,
+                                    "error_message": "assignments must cover partitions 0..n-1"})
+                    continue
+            else:
+                ids = {tuple(a.broker_ids) for a in t.assignments}
+                if any(set(i) != {broker.broker_id} for i in ids):
+                    results.append({**res, "error_code": INVALID_REPLICA_ASSIGNMENT,
+                                    "error_message": f"only broker {broker.broker_id} exists"})
+                    continue
             n, rf = len(t.assignments), 1
         n = broker.config["num.partitions"] if n == -1 else n
         rf = broker.config["default.replication.factor"] if rf == -1 else rf
         configs = {c.name: c.value for c in t.configs}
+        kwargs = {}
+        if t.assignments and broker.replication is not None:
+            kwargs["assignment"] = {a.partition_index: list(a.broker_ids) for a in t.assignments}
         try:
-            info = broker.create_topic(t.name, n, rf, configs, body.validate_only)
+            info = broker.create_topic(t.name, n, rf, configs, body.validate_only, **kwargs)
         except MetadataError as e:
             results.append({**res, "error_code": e.error_code, "error_message": str(e)})
             continue
@@ -387,8 +459,33 @@ def init_producer_id(broker: Broker, req: Request):
                        "producer_id": broker.new_producer_id(), "producer_epoch": 0})
 
 
+# -- OffsetForLeaderEpoch ----------------------------------------------------------------------
+
+def offset_for_leader_epoch(broker: Broker, req: Request):
+    """KIP-101/279: the largest epoch <= the requested one this leader knows, and where it ends.
+    Followers (v3+: replica_id >= 0) ask it before fetching; consumers to detect truncation."""
+    topics = []
+    for t in req.body.topics:
+        parts = []
+        for op in t.partitions:
+            out = {"partition": op.partition, "leader_epoch": -1, "end_offset": -1}
+            p = broker.get_partition(t.topic, op.partition)
+            epoch = getattr(op, "current_leader_epoch", -1)
+            if p is None:
+                parts.append({**out, "error_code": UNKNOWN_TOPIC_OR_PARTITION})
+            elif epoch >= 0 and epoch != p.leader_epoch:
+                parts.append({**out, "error_code": FENCED_LEADER_EPOCH if epoch < p.leader_epoch else UNKNOWN_LEADER_EPOCH})
+            elif not p.is_leader:
+                parts.append({**out, "error_code": NOT_LEADER_OR_FOLLOWER})
+            else:
+                found_epoch, end = p.epoch_cache.end_offset_for(op.leader_epoch, p.log_end_offset)
+                parts.append({**out, "error_code": NONE, "leader_epoch": found_epoch, "end_offset": end})
+        topics.append({"topic": t.topic, "partitions": parts})
+    return _resp(req, {"throttle_time": 0, "topics": topics})
+
+
 HANDLERS = {
     0: produce, 1: fetch, 2: list_offsets, 3: metadata, 18: api_versions,
     19: create_topics, 20: delete_topics, 22: init_producer_id,
-    32: describe_configs, 44: incremental_alter_configs,
+    23: offset_for_leader_epoch, 32: describe_configs, 44: incremental_alter_configs,
 }

@@ -32,10 +32,18 @@ async def _serve(config: BrokerConfig) -> None:
     if len(listeners) > 1:
         log.warning("only the first of listeners=%s is served", ",".join(listeners))
     _name, host, port = parse_listener(listeners[0])
-    broker = Broker(config)
+    loop = asyncio.get_running_loop()
+    zk = store = None
+    if not config.standalone:
+        from .controller import ZkBroker
+        from .zk_metadata import ZkMetadataStore
+        zk = ZkBroker(config["zookeeper.connect"], config["broker.id"], host, port,
+                      session_timeout_ms=config["zookeeper.session.timeout.ms"],
+                      unclean_default=config["unclean.leader.election.enable"])
+        store = ZkMetadataStore(zk)
+    broker = Broker(config, metadata_store=store)
     server = BrokerServer(broker)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -43,12 +51,32 @@ async def _serve(config: BrokerConfig) -> None:
     except OSError as e:
         broker.close()
         raise SystemExit(f"acked-broker: cannot listen on {host}:{port}: {e.strerror}")
-    log.info("broker %d started: listening on %s:%d, advertising %s:%d, log dir %s",
+    manager = None
+    if zk is not None:
+        from .controller import ControllerError
+        from .replica_manager import ReplicaManager
+        zk.host, zk.port = broker.advertised_host, broker.advertised_port
+        manager = ReplicaManager(broker, zk, loop)
+        broker.replication = manager
+        try:
+            await loop.run_in_executor(None, manager.start)
+            broker.cluster_id = await loop.run_in_executor(None, store.cluster_id)
+        except ControllerError as e:
+            await server.stop()
+            broker.close()
+            raise SystemExit(f"acked-broker: error: {e}")
+    log.info("broker %d started: listening on %s:%d, advertising %s:%d, log dir %s%s",
              broker.broker_id, bound_host, bound_port, broker.advertised_host,
-             broker.advertised_port, broker.log_dir)
+             broker.advertised_port, broker.log_dir,
+             f", ZooKeeper {config['zookeeper.connect']}" if zk is not None else " (standalone)")
     await stop.wait()
     log.info("shutting down")
+    if manager is not None:
+        # Keep serving while the controller moves leaderships away, then leave ZooKeeper.
+        await manager.controlled_shutdown()
     await server.stop()
+    if manager is not None:
+        manager.stop()
     broker.close()
     log.info("shut down cleanly")
 
@@ -62,10 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"acked-broker: error: {e}", file=sys.stderr)
         return 2
-    if not config.standalone:
-        logging.getLogger("acked.broker").warning(
-            "zookeeper.connect is set, but topic metadata is still kept locally in log.dirs "
-            "(the ZooKeeper-backed store is not wired in yet)")
     for key in config.unknown:
         logging.getLogger("acked.broker").warning("unknown config key %s (ignored)", key)
     asyncio.run(_serve(config))

@@ -42,6 +42,8 @@ class TopicInfo:
     partitions: int
     replication_factor: int
     configs: dict[str, str] = field(default_factory=dict)
+    # partition -> replicas (ZooKeeper mode; standalone: every partition is on this broker)
+    assignment: dict[int, tuple[int, ...]] | None = None
 
 
 def check_topic_name(name: str | None) -> None:

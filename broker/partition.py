@@ -18,6 +18,7 @@ from . import records
 from .config import TopicConfig
 from .log import Log, OffsetOutOfRange
 from .records import InvalidBatch
+from .replication import LeaderEpochCache
 
 log = logging.getLogger("acked.broker.partition")
 
@@ -104,15 +105,26 @@ class ReadResult:
     log_start_offset: int = -1
 
 
+EPOCH_CHECKPOINT = "leader-epoch-checkpoint"
+
+
 class Partition:
     def __init__(self, topic: str, index: int, log_: Log, config: TopicConfig,
-                 leader_epoch: int = 0):
+                 leader_epoch: int = 0, epoch_cache_path: str | None = None):
         self.topic = topic
         self.index = index
         self.log = log_
         self.config = config
         self.leader_epoch = leader_epoch
         self.is_leader = True
+        # Replicated mode persists the epoch -> start offset cache next to the log; a
+        # standalone broker has epoch 0 only and keeps it in memory.
+        self.epoch_cache_path = epoch_cache_path
+        if epoch_cache_path is not None:
+            self.epoch_cache = LeaderEpochCache.load(epoch_cache_path)
+            self.epoch_cache.truncate_from_end(log_.log_end_offset)  # recovery may have cut the log
+        else:
+            self.epoch_cache = LeaderEpochCache([(leader_epoch, log_.log_start_offset)])
         self.producers = ProducerState()
         self.producers.rebuild(log_.batch_headers())
         # Single node: everything that survived recovery is committed.
@@ -180,6 +192,17 @@ class Partition:
         for cb in list(self.listeners):
             cb(self)
 
+    def become_leader(self, leader_epoch: int) -> None:
+        """Start leading in `leader_epoch`: its first offset is the current log end (KIP-101)."""
+        self.leader_epoch = leader_epoch
+        self.is_leader = True
+        if self.epoch_cache.assign(leader_epoch, self.log_end_offset):
+            self.save_epoch_cache()
+
+    def save_epoch_cache(self) -> None:
+        if self.epoch_cache_path is not None:
+            self.epoch_cache.save(self.epoch_cache_path)
+
     # -- follower role (driven by broker/replication.py) ------------------------------------
     def append_as_follower(self, data: bytes) -> int:
         """Append batches fetched from the leader as they are (offsets and epochs kept).
@@ -190,7 +213,12 @@ class Partition:
         expected = self.log_end_offset
         positions = []
         count = 0
+        new_epochs = []
+        latest = self.epoch_cache.latest_epoch()
         for pos, h in batches:
+            if h.partition_leader_epoch > latest:
+                latest = h.partition_leader_epoch
+                new_epochs.append((latest, h.base_offset))
             if h.base_offset != expected:
                 raise InvalidBatch(f"batch at offset {h.base_offset} does not follow log end offset {expected}",
                                    records.INVALID_RECORD)
@@ -201,6 +229,10 @@ class Partition:
         for _pos, h in batches:
             if h.producer_id >= 0:
                 self.producers.update(h, h.base_offset)
+        # Epochs are recorded only once their first batch is in the log.
+        changed = [self.epoch_cache.assign(e, o) for e, o in new_epochs]
+        if any(changed):
+            self.save_epoch_cache()
         return expected
 
     def truncate_to(self, offset: int) -> int:
@@ -209,6 +241,10 @@ class Partition:
         leo = self.log.truncate_to(offset)
         self.producers.rebuild(self.log.batch_headers())
         self.high_watermark = min(self.high_watermark, leo)
+        before = self.epoch_cache.entries
+        self.epoch_cache.truncate_from_end(leo)
+        if self.epoch_cache.entries != before:
+            self.save_epoch_cache()
         return leo
 
     # -- reads --------------------------------------------------------------------------

@@ -23,7 +23,10 @@ from kio.static.constants import EntityType
 API_NAMES = {
     0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 18: "ApiVersions",
     19: "CreateTopics", 20: "DeleteTopics", 22: "InitProducerId", 32: "DescribeConfigs",
-    44: "IncrementalAlterConfigs",
+    44: "IncrementalAlterConfigs", 23: "OffsetForLeaderEpoch",
+    # consumer groups (broker/group_api.py)
+    8: "OffsetCommit", 9: "OffsetFetch", 10: "FindCoordinator", 11: "JoinGroup", 12: "Heartbeat",
+    13: "LeaveGroup", 14: "SyncGroup", 15: "DescribeGroups", 16: "ListGroups", 42: "DeleteGroups",
 }
 # api key -> (min version, max version) implemented here.
 SUPPORTED: dict[int, tuple[int, int]] = {
@@ -35,8 +38,20 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     19: (2, 7),    # CreateTopics
     20: (1, 6),    # DeleteTopics
     22: (0, 4),    # InitProducerId
+    23: (2, 4),    # OffsetForLeaderEpoch (v3+ carries replica_id: what followers send)
     32: (1, 4),    # DescribeConfigs
     44: (0, 1),    # IncrementalAlterConfigs
+    # consumer groups (broker/group_api.py): what librdkafka 2.x and kafka-python 3.x send
+    8: (2, 9),     # OffsetCommit
+    9: (1, 9),     # OffsetFetch (v8+ batches groups)
+    10: (0, 4),    # FindCoordinator (v4+ batches keys)
+    11: (0, 9),    # JoinGroup
+    12: (0, 4),    # Heartbeat
+    13: (0, 5),    # LeaveGroup
+    14: (0, 5),    # SyncGroup
+    15: (0, 5),    # DescribeGroups
+    16: (0, 5),    # ListGroups
+    42: (0, 2),    # DeleteGroups
 }
 API_VERSIONS = 18
 _I16 = struct.Struct(">h")
@@ -229,3 +244,30 @@ def unsupported_api_versions_response(correlation_id: int) -> bytes:
     answer with UNSUPPORTED_VERSION and our ranges, and retries at a version we do."""
     return encode_response(API_VERSIONS, 0, correlation_id,
                            api_versions_body(0, ErrorCode.unsupported_version.value))
+
+
+# -- the client side, for follower fetchers -------------------------------------------------
+
+def encode_request(api_key: int, version: int, correlation_id: int, client_id: str, data: dict) -> bytes:
+    """A whole request frame (size prefix included) for a non-flexible version (header v1)."""
+    cls = request_class(api_key, version)
+    if cls.__flexible__:
+        raise ValueError(f"{API_NAMES.get(api_key, api_key)} v{version} is flexible; use a non-flexible version")
+    body = build(cls, data)
+    cid = client_id.encode()
+    buf = io.BytesIO()
+    buf.write(b"\0\0\0\0")
+    buf.write(_HEAD.pack(api_key, version, correlation_id))
+    buf.write(_I16.pack(len(cid)))
+    buf.write(cid)
+    _writer(cls)(buf, body)
+    out = bytearray(buf.getvalue())
+    _I32.pack_into(out, 0, len(out) - 4)
+    return bytes(out)
+
+
+def decode_response(api_key: int, version: int, frame: bytes):
+    """(correlation id, body) of a response frame without its size prefix (non-flexible: header v0)."""
+    (correlation_id,) = _I32.unpack_from(frame, 0)
+    body, _size = _reader(response_class(api_key, version))(frame, 4)
+    return correlation_id, body

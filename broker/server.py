@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from . import handlers, protocol
+from .group_api import API_KEYS as GROUP_API_KEYS, GroupRuntime  # consumer groups
 from .core import Broker
 from .protocol import MalformedRequest, UnsupportedVersion
 
@@ -30,6 +31,7 @@ class BrokerServer:
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task | None = None
         broker.append_listeners.append(self._wake_fetchers)
+        self.groups = GroupRuntime(broker)  # consumer groups (broker/group_api.py)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._on_connection, host or None, port,
@@ -37,9 +39,11 @@ class BrokerServer:
         sock = self._server.sockets[0].getsockname()
         self.broker.set_bound_address(host, sock[1])
         self._ticker = asyncio.create_task(self._tick_loop())
+        self.groups.start(asyncio.get_running_loop())  # consumer groups
         return sock[0], sock[1]
 
     async def stop(self) -> None:
+        self.groups.stop()  # consumer groups: answer parked requests before connections close
         if self._server is not None:
             self._server.close()
         if self._ticker is not None:
@@ -101,7 +105,7 @@ class BrokerServer:
                                 peer, e, frame[:64].hex())
                     break
                 try:
-                    item = self._dispatch(req)
+                    item = self._dispatch(req, peer)
                 except Exception:
                     log.exception("closing connection from %s: %s v%d failed", peer, req.name, req.api_version)
                     break
@@ -147,21 +151,32 @@ class BrokerServer:
             except (ConnectionError, RuntimeError):
                 return
 
-    def _dispatch(self, req: protocol.Request):
+    def _dispatch(self, req: protocol.Request, peer=None):
         """bytes to send, None for no response (acks=0), or a Task producing bytes."""
+        if req.api_key in GROUP_API_KEYS:  # consumer groups (broker/group_api.py)
+            return self.groups.dispatch(req, peer)
         if req.api_key == 1:
             return asyncio.create_task(self._fetch(req))
         body = handlers.HANDLERS[req.api_key](self.broker, req)
         if body is None:
             return None
+        if isinstance(body, handlers.Deferred):
+            return asyncio.create_task(self._deferred(req, body))
         return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, body)
+
+    async def _deferred(self, req: protocol.Request, deferred: "handlers.Deferred") -> bytes:
+        """acks=all: the answer waits until replication resolved every partition's wait."""
+        codes = list(await asyncio.gather(*deferred.waits))
+        return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, deferred.finish(codes))
 
     async def _fetch(self, req: protocol.Request) -> bytes:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(req.body.max_wait.total_seconds(), 0)
         min_bytes = req.body.min_bytes
+        first = True
         while True:
-            body, found, error = handlers.fetch(self.broker, req)
+            body, found, error = handlers.fetch(self.broker, req, first)
+            first = False
             remaining = deadline - loop.time()
             if found >= min_bytes or found and min_bytes <= 0 or error or remaining <= 0:
                 return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, body)

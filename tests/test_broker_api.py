@@ -203,3 +203,23 @@ def test_list_offsets_by_time(broker):
         assert c.get_watermark_offsets(TopicPartition("ts", 0), timeout=10) == (0, 10)
     finally:
         c.close()
+
+
+def test_offset_for_leader_epoch_standalone(broker):
+    from kio.schema.offset_for_leader_epoch.v3.request import (OffsetForLeaderEpochRequest, OffsetForLeaderPartition,
+                                                                OffsetForLeaderTopic)
+    make_topic(broker, "olep")
+    c = RawClient(broker.port)
+    c.request(produce_req("olep", build_batch([b"a", b"b", b"c"])))
+
+    def ask(epoch, current=-1, topic="olep"):
+        resp = c.request(OffsetForLeaderEpochRequest(replica_id=-1, topics=(OffsetForLeaderTopic(
+            topic=topic, partitions=(OffsetForLeaderPartition(partition=0, current_leader_epoch=current,
+                                                              leader_epoch=epoch),)),)))
+        p = resp.topics[0].partitions[0]
+        return p.error_code.value, p.leader_epoch, p.end_offset
+    assert ask(0) == (0, 0, 3)            # the only epoch ends at the log end
+    assert ask(0, current=0) == (0, 0, 3)
+    assert ask(0, current=1)[0] == 75     # UNKNOWN_LEADER_EPOCH: newer than this broker knows
+    assert ask(7)[1:] == (-1, -1)         # an epoch this log never had: undefined
+    assert ask(0, topic="nope")[0] == 3

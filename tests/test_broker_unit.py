@@ -235,3 +235,33 @@ def test_flush_policy_counts_messages_and_time(tmp_path, monkeypatch):
     assert not lg.maybe_flush_on_time(t + 0.05) and fsyncs == []
     assert lg.maybe_flush_on_time(t + 0.2) and len(fsyncs) == 1
     lg.close()
+
+
+def test_leader_epochs_are_stamped_recorded_persisted_and_truncated(tmp_path):
+    cfg = TopicConfig(BrokerConfig({}), {})
+    ckpt = str(tmp_path / "f-epochs")
+    leader = Partition("t", 0, Log(str(tmp_path / "l")), cfg, epoch_cache_path=str(tmp_path / "l-epochs"))
+    follower = Partition("t", 0, Log(str(tmp_path / "f")), cfg, epoch_cache_path=ckpt)
+    leader.become_leader(3)
+    leader.append_as_leader(build_batch([b"a", b"b"]))
+    leader.become_leader(5)
+    leader.append_as_leader(build_batch([b"c"]))
+    assert [(e.epoch, e.start_offset) for e in leader.epoch_cache.entries] == [(3, 0), (5, 2)]
+    data = leader.read(0, 10**6).records
+    assert [h.partition_leader_epoch for _, h in records.split_batches(data)] == [3, 5]
+    # A follower learns the epochs from the batches it appends, and persists them.
+    follower.append_as_follower(data)
+    assert follower.epoch_cache == leader.epoch_cache
+    assert open(ckpt).read() == "0\n2\n3 0\n5 2\n"
+    # OffsetForLeaderEpoch answers from the cache: epoch 3 ends where epoch 5 starts.
+    assert leader.epoch_cache.end_offset_for(3, leader.log_end_offset) == (3, 2)
+    assert leader.epoch_cache.end_offset_for(4, leader.log_end_offset) == (3, 2)
+    assert leader.epoch_cache.end_offset_for(5, leader.log_end_offset) == (5, 3)
+    # Truncation drops the epochs that start at or past the cut, on disk too.
+    follower.truncate_to(2)
+    follower.close()
+    reopened = Partition("t", 0, Log(str(tmp_path / "f")), cfg, epoch_cache_path=ckpt)
+    assert [(e.epoch, e.start_offset) for e in reopened.epoch_cache.entries] == [(3, 0)]
+    assert reopened.log_end_offset == 2
+    leader.close()
+    reopened.close()
