@@ -21,11 +21,6 @@ sys.path.insert(0, str(REPO))
 ACKED = [sys.executable, "-m", "harness.cli"]
 
 
-def brokers_register() -> bool:
-    from clusters.local import broker_registers_in_zookeeper
-    return broker_registers_in_zookeeper(REPO / "results" / ".clusters")
-
-
 def timed(cmd: list[str]) -> tuple[float, str]:
     """Wall time of a command, and its stderr's "ready in" line (with the phases)."""
     t = time.monotonic()
@@ -41,10 +36,10 @@ def main() -> int:
     ap.add_argument("--backend", default="docker", choices=["docker", "local"])
     ap.add_argument("--nodes", type=int, nargs="+", default=[3, 5])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-brokers", action="store_true", help="ZooKeeper only")
     args = ap.parse_args()
-    brokers = brokers_register()
-    what = "ZooKeeper + brokers" if brokers else "ZooKeeper only (broker does not register in ZooKeeper yet)"
-    print(f"backend={args.backend} layout: {what}")
+    brokers = not args.no_brokers
+    print(f"backend={args.backend} layout: {'ZooKeeper + brokers' if brokers else 'ZooKeeper only'}")
     from clusters.base import ClusterSpec
     summary = []
     for n in args.nodes:

@@ -332,19 +332,3 @@ class LocalCluster(Cluster):
         return {"name": self.name, "backend": "local", "nodes": [n.name for n in self.nodes],
                 "bootstrap_servers": self.bootstrap_servers(), "zookeeper_connect": self.zookeeper_connect,
                 "dir": str(self.dir)}
-
-
-def broker_registers_in_zookeeper(work_dir: Path = DEFAULT_ROOT, timeout: float = 10.0) -> bool:
-    """Probe with the real thing: does one local broker register itself and a controller in ZooKeeper?
-
-    While the broker's ZooKeeper registration is not there, clusters with brokers can never become
-    ready; tests and benchmarks use this to fall back to ZooKeeper-only clusters.
-    """
-    cluster = LocalCluster(ClusterSpec(backend="local", nodes=1, work_dir=Path(work_dir), run_id="probe"))
-    try:
-        cluster.start(timeout=timeout)
-        return True
-    except ClusterError:
-        return False
-    finally:
-        cluster.teardown()

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from clusters.base import ClusterSpec
-import functools
 
 from clusters import local
 from clusters.local import REPO_ROOT, LocalCluster, LocalZooKeeper, new_name
@@ -49,14 +48,3 @@ def local_cluster_factory(request):
     finally:
         for cluster in made:
             cluster.teardown()
-
-
-@functools.cache
-def broker_registers_in_zookeeper() -> bool:
-    """Once per session: whether the real broker registers in ZooKeeper yet (see clusters.local)."""
-    return local.broker_registers_in_zookeeper(CLUSTERS_DIR)
-
-
-def require_registering_broker() -> None:
-    if not broker_registers_in_zookeeper():
-        pytest.skip("the broker does not register /brokers/ids/<id> and /controller in ZooKeeper yet")

@@ -15,7 +15,7 @@ from kazoo.client import KazooClient
 from clusters import create_cluster, services
 from clusters.base import ClusterError, ClusterSpec
 from clusters.local import LocalCluster, LocalNode, LocalZooKeeper, new_name, reap
-from conftest import CLUSTERS_DIR, require_registering_broker
+from conftest import CLUSTERS_DIR
 
 
 def kazoo(connect: str) -> KazooClient:
@@ -203,7 +203,6 @@ def test_bad_layout_is_a_clear_error():
 
 
 def test_local_cluster_with_brokers_serves_confluent_kafka(local_cluster_factory):
-    require_registering_broker()
     from confluent_kafka import Consumer, Producer
 
     cluster = local_cluster_factory(nodes=3, broker_config={"default.replication.factor": "3",
