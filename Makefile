@@ -35,7 +35,7 @@ demo: venv host-deps image
 test: venv host-deps image
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-# Unit tests only: no cluster, no docker.
+# Everything but the docker tests (local processes: broker, ZooKeeper).
 test-fast: venv
 	$(VENV)/bin/pytest -p no:cacheprovider -m "not docker and not slow" $(PYTEST_ARGS)
 
