@@ -539,7 +539,8 @@ class ReplicaFetcher:
                     "log_start_offset": p.log_start_offset, "partition_max_bytes": max_bytes}
         wait_ms = self.m.config["replica.fetch.wait.max.ms"]
         body = await self._request(reader, writer, 1, FETCH_VERSION, {
-            "replica_id": self.m.me, "max_wait": wait_ms, "min_bytes": 1, "max_bytes": 64 << 20,
+            "replica_id": self.m.me, "max_wait": wait_ms, "min_bytes": self.m.config["replica.fetch.min.bytes"],
+            "max_bytes": 64 << 20,
             "isolation_level": 0, "session_id": 0, "session_epoch": -1,
             "topics": self._by_topic(asked, entry), "forgotten_topics_data": [], "rack_id": ""},
             wait_ms / 1000 + self.m.config["request.timeout.ms"] / 1000)

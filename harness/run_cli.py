@@ -91,6 +91,9 @@ def cmd_profiles(args: argparse.Namespace) -> int:
             settings = " ".join(f"{k}={v}" for k, v in getattr(p, kind).items())
             print(f"  {kind}: {settings}")
         print()
+    from harness.config import HARNESS_BROKER
+    print("every profile also sets broker: " + " ".join(f"{k}={v}" for k, v in HARNESS_BROKER.items())
+          + " (so a killed broker's partitions move within seconds)")
     return 0
 
 
@@ -104,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     live = sys.stdout.isatty() and not args.plain
     lines: list[str] = []
     runner = Runner(desc, log=lines.append if live else (lambda m: print(m, flush=True)))
+    print(_header(desc), flush=True)
     done = threading.Event()
     display = threading.Thread(target=_rich_display if live else _plain_display, args=(runner, done), daemon=True)
     display.start()
@@ -113,37 +117,91 @@ def cmd_run(args: argparse.Namespace) -> int:
         done.set()
         display.join(5)
     for line in lines:
+        if not line.startswith("phase "):  # the live display showed the phases; keep what else was said
+            print(line)
+    for line in _summary(runner, result):
         print(line)
-    verdict = {True: "VALID", False: "INVALID"}.get(result.valid, "UNKNOWN")
-    bad = result.results.get("bad-anomaly-types") or []
-    print(f"{verdict}" + (f" ({', '.join(bad)})" if bad else "")
-          + f": {runner.stats.ok} ok, {runner.stats.fail} fail, {runner.stats.info} info")
     if result.error:
         print(f"harness error: {result.error}", file=sys.stderr)
-    print(f"run directory: {result.run_dir}")
     return result.exit_status
 
 
-def _status_line(runner) -> str:
+def _header(desc: TestDescription) -> str:
+    nemeses = ",".join(desc.nemeses) or "none"
+    return (f"acked run {desc.name}: profile {desc.profile}, {desc.nodes} {desc.backend} nodes, "
+            f"{desc.concurrency_count()} client processes at "
+            f"{f'{desc.rate:g} ops/s' if desc.rate else 'unlimited rate'}, nemesis {nemeses}, "
+            f"{desc.time_limit:g} s, seed {desc.seed if desc.seed is not None else 'random'}")
+
+
+def _summary(runner, result) -> list[str]:
+    """The verdict, what happened, the first explanation of each bad anomaly, and where to look."""
+    verdict = {True: "VALID", False: "INVALID"}.get(result.valid, "UNKNOWN")
+    res = result.results
+    bad = res.get("bad-anomaly-types") or []
+    anomalies = res.get("anomalies") or {}
+    counts = ", ".join(f"{a} x{len(anomalies.get(a) or [])}" for a in bad)
     s = runner.stats
-    elapsed = time.monotonic() - (s.main_started or s.started)
-    rate = s.completed / elapsed if s.main_started and elapsed > 0 else 0.0
-    faults = ",".join(s.faults) or "none"
-    return (f"[{s.phase}] {elapsed:6.1f}s  {rate:7.0f} ops/s  ok {s.ok}  fail {s.fail}  info {s.info}  "
-            f"faults: {faults}")
+    faults = _fault_counts(runner)
+    out = [f"{verdict}" + (f" ({counts})" if counts else "")
+           + f": {s.ok} ok, {s.fail} fail, {s.info} info" + (f"; faults: {faults}" if faults else "")]
+    for a in bad:
+        first = (anomalies.get(a) or [{}])[0]
+        if isinstance(first, dict) and first.get("explanation"):
+            out.append(f"  {a}: {first['explanation']}")
+    seed = runner.desc.seed
+    out.append(f"run directory: {result.run_dir}   (re-run with --seed {seed})")
+    if result.report:
+        out.append(f"report: {result.report}")
+    return out
+
+
+def _fault_counts(runner) -> str:
+    started = runner.nemesis.started if runner.nemesis else {}
+    return ", ".join(f"{n} {f}{'' if n == 1 else 's'}" for f, n in sorted(started.items()))
+
+
+class _Progress:
+    """The live status line: phase, time, ops/s over the last few seconds (not since the start, so a
+    stall under a fault shows at once), completion counts, active faults."""
+
+    WINDOW = 5.0
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.samples: list[tuple[float, int]] = []
+
+    def line(self) -> str:
+        s, d = self.runner.stats, self.runner.desc
+        now = time.monotonic()
+        self.samples.append((now, s.completed))
+        while len(self.samples) > 2 and self.samples[1][0] < now - self.WINDOW:
+            self.samples.pop(0)
+        t0, c0 = self.samples[0]
+        rate = (s.completed - c0) / (now - t0) if now > t0 else 0.0
+        if s.phase == "main" and s.main_started:
+            clock = f"{now - s.main_started:5.1f}/{d.time_limit:g} s"
+        else:
+            clock = f"{now - s.started:5.1f} s"
+        faults = ",".join(s.faults) or "none"
+        return (f"[{s.phase}] {clock}  {rate:6.0f} ops/s  ok {s.ok}  fail {s.fail}  info {s.info}  "
+                f"faults active: {faults}")
 
 
 def _plain_display(runner, done: threading.Event) -> None:
+    progress = _Progress(runner)
+    progress.line()
     while not done.wait(5.0):
-        print(_status_line(runner), flush=True)
+        print(progress.line(), flush=True)
 
 
 def _rich_display(runner, done: threading.Event) -> None:
     from rich.live import Live
     from rich.text import Text  # plain text: "[main]" is not rich markup
-    with Live(Text(_status_line(runner)), refresh_per_second=4, transient=True) as live:
+    progress = _Progress(runner)
+    with Live(Text(progress.line()), refresh_per_second=4, transient=True) as live:
         while not done.wait(0.25):
-            live.update(Text(_status_line(runner)))
+            live.update(Text(progress.line()))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

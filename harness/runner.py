@@ -32,6 +32,11 @@ from harness.config import TestDescription
 
 PHASES = ("setup", "main", "heal", "recover", "drain", "teardown", "check", "report")
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_HARNESS_FAILED = 0, 1, 2, 3
+#: seconds of empty polls, with every short key's high watermark at or below what was read, before the final
+#: drain stops short of its targets. Not less: right after a leader change the new leader's high watermark
+#: can trail the old one's until its followers fetch again (seen: 5 s was too short after a kill at the end
+#: of the main phase, and an acknowledged acks=all write was reported unseen).
+DRAIN_GIVE_UP = 15.0
 
 
 @dataclasses.dataclass
@@ -59,6 +64,8 @@ class RunResult:
     exit_status: int
     results: dict[str, Any]
     error: str | None = None
+    #: the run's index.html, None when no report could be written
+    report: Path | None = None
 
     @property
     def anomaly_types(self) -> list[str]:
@@ -101,8 +108,10 @@ def versions() -> dict[str, Any]:
         pass
     try:
         import confluent_kafka
-        out["confluent-kafka"] = confluent_kafka.version()[0]
-        out["librdkafka"] = confluent_kafka.libversion()[0]
+        # version() is a (str, int) tuple in older releases and a plain string in newer ones
+        ver, lib = confluent_kafka.version(), confluent_kafka.libversion()
+        out["confluent-kafka"] = ver if isinstance(ver, str) else ver[0]
+        out["librdkafka"] = lib if isinstance(lib, str) else lib[0]
     except Exception:
         pass
     try:
@@ -158,6 +167,8 @@ class Runner:
         self._stop_main = threading.Event()
         self._next_due = 0.0
         self._max_offset: dict[str, int] = {}
+        #: key -> monotonic time of its latest acknowledged send (the kill nemesis aims at keys being written)
+        self._last_acked: dict[str, float] = {}
         self._offset_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self.errors: list[str] = []
@@ -182,6 +193,7 @@ class Runner:
             for mop in value:
                 if mop[0] == "send" and isinstance(mop[2], list) and mop[2][0] is not None:
                     k, off = mop[1], mop[2][0]
+                    self._last_acked[k] = time.monotonic()
                     if off > self._max_offset.get(k, -1):
                         self._max_offset[k] = off
                 elif mop[0] == "poll" and len(mop) > 1:
@@ -239,8 +251,14 @@ class Runner:
         faults = {}
         if "kill" in d.nemeses:
             def active_keys():
+                # keys acknowledged within the last second first: their leader has fresh writes that a
+                # kill may catch before the followers fetch them (the acks=1 loss window)
                 with self._gen_lock:
-                    return list(self.gen.active)
+                    active = list(self.gen.active)
+                now = time.monotonic()
+                with self._offset_lock:
+                    hot = [k for k in active if now - self._last_acked.get(k, -1e9) < 1.0]
+                return hot or active
             faults["kill"] = KillFault(self.cluster, d.kill_target, self.topics.leader_of, active_keys)
         if "partition" in d.nemeses:
             faults["partition"] = PartitionFault(self.cluster)
@@ -356,8 +374,10 @@ class Runner:
                         read[k] = max(read.get(k, -1), max(r[0] for r in records))
                 if got:
                     empty_since = time.monotonic()
-                elif time.monotonic() - empty_since > 5.0 and self._drained_to_end(pending, read):
-                    return  # the logs end below the targets: what is missing was lost, the checker says so
+                elif time.monotonic() - empty_since > DRAIN_GIVE_UP and self._drained_to_end(pending, read):
+                    # the logs have ended below the targets for a while: what is missing was lost (or never
+                    # became readable), the checker says so
+                    return
             self.log(f"final drain stopped at its time limit with {len(pending)} keys short of their highest offset")
         finally:
             client.close()
@@ -451,9 +471,10 @@ class Runner:
                                              "ops-per-second": round(self.main_ops / self.main_seconds, 1)
                                              if self.main_seconds else 0.0}}
         _write_json(self.run_dir / "results.json", results)
-        guarded("report", lambda: render_report(self.run_dir))
+        report = guarded("report", lambda: render_report(self.run_dir))
         self._phase("done")
-        return RunResult(self.run_dir, valid, verdict_exit_status(valid, error), results, error)
+        return RunResult(self.run_dir, valid, verdict_exit_status(valid, error), results, error,
+                         Path(report) if report else None)
 
 
 def run_test(desc: TestDescription, **kw) -> RunResult:

@@ -9,12 +9,17 @@ from nemesis.faults import Fault
 
 
 def schedule(seed: int, faults: list[str], interval: float) -> Iterator[tuple[float, str, str]]:
-    """Endless (delay seconds, "start"|"stop", fault name): a quiet period, one random fault for about
-    `interval` seconds, heal, repeat. Delays are uniform over [interval/2, 3*interval/2]."""
+    """Endless (delay seconds, "start"|"stop", fault name): a quiet period, one fault for about `interval`
+    seconds, heal, repeat. Delays are uniform over [interval/2, 3*interval/2]. Faults are drawn from a
+    shuffled bag (every fault once per round, in a seeded random order), so a short run with two
+    nemeses sees both rather than, by chance, the same one twice."""
     rng = random.Random(seed)
     while faults:
-        yield rng.uniform(interval / 2, 1.5 * interval), "start", rng.choice(faults)
-        yield rng.uniform(interval / 2, 1.5 * interval), "stop", None
+        bag = list(faults)
+        rng.shuffle(bag)
+        for name in bag:
+            yield rng.uniform(interval / 2, 1.5 * interval), "start", name
+            yield rng.uniform(interval / 2, 1.5 * interval), "stop", None
 
 
 class Nemesis:
@@ -34,6 +39,8 @@ class Nemesis:
         self._current: Fault | None = None
         self._lock = threading.Lock()
         self.errors: list[str] = []
+        #: fault name -> how many times it was started (for the run summary)
+        self.started: dict[str, int] = {}
 
     def active(self) -> list[str]:
         return [name for name, f in self.faults.items() if f.active]
@@ -43,6 +50,8 @@ class Nemesis:
         self.append({"process": "nemesis", "type": "invoke", "f": f, "value": None})
         try:
             value = fault.start(self.rng) if start else fault.stop()
+            if start:
+                self.started[fault.name] = self.started.get(fault.name, 0) + 1
             self.append({"process": "nemesis", "type": "info", "f": f, "value": value})
         except Exception as e:  # noqa: BLE001 -- a fault that failed is recorded, the run goes on
             self.errors.append(f"{f}: {e}")

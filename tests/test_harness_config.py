@@ -88,3 +88,17 @@ def test_acked_profiles_lists_every_profile_with_settings(capsys):
     for name in PROFILES:
         assert f"{name}:" in out
     assert "acks=all" in out and "min.insync.replicas=2" in out and "delivery=at-least-once" in out
+
+
+def test_every_profiles_broker_settings_are_known_to_the_broker():
+    from broker.config import BrokerConfig
+    for name in PROFILES:
+        settings = TestDescription(profile=name).broker_config()
+        assert settings["zookeeper.session.timeout.ms"] == "6000"  # the harness's own default under every profile
+        cfg = BrokerConfig({**settings, "broker.id": "1"})
+        assert cfg.unknown == [], (name, cfg.unknown)
+    acks1 = BrokerConfig(TestDescription(profile="acks-1").broker_config())
+    assert acks1["replica.fetch.min.bytes"] == 1048576 and acks1["replica.fetch.wait.max.ms"] == 500
+    assert BrokerConfig(TestDescription(profile="safe").broker_config())["replica.fetch.min.bytes"] == 1
+    assert TestDescription(profile="acks-1", broker={"zookeeper.session.timeout.ms": "18000"}).broker_config()[
+        "zookeeper.session.timeout.ms"] == "18000"

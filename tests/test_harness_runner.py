@@ -42,7 +42,7 @@ def test_a_failed_or_interrupted_setup_still_writes_the_run_directory(tmp_path, 
     assert results["harness"]["interrupted"] is isinstance(exc, KeyboardInterrupt)
     test = json.loads((run / "test.json").read_text())
     assert test["seed"] == 3 and test["test"]["effective"]["producer"]["acks"] == "all"
-    assert "confluent-kafka" in test["versions"]
+    assert test["versions"]["confluent-kafka"].count(".") == 2  # "2.16.1", not the first character of it
 
 
 def test_send_errors_that_prove_nothing_was_written_fail_and_others_are_info():
