@@ -455,8 +455,11 @@ def init_producer_id(broker: Broker, req: Request):
         # KIP-360: an idempotent producer bumps its epoch to reset its sequences.
         return _resp(req, {"throttle_time": 0, "error_code": NONE, "producer_id": pid,
                            "producer_epoch": epoch + 1})
-    return _resp(req, {"throttle_time": 0, "error_code": NONE,
-                       "producer_id": broker.new_producer_id(), "producer_epoch": 0})
+    try:
+        new_pid = broker.new_producer_id()
+    except MetadataError as e:      # ZooKeeper unreachable: the client retries
+        return _resp(req, {"throttle_time": 0, "error_code": e.error_code, "producer_id": -1, "producer_epoch": -1})
+    return _resp(req, {"throttle_time": 0, "error_code": NONE, "producer_id": new_pid, "producer_epoch": 0})
 
 
 # -- OffsetForLeaderEpoch ----------------------------------------------------------------------

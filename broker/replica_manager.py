@@ -64,6 +64,7 @@ class ReplicaManager:
         self._config_watched: set[str] = set()
         self._lost_registration: int | None = None
         self._zk_writes = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="isr-write")
+        self._last_controller_id = -1
         zk.on_partition_state = self._state_from_zk
         zk.on_session_lost = self._session_lost_from_zk
 
@@ -376,7 +377,7 @@ class ReplicaManager:
     # -- cluster view for Metadata --------------------------------------------------------------
     def live_brokers(self) -> list[tuple[int, str, int]]:
         brokers = dict(self.brokers)
-        if not brokers:
+        if not brokers and self.zk.zk.connected:
             # Registered, but the /brokers/ids watch has not fired yet: a client must not get
             # an empty broker list (librdkafka would wait minutes for the next refresh).
             try:
@@ -387,11 +388,16 @@ class ReplicaManager:
         return [(i, h, p) for i, (h, p) in sorted(brokers.items())]
 
     def controller_id(self) -> int:
+        # kazoo queues a read while reconnecting and blocks until the session is back: never
+        # on the request path (the event loop) when not connected.
+        if not self.zk.zk.connected:
+            return self._last_controller_id
         try:
             c = self.zk.controller_id()
-        except Exception:     # not connected (yet): clients ask again
-            c = None
-        return -1 if c is None else c
+        except Exception:     # ZooKeeper unreachable: answer from the last view (-1 if none yet)
+            return self._last_controller_id
+        self._last_controller_id = -1 if c is None else c
+        return self._last_controller_id
 
     def partition_metadata(self, info, i: int) -> dict:
         replicas = tuple((info.assignment or {}).get(i, ()))

@@ -312,6 +312,9 @@ class LeaderPartition:
         self.followers = {r: FollowerState(r, last_caught_up_time_ms=now_ms if r in isr else 0)
                           for r in self.replicas if r != broker_id}
         self._pending_acks: list[_PendingAck] = []
+        # Kafka's maybeIncrementLeaderHW on becoming leader: an ISR whose LEOs are already known
+        # (the leader alone) commits up to them now, not on the next append that may never come.
+        self._maybe_advance_hw()
 
     # -- ISR views ----------------------------------------------------------------------------
     @property

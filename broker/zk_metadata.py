@@ -13,11 +13,13 @@ local round trips), so every broker answers from the same source of truth:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import uuid
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
 from .config import TOPIC_KEYS, ConfigError, validate_topic_config
 from .controller import (BROKER_TOPICS, CONFIG_TOPICS, ControllerError, ZkBroker, assignment_from_json,
@@ -30,6 +32,25 @@ log = logging.getLogger("acked.broker.zk_metadata")
 PRODUCER_ID_BLOCK_PATH = "/latest_producer_id_block"
 CLUSTER_ID_PATH = "/cluster/id"
 INVALID_REPLICA_ASSIGNMENT = 39
+LEADER_NOT_AVAILABLE = 5
+REQUEST_TIMED_OUT = 7
+
+
+def _zk_failure_is_request_error(code: int):
+    """A ZooKeeper write that cannot be made (not connected, connection lost, session expired)
+    answers that request with a retriable Kafka error instead of escaping the handler, which
+    would close the client's connection."""
+    def wrap(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            if not self.client.connected:   # kazoo would block (the event loop) until it reconnects
+                raise MetadataError(code, "ZooKeeper unreachable (not connected); retry later")
+            try:
+                return method(self, *args, **kwargs)
+            except KazooException as e:
+                raise MetadataError(code, f"ZooKeeper unreachable ({type(e).__name__}); retry later") from None
+        return call
+    return wrap
 
 
 def round_robin_assignment(partitions: int, replication_factor: int, brokers: list[int],
@@ -44,6 +65,10 @@ def round_robin_assignment(partitions: int, replication_factor: int, brokers: li
 class ZkMetadataStore:
     def __init__(self, zk: ZkBroker):
         self.zk = zk
+        # The last view read from ZooKeeper: Metadata and DescribeConfigs answer from it while
+        # ZooKeeper is unreachable (a Kafka broker serves metadata from its cache).
+        self._known: dict[str, TopicInfo] = {}
+        self._producer_id_limit = 0
 
     @property
     def client(self):
@@ -52,23 +77,43 @@ class ZkMetadataStore:
     # -- topics ----------------------------------------------------------------------
     @property
     def topics(self) -> dict[str, TopicInfo]:
+        if not self.client.connected:       # do not block the request path on a reconnect
+            return dict(self._known)
+        try:
+            names = self.client.get_children(BROKER_TOPICS)
+        except NoNodeError:
+            names = []
+        except KazooException as e:
+            log.warning("ZooKeeper unreachable (%s): listing topics from the cached view", type(e).__name__)
+            return dict(self._known)
         out = {}
-        for name in self.client.get_children(BROKER_TOPICS):
+        for name in names:
             info = self.describe(name)
             if info is not None:
                 out[name] = info
+        for gone in set(self._known) - set(names):
+            self._known.pop(gone, None)
         return out
 
     def describe(self, name: str) -> TopicInfo | None:
+        if not self.client.connected:
+            return self._known.get(name)
         try:
             data, _ = self.client.get(topic_path(name))
+            configs = self.zk.topic_config(name)
         except NoNodeError:
+            self._known.pop(name, None)
             return None
+        except KazooException as e:
+            log.warning("ZooKeeper unreachable (%s): describing topic %s from the cached view", type(e).__name__, name)
+            return self._known.get(name)
         assignment = assignment_from_json(data)
         raw = json.loads(data)
         topic_id = uuid.UUID(raw["topic_id"]) if raw.get("topic_id") else uuid.uuid5(uuid.NAMESPACE_URL, name)
         rf = len(assignment[0]) if assignment else 0
-        return TopicInfo(name, topic_id, len(assignment), rf, self.zk.topic_config(name), assignment)
+        info = TopicInfo(name, topic_id, len(assignment), rf, configs, assignment)
+        self._known[name] = info
+        return info
 
     def by_id(self, topic_id: uuid.UUID) -> TopicInfo | None:
         for t in self.topics.values():
@@ -76,6 +121,7 @@ class ZkMetadataStore:
                 return t
         return None
 
+    @_zk_failure_is_request_error(LEADER_NOT_AVAILABLE)
     def create_topic(self, name: str, partitions: int, replication_factor: int, configs: dict[str, str],
                      validate_only: bool = False, assignment: dict[int, list[int]] | None = None) -> TopicInfo:
         check_topic_name(name)
@@ -113,6 +159,7 @@ class ZkMetadataStore:
                 raise MetadataError(TOPIC_ALREADY_EXISTS, str(e)) from None
         return info
 
+    @_zk_failure_is_request_error(REQUEST_TIMED_OUT)
     def delete_topic(self, name: str) -> TopicInfo:
         info = self.describe(name)
         if info is None:
@@ -120,6 +167,7 @@ class ZkMetadataStore:
         self.zk.delete_topic(name)
         return info
 
+    @_zk_failure_is_request_error(REQUEST_TIMED_OUT)
     def alter_config(self, name: str, set_: dict[str, str], delete: list[str],
                      validate_only: bool = False) -> TopicInfo:
         info = self.describe(name)
@@ -134,6 +182,7 @@ class ZkMetadataStore:
             if k not in TOPIC_KEYS:
                 raise MetadataError(INVALID_CONFIG, f"unknown topic config {k}")
         if not validate_only:
+            info = dataclasses.replace(info, configs=dict(info.configs))   # the cached view changes only once written
             info.configs.update(set_)
             for k in delete:
                 info.configs.pop(k, None)
@@ -143,6 +192,7 @@ class ZkMetadataStore:
             except NoNodeError:
                 self.client.ensure_path(CONFIG_TOPICS)
                 self.client.create(path, json.dumps({"version": 1, "config": info.configs}).encode())
+            self._known[name] = info
         return info
 
     # -- producer ids -------------------------------------------------------------------
@@ -155,9 +205,16 @@ class ZkMetadataStore:
 
     @property
     def producer_id_limit(self) -> int:
-        block, _ = self._read_block()
-        return int(block["block_end"]) + 1 if block else 0
+        if not self.client.connected:
+            return self._producer_id_limit
+        try:
+            block, _ = self._read_block()
+        except KazooException:
+            return self._producer_id_limit      # ids below the last limit seen were handed out
+        self._producer_id_limit = int(block["block_end"]) + 1 if block else 0
+        return self._producer_id_limit
 
+    @_zk_failure_is_request_error(REQUEST_TIMED_OUT)
     def allocate_producer_id_block(self) -> tuple[int, int]:
         """Reserve [start, end) cluster-wide with a version-checked write (Kafka's znode and format)."""
         while True:

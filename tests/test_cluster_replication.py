@@ -367,3 +367,80 @@ def test_min_insync_replicas_topic_override_versus_broker_default(make_cluster):
     assert r["y2"].code() == KafkaError.NOT_ENOUGH_REPLICAS
     for f in (2, 3):
         c.signal(f, "CONT")
+
+
+def test_new_leader_exposes_every_acknowledged_record_without_further_writes(make_cluster):
+    """The harness's stall: a new leader starts with log end > high watermark (followers learn
+    the HW one fetch late); with no more writes its HW must still reach its ISR's log end, so
+    a consumer sees every acks=all record within seconds of the election."""
+    c = make_cluster()
+    c.create_topic(config={"min.insync.replicas": "2"})
+    results = c.produce([f"v{i}" for i in range(30)])
+    assert acked(results) == set(results), results
+    last_offset = max(results.values())
+    old = c.state()
+    c.kill(old["leader"])       # right after the last ack: the followers' HW is likely one behind
+    killed_at = time.monotonic()
+    new = c.wait_state(lambda s: s["leader"] not in (-1, old["leader"]), "a follower is elected", timeout=20)
+    assert new["leader_epoch"] > old["leader_epoch"]
+    seen = c.read_all(min_end=last_offset + 1, timeout=5.0)
+    assert set(results) <= set(seen), f"acknowledged but unreadable: {sorted(set(results) - set(seen))}"
+    assert time.monotonic() - killed_at < SESSION_MS / 1000 + 15
+
+
+def test_metadata_is_answered_from_the_cached_view_while_zookeeper_is_unreachable(make_cluster):
+    """A broker cut off from ZooKeeper must not close a client's connection on Metadata (it did,
+    raising kazoo's ConnectionLoss on the request path): it answers from its last view."""
+    import datetime
+
+    from kio.schema.create_topics.v7.request import CreatableTopic, CreateTopicsRequest
+    from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
+
+    from broker_fixtures import RawClient
+
+    c = make_cluster()
+    c.create_topic()
+    assert acked(c.produce(["x"])) == {"x"}
+    port = c.cluster.broker_ports[c.cluster.nodes[0].name]
+    warm = RawClient(port)
+    try:
+        before = warm.request(MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                              include_topic_authorized_operations=False))
+        assert [t.name for t in before.topics] == [TOPIC]
+    finally:
+        warm.close()
+    zk_node = c.cluster.zookeeper.nodes[0]
+    assert zk_node.signal("zookeeper", "STOP")
+    try:
+        time.sleep(SESSION_MS / 1000 + 1)     # the brokers' ZooKeeper connections have dropped
+        client = RawClient(port, timeout=20)
+        try:
+            for body in (MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                         include_topic_authorized_operations=False),
+                         MetadataRequest(topics=(MetadataRequestTopic(topic_id=None, name=TOPIC),),
+                                         allow_auto_topic_creation=False, include_topic_authorized_operations=False),
+                         MetadataRequest(topics=(MetadataRequestTopic(topic_id=None, name="never-made"),),
+                                         allow_auto_topic_creation=True, include_topic_authorized_operations=False)):
+                resp = client.request(body)   # the same connection answers all three
+                names = {t.name: t for t in resp.topics}
+                if "never-made" in names:
+                    assert names["never-made"].error_code.value != 0
+                else:
+                    t = names[TOPIC]
+                    assert t.error_code.value == 0 and len(t.partitions) == 1
+                    assert t.partitions[0].leader_id >= 0
+                assert resp.brokers
+            # A request that must write to ZooKeeper gets a retriable error code, on the same connection.
+            made = client.request(CreateTopicsRequest(
+                topics=(CreatableTopic(name="made-while-cut-off", num_partitions=1, replication_factor=3,
+                                       assignments=(), configs=()),),
+                timeout=datetime.timedelta(seconds=5), validate_only=False))
+            assert made.topics[0].error_code.value != 0, made
+            again = client.request(MetadataRequest(topics=None, allow_auto_topic_creation=False,
+                                                   include_topic_authorized_operations=False))
+            assert [t.name for t in again.topics] == [TOPIC]
+        finally:
+            client.close()
+        assert "Metadata v12 failed" not in c.broker_log(c.cluster.nodes[0].broker_id)
+    finally:
+        zk_node.signal("zookeeper", "CONT")

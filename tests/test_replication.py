@@ -403,3 +403,47 @@ def test_election_nobody_alive():
 def test_election_excludes_shutting_down_broker():
     e = choose_leader([1, 2, 3], isr=[1, 2], live={1, 2, 3}, unclean_allowed=False, exclude={1})
     assert e.leader == 2 and e.isr == (2,)
+
+
+# ------------------------------------------------- HW after a leader change, without new appends
+# The harness saw a new leader (log end 48, HW 47) keep its HW at 47 with no new writes,
+# so an acknowledged record stayed invisible. Kafka recomputes the HW on becoming leader and
+# after every ISR change; no "only records of the current epoch" rule holds it back.
+
+def test_new_leader_alone_in_isr_commits_its_log_end_without_an_append():
+    lp = LeaderPartition(3, (1, 2, 3), (3,), 2, log_end_offset=48, high_watermark=47, now_ms=0, epoch_start_offset=48)
+    assert lp.high_watermark == 48
+
+
+def test_new_leader_hw_reaches_isr_leo_when_a_caught_up_follower_fetches():
+    lp = LeaderPartition(3, (1, 2, 3), (3, 2), 2, log_end_offset=48, high_watermark=47, now_ms=0, epoch_start_offset=48)
+    assert lp.high_watermark == 47                 # follower 2's LEO is not known yet
+    moved, change = lp.on_follower_fetch(2, 48, now_ms=10)
+    assert moved and change is None and lp.high_watermark == 48
+
+
+def test_new_leader_hw_reaches_leo_when_a_silent_follower_leaves_the_isr():
+    lp = LeaderPartition(3, (1, 2, 3), (3, 2), 2, log_end_offset=48, high_watermark=47, now_ms=0,
+                         epoch_start_offset=48, replica_lag_time_max_ms=1000)
+    change = lp.maybe_shrink_isr(now_ms=1001)      # 2 never fetched in this epoch
+    assert change is not None and change.new_isr == (3,)
+    assert lp.high_watermark == 47                 # uncommitted shrink: 2 still counts
+    assert lp.isr_committed(change.new_isr)
+    assert lp.high_watermark == 48
+
+
+def test_new_leader_hw_reaches_leo_when_the_old_leader_rejoins():
+    lp = LeaderPartition(3, (1, 2, 3), (3, 2), 2, log_end_offset=48, high_watermark=47, now_ms=0, epoch_start_offset=48)
+    lp.on_follower_fetch(2, 48, now_ms=5)
+    _, change = lp.on_follower_fetch(1, 48, now_ms=6)   # the old leader, truncated to 48
+    assert change is not None and change.new_isr == (3, 2, 1)
+    assert lp.isr_committed(change.new_isr) is False and lp.high_watermark == 48
+    assert lp.maybe_shrink_isr(now_ms=60_000) is None      # idle and in sync: nothing to do
+
+
+def test_isr_committed_by_the_controller_advances_hw_over_the_smaller_isr():
+    lp = LeaderPartition(3, (1, 2, 3), (3, 1, 2), 2, log_end_offset=48, high_watermark=47, now_ms=0, epoch_start_offset=48)
+    lp.on_follower_fetch(2, 48, now_ms=1)
+    assert lp.high_watermark == 47                 # 1 has not fetched
+    assert lp.isr_committed((3, 2))
+    assert lp.high_watermark == 48
