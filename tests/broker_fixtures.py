@@ -186,3 +186,17 @@ class RawClient:
             pos += 1
         value, _size = entity_reader(cls)(frame, pos)
         return value
+
+
+#: a standalone broker set up for consumer groups: quick rebalances and short sessions
+GROUP_BROKER = {
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "5",
+    "group.initial.rebalance.delay.ms": "0",
+    "group.min.session.timeout.ms": "1000",
+}
+
+
+@pytest.fixture
+def gbroker(broker_factory):
+    return broker_factory(GROUP_BROKER)

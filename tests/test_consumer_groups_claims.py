@@ -63,21 +63,10 @@ import pytest  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from broker_fixtures import broker_factory  # noqa: E402,F401
+from broker_fixtures import broker_factory, gbroker  # noqa: E402,F401
 
 pytestmark = pytest.mark.timeout(240)
 
-GROUP_BROKER = {
-    "offsets.topic.replication.factor": "1",
-    "offsets.topic.num.partitions": "5",
-    "group.initial.rebalance.delay.ms": "0",
-    "group.min.session.timeout.ms": "1000",
-}
-
-
-@pytest.fixture
-def gbroker(broker_factory):  # noqa: F811
-    return broker_factory(GROUP_BROKER)
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:

@@ -11,21 +11,10 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from broker_fixtures import broker_factory  # noqa: F401
+from broker_fixtures import broker_factory, gbroker  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 
-GROUP_BROKER = {
-    "offsets.topic.replication.factor": "1",
-    "offsets.topic.num.partitions": "5",
-    "group.initial.rebalance.delay.ms": "0",
-    "group.min.session.timeout.ms": "1000",
-}
-
-
-@pytest.fixture
-def gbroker(broker_factory):  # noqa: F811
-    return broker_factory(GROUP_BROKER)
 
 
 def create_topic(bootstrap: str, name: str, partitions: int) -> None:
