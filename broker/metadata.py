@@ -52,6 +52,18 @@ def check_topic_name(name: str | None) -> None:
                             f"topic name {name!r} is not 1-249 characters of [a-zA-Z0-9._-]")
 
 
+def validate_config_change(set_: dict[str, str], delete: list[str]) -> None:
+    """Check a topic config change before any store applies it (INVALID_CONFIG otherwise)."""
+    for k, v in set_.items():
+        try:
+            validate_topic_config(k, v)
+        except ConfigError as e:
+            raise MetadataError(INVALID_CONFIG, str(e)) from None
+    for k in delete:
+        if k not in TOPIC_KEYS:
+            raise MetadataError(INVALID_CONFIG, f"unknown topic config {k}")
+
+
 class LocalMetadataStore:
     """Topics and the producer-id high-water mark in one JSON file in log.dirs."""
 
@@ -104,11 +116,7 @@ class LocalMetadataStore:
         if replication_factor < 1 or replication_factor > self.live_brokers:
             raise MetadataError(INVALID_REPLICATION_FACTOR,
                                 f"replication factor {replication_factor} is more than the {self.live_brokers} available broker(s)")
-        for k, v in configs.items():
-            try:
-                validate_topic_config(k, v)
-            except ConfigError as e:
-                raise MetadataError(INVALID_CONFIG, str(e)) from None
+        validate_config_change(configs, [])
         info = TopicInfo(name, uuid.uuid4(), partitions, replication_factor, dict(configs))
         if not validate_only:
             self.topics[name] = info
@@ -127,14 +135,7 @@ class LocalMetadataStore:
         info = self.topics.get(name)
         if info is None:
             raise MetadataError(UNKNOWN_TOPIC_OR_PARTITION, f"topic {name} does not exist")
-        for k, v in set_.items():
-            try:
-                validate_topic_config(k, v)
-            except ConfigError as e:
-                raise MetadataError(INVALID_CONFIG, str(e)) from None
-        for k in delete:
-            if k not in TOPIC_KEYS:
-                raise MetadataError(INVALID_CONFIG, f"unknown topic config {k}")
+        validate_config_change(set_, delete)
         if not validate_only:
             info.configs.update(set_)
             for k in delete:

@@ -22,6 +22,8 @@ from typing import Iterable
 
 import crc32c
 
+from .records import varint
+
 OFFSETS_TOPIC = "__consumer_offsets"
 
 OFFSET_KEY_VERSION = 1  # what Kafka writes for offset commits
@@ -396,19 +398,6 @@ def rebuild(records: Iterable[tuple[bytes, bytes | None] | OffsetsRecord]) -> Of
 # so it builds them itself rather than through a producer-facing helper.
 
 
-def _zigzag_varint(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def encode_batch(records: list[OffsetsRecord], timestamp_ms: int, base_offset: int = 0) -> bytes:
     """An uncompressed magic-2 record batch holding `records` (producer id -1: not idempotent)."""
     if not records:
@@ -416,12 +405,12 @@ def encode_batch(records: list[OffsetsRecord], timestamp_ms: int, base_offset: i
     body = bytearray()
     for i, rec in enumerate(records):
         r = bytearray(b"\x00")  # attributes
-        r += _zigzag_varint(0)  # timestamp delta
-        r += _zigzag_varint(i)  # offset delta
-        r += _zigzag_varint(len(rec.key)) + rec.key
-        r += _zigzag_varint(-1) if rec.value is None else _zigzag_varint(len(rec.value)) + rec.value
-        r += _zigzag_varint(0)  # no headers
-        body += _zigzag_varint(len(r)) + r
+        r += varint(0)  # timestamp delta
+        r += varint(i)  # offset delta
+        r += varint(len(rec.key)) + rec.key
+        r += varint(-1) if rec.value is None else varint(len(rec.value)) + rec.value
+        r += varint(0)  # no headers
+        body += varint(len(r)) + r
     after_crc = struct.pack(">hiqqqhii", 0, len(records) - 1, timestamp_ms, timestamp_ms,
                             -1, -1, -1, len(records)) + bytes(body)
     batch_length = 4 + 1 + 4 + len(after_crc)  # leader epoch, magic, crc, rest

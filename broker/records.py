@@ -141,7 +141,8 @@ def scan_valid(buf, start: int = 0):
 
 # --- building batches (used by tests and tools; uncompressed only) ---------------
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A record field's zigzag varint (the v2 record format)."""
     n = (n << 1) ^ (n >> 63)  # zigzag
     out = bytearray()
     while True:
@@ -162,15 +163,15 @@ def build_batch(values: list[bytes], *, base_offset: int = 0, timestamp: int = 0
     for i, value in enumerate(values):
         key = keys[i] if keys else None
         body = bytearray(b"\x00")  # attributes
-        body += _varint(0)  # timestamp delta
-        body += _varint(i)  # offset delta
+        body += varint(0)  # timestamp delta
+        body += varint(i)  # offset delta
         if key is None:
-            body += _varint(-1)
+            body += varint(-1)
         else:
-            body += _varint(len(key)) + key
-        body += _varint(len(value)) + value
-        body += _varint(0)  # headers
-        records += _varint(len(body)) + body
+            body += varint(len(key)) + key
+        body += varint(len(value)) + value
+        body += varint(0)  # headers
+        records += varint(len(body)) + body
     after_crc = struct.pack(">hiqqqhii", 0, len(values) - 1, timestamp, timestamp,
                             producer_id, producer_epoch, base_sequence, len(values)) + bytes(records)
     crc = crc32c.crc32c(after_crc)

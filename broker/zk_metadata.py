@@ -21,10 +21,9 @@ import uuid
 
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
-from .config import TOPIC_KEYS, ConfigError, validate_topic_config
 from .controller import (BROKER_TOPICS, CONFIG_TOPICS, ControllerError, ZkBroker, assignment_from_json,
                          topic_path)
-from .metadata import (INVALID_CONFIG, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, PRODUCER_ID_BLOCK,
+from .metadata import (validate_config_change, INVALID_CONFIG, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, PRODUCER_ID_BLOCK,
                        TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION, MetadataError, TopicInfo,
                        check_topic_name)
 
@@ -145,11 +144,7 @@ class ZkMetadataStore:
                                     f"assignment {assignment} must list distinct live brokers ({live}), "
                                     f"the same number per partition" + (f"; not live: {bad}" if bad else ""))
             partitions, replication_factor = len(assignment), sizes.pop()
-        for k, v in configs.items():
-            try:
-                validate_topic_config(k, v)
-            except ConfigError as e:
-                raise MetadataError(INVALID_CONFIG, str(e)) from None
+        validate_config_change(configs, [])
         info = TopicInfo(name, uuid.uuid4(), partitions, replication_factor, dict(configs),
                          {p: tuple(r) for p, r in assignment.items()})
         if not validate_only:
@@ -173,14 +168,7 @@ class ZkMetadataStore:
         info = self.describe(name)
         if info is None:
             raise MetadataError(UNKNOWN_TOPIC_OR_PARTITION, f"topic {name} does not exist")
-        for k, v in set_.items():
-            try:
-                validate_topic_config(k, v)
-            except ConfigError as e:
-                raise MetadataError(INVALID_CONFIG, str(e)) from None
-        for k in delete:
-            if k not in TOPIC_KEYS:
-                raise MetadataError(INVALID_CONFIG, f"unknown topic config {k}")
+        validate_config_change(set_, delete)
         if not validate_only:
             info = dataclasses.replace(info, configs=dict(info.configs))   # the cached view changes only once written
             info.configs.update(set_)
