@@ -11,7 +11,7 @@ import os
 import threading
 import time as _time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import msgspec
 import orjson
@@ -20,21 +20,27 @@ TYPES = frozenset(("invoke", "ok", "fail", "info"))
 CLIENT_FS = frozenset(("send", "poll", "txn"))
 
 
-class Event(msgspec.Struct, gc=False):
+class Event(msgspec.Struct, gc=False, kw_only=True):
     """One history line as the checker's fast path decodes it.
 
     `value` stays undecoded JSON (msgspec.Raw) until the checker needs it:
     most invocations carry nothing the checker uses beyond pairing. gc=False:
     decoded JSON holds no reference cycles, and a million tracked objects
     would make every garbage collection crawl.
+
+    The fast path takes only what the harness writes: a known type and an
+    integer time and index on every line. A block with any other line fails
+    to decode and goes through the general path, so the fast loop needs no
+    checks for them.
     """
 
-    type: str
-    f: str
+    # In the order HistoryWriter writes them: msgspec matches keys faster so.
     process: Any
-    time: int | None = None
-    index: int | None = None
+    type: Literal["invoke", "ok", "fail", "info"]
+    f: str
     value: msgspec.Raw = msgspec.Raw(b"null")
+    index: int
+    time: int
     rebalance_log: Any = msgspec.field(default=None, name="rebalance-log")
     seek_to_beginning: Any = msgspec.field(default=None, name="seek-to-beginning")
 

@@ -16,6 +16,7 @@ import gc
 import io
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from contextlib import contextmanager
 from itertools import repeat
 from operator import itemgetter
 from typing import Literal
@@ -40,6 +41,20 @@ _decode_ok_poll = msgspec.json.Decoder(
     tuple[tuple[Literal["poll"], dict[str, list[tuple[int, int | str]]]]]).decode
 _decode_ok_send = msgspec.json.Decoder(tuple[tuple[Literal["send"], str, tuple[int, int | str]]]).decode
 _op_of = itemgetter(1)
+_EMPTY_POLL = msgspec.Raw(b'[["poll",{}]]')
+
+
+@contextmanager
+def _no_gc():
+    """The checker allocates millions of small objects and frees none in
+    cycles; the cyclic GC would rescan them over and over."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _inv_tuple(inv):
@@ -164,235 +179,154 @@ class QueueChecker:
     # -- the pass ----------------------------------------------------------
     def feed(self, items):
         """items: iterable of (line number, event dict)."""
-        # The pass allocates millions of small objects and frees none in
-        # cycles; the cyclic GC would rescan them over and over.
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_gc():
             self._feed(items)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def feed_lines(self, lines):
         """Fold raw JSON Lines (bytes) directly: parsing inside the loop saves a
         generator and a tuple per event. Bad lines become problems."""
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_gc():
             self._feed(lines, raw=True)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def feed_file(self, fh, batch_bytes=BATCH_BYTES):
         """Fold a binary history.jsonl file: blocks of well-formed lines go
         through the fast path (msgspec-decoded Events, values decoded only for
         completions); any block with a bad line is folded line by line, which
         reports each problem with its line number."""
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_gc():
             fast = self.role == "all" and not self.collect_txn
             for _lines, events, block in iter_event_batches(fh, batch_bytes):
                 if events is not None and fast:
                     self._feed_events(events)
                 else:
                     self._feed(io.BytesIO(block), raw=True)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def _feed_events(self, events):
         """The fast path of _feed for one block of Events (role "all", no --txn).
 
         The same decisions as _feed + _poll_fast + _send_one, in one loop with
         everything bound to locals: invocations are only remembered (their
-        value stays undecoded unless the completion lacks one), and the
-        common completions (an ok poll or an ok single-record send) are folded
-        inline. Anything unusual goes through the general code.
+        value stays undecoded unless the completion lacks one), the common
+        completions (an ok poll or an ok single-record send) are folded
+        inline, and the stats of the block's completions are added in bulk
+        at its end. Anything unusual goes through the general code.
         """
         keys = self.keys
         pending = self.pending
         pop = pending.pop
         pread = self.pread
         psend = self.psend
-        st = self.stats
-        kind_ix = st.kind_ix
-        kind_append = st.kind.append
-        tdone_append = st.t_done.append
-        lat_append = st.lat.append
         problems = self.problems
-        next_index = self.n_events
+        sample = self.stats.sample
         next_sample = self.next_sample
-        last_time = self.last_time
-        lineno = self.lines
+        fold_poll = self._fold_poll
+        general = self._general_completion
         decode_ok_poll = _decode_ok_poll
         decode_ok_send = _decode_ok_send
+        empty_poll = _EMPTY_POLL
         ValidationError = msgspec.ValidationError
-        completions = _COMPLETIONS
         Key = _Key
-        any_read = False
-        for ev in events:
-            lineno += 1
-            idx = ev.index
-            if idx is None:
-                idx = ev.index = next_index
-            next_index = idx + 1
+        kind_index = self.stats.kind_index
+        # Kinds of the two common completions, looked up once they are seen
+        # (kinds are numbered in order of first appearance).
+        kind_ok_send = self.stats.kind_of.get("send", {}).get("ok")
+        kind_ok_poll = self.stats.kind_of.get("poll", {}).get("ok")
+        # The block's completions: kind, time and latency, added to the stats at the end.
+        kinds = []
+        times = []
+        lats = []
+        for lineno, ev in enumerate(events, self.lines + 1):
             t = ev.type
             if t == "invoke":
                 pending[ev.process] = ev
                 continue
-            if t not in completions:
-                problems.append((lineno, f"field type must be one of invoke, ok, fail, info (got {t!r})"))
-                continue
             p = ev.process
             f = ev.f
+            time = ev.time
             inv = pop(p, None)
             if type(inv) is Event:
-                itime = inv.time
-            elif inv is None:
-                if p != "nemesis":
-                    problems.append((lineno, f"completion of process {p} has no invocation"))
-                inv = (None, None, f, None, None)
-                itime = None
-            else:
-                itime = inv[1]
-            # stats
-            kd = kind_ix.get(f)
-            if kd is None:
-                kd = kind_ix[f] = {}
-            kx = kd.get(t)
-            if kx is None:
-                kx = kd[t] = st.new_kind(f, t)
-            kind_append(kx)
-            time = ev.time
-            if time is not None:
-                tdone_append(time)
-                lat_append(time - itime if itime is not None else -1)
-                last_time = time
-                if time >= next_sample:
-                    st.sample(time, keys)
-                    next_sample = time + SAMPLE_NS
-            else:
-                tdone_append(-1)
-                lat_append(-1)
-            if f != "poll" and f != "send":
-                if f == "txn" or f == "assign" or f == "subscribe":
-                    self._general_completion(lineno, idx, t, p, f, ev, inv)
-                continue
-            if t != "ok":
-                self._general_completion(lineno, idx, t, p, f, ev, inv)
-                continue
-            # The common shapes, checked by msgspec while decoding: an ok poll
-            # [["poll", {key: [[offset, value], ...]}]] with integer offsets, an
-            # ok send [["send", key, [offset, value]]] with an integer offset.
-            # Anything else fails validation and takes the general path.
-            if f == "poll":
-                try:
-                    ((_, polled),) = decode_ok_poll(ev.value)
-                except ValidationError:
-                    self._general_completion(lineno, idx, t, p, f, ev, inv)
-                    continue
-                try:
-                    # == self._poll_fast(idx, p, mop, inv, ev)
-                    if not polled:
-                        continue
-                    pr = pread.get(p)
-                    if pr is None:
-                        pr = pread[p] = {}
-                    for k, pairs in polled.items():
-                        n = len(pairs)
-                        if n == 1:
-                            ks = keys.get(k)
-                            if ks is None:
-                                ks = keys[k] = Key()
-                            (o0, lv), = pairs
-                            ol = o0
-                            cur = ks.log.get(o0)
-                            if cur is None or cur != lv:
-                                self._place(ks, k, o0, lv, idx)
-                            ks.read[lv] = idx
-                            if ks.unseen:
-                                ks.unseen.discard(lv)
-                        elif not n:
-                            continue
-                        else:
-                            ks = keys.get(k)
-                            if ks is None:
-                                ks = keys[k] = Key()
-                            offs, vals = zip(*pairs)
-                            o0 = offs[0]
-                            if offs != tuple(range(o0, o0 + n)):
-                                self._client_op(idx, "ok", p, "poll", [["poll", {k: [list(x) for x in pairs]}]],
-                                                _inv_tuple(inv), ev)
-                                continue
-                            log = ks.log
-                            got = list(map(log.get, offs))
-                            if got != list(vals):
-                                for i, cur in enumerate(got):
-                                    if cur is None or cur != vals[i]:
-                                        self._place(ks, k, offs[i], vals[i], idx)
-                            ks.read.update(zip(vals, repeat(idx)))
-                            if ks.unseen:
-                                ks.unseen.difference_update(vals)
-                            ol = offs[-1]
-                            lv = vals[-1]
-                        if ol > ks.maxread:
-                            ks.maxread = ol
-                            ks.maxread_op = idx
-                        prev = pr.get(k)
-                        if prev is not None and o0 != prev[0] + 1:
-                            self._poll_step(p, k, prev, o0, idx)
-                        pr[k] = (ol, idx, lv)
-                    any_read = True
-                except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
-                    problems.append((lineno, f"malformed {f} value ({type(e).__name__}: {e}): "
-                                             f"{str(decode_value(ev.value))[:120]}"))
-            else:
+                lats.append(time - inv.time)
+            else:  # invoked in a block the general path folded, or never
+                if inv is None:
+                    if p != "nemesis":
+                        problems.append((lineno, f"completion of process {p} has no invocation"))
+                    inv = (None, None, f, None, None)
+                lats.append(-1 if inv[1] is None else time - inv[1])
+            times.append(time)
+            if time >= next_sample:
+                sample(time, keys)
+                next_sample = time + SAMPLE_NS
+            if t != "ok" or (f != "send" and f != "poll"):
+                kinds.append(kind_index(f, t))
+                if f == "send" or f == "poll" or f == "txn" or f == "assign" or f == "subscribe":
+                    general(lineno, ev.index, t, p, f, ev, inv)
+            elif f == "send":
+                if kind_ok_send is None:
+                    kind_ok_send = kind_index(f, t)
+                kinds.append(kind_ok_send)
+                # The common shape, checked by msgspec while decoding: an ok send
+                # [["send", key, [offset, value]]] with an integer offset.
                 try:
                     ((_, k, (o, v)),) = decode_ok_send(ev.value)
                 except ValidationError:
-                    self._general_completion(lineno, idx, t, p, f, ev, inv)
+                    general(lineno, ev.index, t, p, f, ev, inv)
                     continue
+                # == self._send_one(idx, p, mop, inv)
+                idx = ev.index
+                ks = keys.get(k)
+                if ks is None:
+                    ks = keys[k] = Key()
+                ks.acked[v] = idx
+                if v not in ks.read:
+                    ks.unseen.add(v)
+                log = ks.log
+                cur = log.get(o)
+                if cur is None:
+                    log[o] = v
+                elif cur != v:
+                    self._place(ks, k, o, v, idx)
+                am = ks.acked_max
+                if am is None or o > am[0]:
+                    ks.acked_max = am = (o, idx, v)
+                    ks.am_hist.append(am)
+                else:
+                    if o < am[0]:
+                        self._check_offset_order(ks, k, o, v, idx, _inv_tuple(inv)[0])
+                    am = (o, idx, v)
+                ps = psend.get(p)
+                if ps is None:
+                    ps = psend[p] = {}
+                prev = ps.get(k)
+                if prev is not None and o <= prev[0]:
+                    self._nonmonotonic_send(k, p, prev, o, v, idx)
+                ps[k] = am  # (o, idx, v)
+            else:
+                if kind_ok_poll is None:
+                    kind_ok_poll = kind_index(f, t)
+                kinds.append(kind_ok_poll)
+                value = ev.value
+                if value == empty_poll:
+                    continue  # nothing read: nothing to fold
+                # The common shape: [["poll", {key: [[offset, value], ...]}]]
+                # with integer offsets. Anything else takes the general path.
                 try:
-                    # == self._send_one(idx, p, mop, inv)
-                    ks = keys.get(k)
-                    if ks is None:
-                        ks = keys[k] = Key()
-                    ks.acked[v] = idx
-                    if v not in ks.read:
-                        ks.unseen.add(v)
-                    log = ks.log
-                    cur = log.get(o)
-                    if cur is None:
-                        log[o] = v
-                    elif cur != v:
-                        self._place(ks, k, o, v, idx)
-                    am = ks.acked_max
-                    if am is None or o > am[0]:
-                        ks.acked_max = am = (o, idx, v)
-                        ks.am_hist.append(am)
-                    else:
-                        if o < am[0]:
-                            self._check_offset_order(ks, k, o, v, idx, _inv_tuple(inv)[0])
-                        am = (o, idx, v)
-                    ps = psend.get(p)
-                    if ps is None:
-                        ps = psend[p] = {}
-                    prev = ps.get(k)
-                    if prev is not None and o <= prev[0]:
-                        self._nonmonotonic_send(k, p, prev, o, v, idx)
-                    ps[k] = am  # (o, idx, v)
-                except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
-                    problems.append((lineno, f"malformed {f} value ({type(e).__name__}: {e}): "
-                                             f"{str(decode_value(ev.value))[:120]}"))
-        if any_read:
-            self.any_ok_read = True
-        self.lines = lineno
-        self.n_events = next_index
+                    ((_, polled),) = decode_ok_poll(value)
+                except ValidationError:
+                    general(lineno, ev.index, t, p, f, ev, inv)
+                    continue
+                if polled:
+                    try:
+                        fold_poll(ev.index, p, polled, inv, ev, pread)
+                    except (TypeError, ValueError, AttributeError, IndexError, KeyError) as e:
+                        problems.append((lineno, f"malformed {f} value ({type(e).__name__}: {e}): "
+                                                 f"{str(decode_value(value))[:120]}"))
+        self.lines += len(events)
+        if events:
+            self.n_events = events[-1].index + 1
         self.next_sample = next_sample
-        self.last_time = last_time
+        if times:
+            self.stats.add_block(kinds, times, lats)
+            self.last_time = times[-1]
 
     def _general_completion(self, lineno, idx, t, p, f, ev, inv, value=_UNSET):
         """A completion the fast path does not fold inline, exactly as _feed would."""
@@ -424,7 +358,7 @@ class QueueChecker:
         keys = self.keys
         pending = self.pending
         st = self.stats
-        kind_ix = st.kind_ix
+        kind_index = st.kind_index
         kind_append = st.kind.append
         tdone_append = st.t_done.append
         lat_append = st.lat.append
@@ -484,13 +418,7 @@ class QueueChecker:
             elif type(inv) is Event:  # invoked in a block the fast path folded
                 inv = _inv_tuple(inv)
             if do_stats:
-                kd = kind_ix.get(f)
-                if kd is None:
-                    kd = kind_ix[f] = {}
-                kx = kd.get(t)
-                if kx is None:
-                    kx = kd[t] = st.new_kind(f, t)
-                kind_append(kx)
+                kind_append(kind_index(f, t))
                 if time is not None:
                     itime = inv[1]
                     tdone_append(time)
@@ -537,12 +465,27 @@ class QueueChecker:
         if len(mop) < 2:
             return
         polled = mop[1]
-        if not polled:
+        if polled:
+            self._fold_poll(idx, p, polled, inv, ev, self.pread)
+
+    def _poll_keys(self, idx, p, mop, inv, ev):
+        """_poll_fast's per-key half: version order, reads, unseen, highest read."""
+        if mop[0] != "poll":
+            raise ValueError(f"a poll op holds micro-op {mop[0]!r}")
+        if len(mop) < 2 or not mop[1]:
             return
+        self._fold_poll(idx, p, mop[1], inv, ev, None)
+
+    def _fold_poll(self, idx, p, polled, inv, ev, pread):
+        """Fold an ok poll's records {key: [[offset, value], ...]}: version
+        order, reads, unseen, highest read and, unless pread is None (the
+        "keys" half of a two-process check), this process's read position.
+        A key whose offsets are not consecutive integers goes to _client_op."""
         keys = self.keys
-        pr = self.pread.get(p)
-        if pr is None:
-            pr = self.pread[p] = {}
+        if pread is not None:
+            pr = pread.get(p)
+            if pr is None:
+                pr = pread[p] = {}
         for k, pairs in polled.items():
             n = len(pairs)
             if not n:
@@ -555,7 +498,7 @@ class QueueChecker:
             if n == 1:
                 ol, lv = first
                 if type(o0) is not int:
-                    self._client_op(idx, "ok", p, "poll", [["poll", {k: pairs}]], inv, ev)
+                    self._client_op(idx, "ok", p, "poll", [["poll", {k: pairs}]], _inv_tuple(inv), ev)
                     continue
                 cur = ks.log.get(o0)
                 if cur is None or cur != lv:
@@ -566,15 +509,14 @@ class QueueChecker:
             else:
                 offs, vals = zip(*pairs)
                 if type(o0) is not int or offs != tuple(range(o0, o0 + n)):
-                    self._client_op(idx, "ok", p, "poll", [["poll", {k: pairs}]], inv, ev)
+                    self._client_op(idx, "ok", p, "poll", [["poll", {k: pairs}]], _inv_tuple(inv), ev)
                     continue
-                log = ks.log
-                got = list(map(log.get, offs))
-                if got != list(vals):
+                got = tuple(map(ks.log.get, offs))
+                if got != vals:
                     for i, cur in enumerate(got):
                         if cur is None or cur != vals[i]:
                             self._place(ks, k, offs[i], vals[i], idx)
-                ks.read.update(zip(vals, repeat(idx)))
+                ks.read.update(dict.fromkeys(vals, idx))
                 if ks.unseen:
                     ks.unseen.difference_update(vals)
                 ol = offs[-1]
@@ -582,57 +524,11 @@ class QueueChecker:
             if ol > ks.maxread:
                 ks.maxread = ol
                 ks.maxread_op = idx
-            prev = pr.get(k)
-            if prev is not None and o0 != prev[0] + 1:
-                self._poll_step(p, k, prev, o0, idx)
-            pr[k] = (ol, idx, lv)
-        self.any_ok_read = True
-
-    def _poll_keys(self, idx, p, mop, inv, ev):
-        """_poll_fast's per-key half: version order, reads, unseen, highest read."""
-        if mop[0] != "poll":
-            raise ValueError(f"a poll op holds micro-op {mop[0]!r}")
-        if len(mop) < 2 or not mop[1]:
-            return
-        keys = self.keys
-        for k, pairs in mop[1].items():
-            n = len(pairs)
-            if not n:
-                continue
-            ks = keys.get(k)
-            if ks is None:
-                ks = keys[k] = _Key()
-            first = pairs[0]
-            o0 = first[0]
-            if n == 1:
-                ol, lv = first
-                if type(o0) is not int:
-                    self._client_op(idx, "ok", p, "poll", [["poll", {k: pairs}]], inv, ev)
-                    continue
-                cur = ks.log.get(o0)
-                if cur is None or cur != lv:
-                    self._place(ks, k, o0, lv, idx)
-                ks.read[lv] = idx
-                if ks.unseen:
-                    ks.unseen.discard(lv)
-            else:
-                offs, vals = zip(*pairs)
-                if type(o0) is not int or offs != tuple(range(o0, o0 + n)):
-                    self._client_op(idx, "ok", p, "poll", [["poll", {k: pairs}]], inv, ev)
-                    continue
-                log = ks.log
-                got = list(map(log.get, offs))
-                if got != list(vals):
-                    for i, cur in enumerate(got):
-                        if cur is None or cur != vals[i]:
-                            self._place(ks, k, offs[i], vals[i], idx)
-                ks.read.update(zip(vals, repeat(idx)))
-                if ks.unseen:
-                    ks.unseen.difference_update(vals)
-                ol = offs[-1]
-            if ol > ks.maxread:
-                ks.maxread = ol
-                ks.maxread_op = idx
+            if pread is not None:
+                prev = pr.get(k)
+                if prev is not None and o0 != prev[0] + 1:
+                    self._poll_step(p, k, prev, o0, idx)
+                pr[k] = (ol, idx, lv)
         self.any_ok_read = True
 
     def _poll_procs(self, idx, p, mop, inv, ev):
@@ -774,7 +670,7 @@ class QueueChecker:
             self._offset_order(k, o, v, idx, inv_idx, ks.am_hist[i - 1])
 
     def _reassign(self, p, value, seek):
-        keep = set(str(k) for k in value)
+        keep = set(map(str, value))
         for table in (self.pread, self.psend):
             d = table.get(p)
             if d:
@@ -1010,12 +906,13 @@ class QueueChecker:
 
     # -- the analysis ------------------------------------------------------
     def finish(self) -> dict:
-        self.finish_keys()
-        self._resolve_skips()
-        for raw in self.lost_raw:
-            self._lost_write(*raw)
-        self.lost_raw = []
-        return self._results()
+        with _no_gc():
+            self.finish_keys()
+            self._resolve_skips()
+            for raw in self.lost_raw:
+                self._lost_write(*raw)
+            self.lost_raw = []
+            return self._results()
 
     def finish_keys(self):
         """Everything that needs the per-key value state (the "keys" half)."""

@@ -13,36 +13,38 @@ MAX_POINTS = 200  # points per series after downsampling
 
 class StatsCollector:
     def __init__(self):
-        # Parallel lists, one entry per completion (the checker appends to
+        # Parallel arrays, one entry per completion (the checker appends to
         # them directly; -1 marks a missing time or latency).
         self.t_done = array("q")
         self.lat = array("q")
         self.kind = array("i")  # index into self.kinds
         self.kinds: list[tuple[str, str]] = []
-        self.kind_ix: dict = {}    # f -> type -> index into self.kinds
+        self.kind_of: dict = {}  # f -> type -> index into self.kinds
         self.samples: list = []  # (time ns, {k: unseen}, {k: [acked max offset, read max offset]})
 
-    def new_kind(self, f, t) -> int:
-        self.kinds.append((f, t))
-        return len(self.kinds) - 1
+    def kind_index(self, f, t) -> int:
+        """The index of completions of f with type t in self.kinds (a new one the first time)."""
+        kd = self.kind_of.get(f)
+        if kd is None:
+            kd = self.kind_of[f] = {}
+        i = kd.get(t)
+        if i is None:
+            self.kinds.append((f, t))
+            i = kd[t] = len(self.kinds) - 1
+        return i
 
-    def add(self, f, t, time, inv_time):
-        d = self.kind_ix.setdefault(f, {})
-        if t not in d:
-            d[t] = self.new_kind(f, t)
-        self.kind.append(d[t])
-        self.t_done.append(time if time is not None else -1)
-        self.lat.append(time - inv_time if time is not None and inv_time is not None else -1)
+    def add_block(self, kinds, times, lats):
+        """Many completions at once: lists of kind index, time (ns) and latency (ns, or -1)."""
+        self.kind.fromlist(kinds)
+        self.t_done.fromlist(times)
+        self.lat.fromlist(lats)
 
     def sample(self, time, keys):
-        unseen = {}
-        offsets = {}
-        for k, ks in keys.items():
-            if ks.unseen:
-                unseen[k] = len(ks.unseen)
-            am = ks.acked_max
-            if am is not None or ks.maxread >= 0:
-                offsets[k] = [am[0] if am is not None else None, ks.maxread if ks.maxread >= 0 else None]
+        items = keys.items()
+        unseen = {k: len(ks.unseen) for k, ks in items if ks.unseen}
+        offsets = {k: [am[0] if (am := ks.acked_max) is not None else None,
+                       ks.maxread if ks.maxread >= 0 else None]
+                   for k, ks in items if ks.acked_max is not None or ks.maxread >= 0}
         self.samples.append((time, unseen, offsets))
 
     def summary(self) -> dict:

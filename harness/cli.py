@@ -17,22 +17,29 @@ COMMAND_MODULES = [
     "harness.run_cli",  # run, profiles
 ]
 
+# Commands whose module alone is imported when one of them is run: `acked
+# check` need not import the cluster and harness code (docker clients, ...).
+# Any other command line imports every module.
+ALONE = {"check": "checkers.cli", "export": "checkers.cli"}
+
 EXIT_HARNESS_FAILED = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acked",
         description="Jepsen-style correctness harness for a replicated Kafka-protocol log broker.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    only = ALONE.get(argv[0]) if argv else None
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        if only is None or name == only:
+            importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

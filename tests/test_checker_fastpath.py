@@ -94,8 +94,8 @@ def test_bad_lines_between_fast_blocks(tmp_path):
 
 
 def test_event_batches_keep_line_numbers():
-    blob = b'{"type":"invoke","f":"poll","process":0,"value":[["poll"]]}\n\n' \
-           b'{"type":"ok","f":"poll","process":0,"value":[["poll",{}]]}\n'
+    blob = b'{"type":"invoke","f":"poll","process":0,"time":5,"index":0,"value":[["poll"]]}\n\n' \
+           b'{"type":"ok","f":"poll","process":0,"time":9,"index":1,"value":[["poll",{}]]}\n'
     batches = list(iter_event_batches(io.BytesIO(blob)))
     # a blank line would shift line numbers: that block goes the general way
     assert [(n, ev) for n, ev, _ in batches] == [(3, None)]
@@ -104,3 +104,39 @@ def test_event_batches_keep_line_numbers():
     evs = batches[0][1]
     assert [type(e) for e in evs] == [Event, Event]
     assert evs[1].get("value") == [["poll", {}]] and evs[1].get("seek-to-beginning") is None
+
+
+def test_lines_without_time_or_index_take_the_general_path():
+    """The fast path's Event requires an integer time and index (the harness
+    always writes both); a block with a line lacking one is folded by the
+    general path, which fills the index in, and decides the same."""
+    h = anomalies.base3()
+    h.poll(1, {"x": [(0, 1), (1, 2), (2, 3)]})
+    h.send(0, "x", 4, 1)  # inconsistent offset: something to find
+    for drop in ("time", "index"):
+        events = [dict(ev) for ev in h.events]
+        del events[3][drop]
+        if drop == "time":
+            events[5]["time"] = None
+        blob = _jsonl(events)
+        assert [ev for _, ev, _ in iter_event_batches(io.BytesIO(blob))] == [None]
+        expected = _real_check(events)
+        assert "inconsistent-offsets" in expected["anomaly-types"]
+        for batch in (1 << 22, 97):
+            assert _fast(blob, batch) == expected
+
+
+def test_empty_and_odd_ok_polls_agree():
+    """An ok poll that returned nothing is skipped without decoding; spelled
+    with spaces, or with a non-integer offset, it is decoded by the general
+    path: all decide as the general path does."""
+    h = anomalies.base3()
+    h.poll(1, {})
+    h.poll(1, {"x": [(0, 1)]})
+    h.poll(2, {"x": [(None, 2)]})
+    events = h.events
+    blob = _jsonl(events).replace(b'[["poll",{}]]', b'[["poll", {}]]', 1)
+    expected = _real_check(events)
+    for batch in (1 << 22, 97):
+        assert _fast(blob, batch) == expected
+        assert _fast(_jsonl(events), batch) == expected
