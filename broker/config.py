@@ -100,6 +100,7 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("replica.lag.time.max.ms", _int_range(1, LONG_MAX), "30000", "A follower this far behind leaves the ISR."),
     Key("replica.fetch.wait.max.ms", _int_range(0, I32), "500", "Follower fetch long-poll time."),
     Key("replica.fetch.min.bytes", _int_range(1, I32), "1", "Follower fetch: bytes the leader waits for, up to replica.fetch.wait.max.ms."),
+    Key("max.incremental.fetch.session.cache.slots", _int_range(0, I32), "1000", "Incremental fetch sessions (KIP-227) the broker keeps; 0 disables them."),
     Key("replica.fetch.max.bytes", _int_range(0, I32), "1048576", "Follower fetch size per partition."),
     Key("request.timeout.ms", _int_range(0, I32), "30000", "acks=all wait limit and inter-broker request timeout."),
     Key("controlled.shutdown.enable", _bool, "true", "Move leadership away before shutting down."),

@@ -19,6 +19,7 @@ from typing import Callable
 from .config import BrokerConfig, TopicConfig, parse_listener
 from .log import Log, read_checkpoint, write_checkpoint
 from .metadata import LocalMetadataStore, MetadataError, TopicInfo
+from .fetch_sessions import FetchSessionCache
 from .partition import EPOCH_CHECKPOINT, Partition
 
 log = logging.getLogger("acked.broker")
@@ -42,6 +43,7 @@ class Broker:
         self.replication = None
         self.cluster_id = "acked-" + uuid.uuid5(uuid.NAMESPACE_URL, os.path.abspath(self.log_dir)).hex[:16]
         self.partitions: dict[tuple[str, int], Partition] = {}
+        self.fetch_sessions = FetchSessionCache(config["max.incremental.fetch.session.cache.slots"])
         self.append_listeners: list[Callable[[Partition], None]] = []
         self._pid_next, self._pid_limit = 0, 0
         self._last_hw_checkpoint = time.monotonic()

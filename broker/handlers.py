@@ -15,7 +15,9 @@ from typing import Any, Callable
 from . import protocol
 from .config import KEYS, TOPIC_KEYS, TopicConfig
 from .core import Broker
+from .fetch_sessions import FINAL_EPOCH, FetchContext, FetchParams
 from .metadata import MetadataError, TopicInfo, check_topic_name
+from .partition import ReadResult
 from .protocol import Request, build_response
 
 log = logging.getLogger("acked.broker.handlers")
@@ -32,7 +34,6 @@ INVALID_REQUIRED_ACKS = 21
 INVALID_REQUEST = 42
 INVALID_CONFIG = 40
 INVALID_REPLICA_ASSIGNMENT = 39
-FETCH_SESSION_ID_NOT_FOUND = 70
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
 UNKNOWN_TOPIC_ID = 100
@@ -137,62 +138,96 @@ def _produce_partition(broker: Broker, topic: str, index: int, data, acks: int, 
 
 # -- Fetch -----------------------------------------------------------------------------
 
-def fetch(broker: Broker, req: Request, first: bool = True):
-    """Returns (response, bytes of records found, whether any partition had an error).
-
-    A follower's fetch (replica_id >= 0) reports its log end offset to the leader; the
-    server's long poll calls this again on wake-ups with first=False, which reports nothing."""
+def fetch_context(broker: Broker, req: Request) -> FetchContext:
+    """Resolve the request's fetch session (KIP-227) once per request: which partitions to read,
+    and whether the response is incremental.  Fetch v4-v6 have no session fields: sessionless."""
     body = req.body
-    session_id = getattr(body, "session_id", 0)
-    if session_id != 0:
-        # Sessions are never created (we always answer session_id 0), so none exists.
-        return _resp(req, {"throttle_time": 0, "error_code": FETCH_SESSION_ID_NOT_FOUND,
-                           "session_id": 0, "responses": ()}), 0, True
+    requested = {}
+    for t in body.topics:
+        for fp in t.partitions:
+            requested[(t.topic, fp.partition)] = FetchParams(
+                fp.fetch_offset, getattr(fp, "log_start_offset", -1), fp.partition_max_bytes,
+                getattr(fp, "current_leader_epoch", -1))
+    forgotten = [(t.topic, p) for t in (getattr(body, "forgotten_topics_data", None) or ()) for p in t.partitions]
+    return broker.fetch_sessions.context(getattr(body, "session_id", 0), getattr(body, "session_epoch", FINAL_EPOCH),
+                                         requested, forgotten, body.replica_id)
+
+
+@dataclass
+class FetchReply:
+    """One evaluation of a Fetch: the response's topics as protocol.encode_fetch_response takes them."""
+    error_code: int
+    session_id: int
+    topics: list            # [(topic, [(partition, error, hw, lso, log start, aborted, records)])]
+    found: int              # bytes of records in the response
+    error: bool             # whether any partition (or the request) had an error
+    included: list          # (key, high watermark, log start) per partition in the response
+
+    def encode(self, req: Request) -> bytes:
+        return protocol.encode_fetch_response(req.api_version, req.correlation_id, self.error_code,
+                                              self.session_id, self.topics)
+
+
+def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: bool = True) -> FetchReply:
+    """Read what the request (or its session) asks for.
+
+    A follower's fetch (replica_id >= 0) reports its log end offset to the leader for every
+    partition of the session, so that partitions with nothing new keep the follower in the ISR;
+    the server's long poll calls this again on wake-ups with first=False, which reports nothing.
+    Once a reply is sent, the server calls ctx.sent(reply.included)."""
+    if ctx is None:
+        ctx = fetch_context(broker, req)
+    body = req.body
+    if ctx.error:
+        return FetchReply(ctx.error, 0, [], 0, True, [])
     committed_only = body.replica_id < 0
+    report = broker.replication is not None and not committed_only and first
+    read_uncommitted = body.isolation_level == 0
     remaining = body.max_bytes if body.max_bytes > 0 else 2**31 - 1
     total = 0
     any_error = False
-    topics = []
-    for t in body.topics:
-        parts = []
-        for fp in t.partitions:
-            p = broker.get_partition(t.topic, fp.partition)
-            pd = {"partition_index": fp.partition, "high_watermark": -1, "last_stable_offset": -1,
-                  "log_start_offset": -1, "aborted_transactions": None,
-                  "preferred_read_replica": -1, "records": b""}
-            if p is None:
-                parts.append({**pd, "error_code": UNKNOWN_TOPIC_OR_PARTITION})
-                any_error = True
+    topics: dict[str, list] = {}
+    included = []
+    partitions = broker.partitions
+    must_include = ctx.must_include
+    for key, fp in ctx.partitions.items():
+        p = partitions.get(key)
+        error = NONE
+        if p is None:
+            error = UNKNOWN_TOPIC_OR_PARTITION
+        elif fp.current_leader_epoch >= 0 and fp.current_leader_epoch != p.leader_epoch:
+            error = FENCED_LEADER_EPOCH if fp.current_leader_epoch < p.leader_epoch else UNKNOWN_LEADER_EPOCH
+        elif broker.replication is not None:
+            if not p.is_leader:
+                error = NOT_LEADER_OR_FOLLOWER
+            elif report:
+                error = broker.replication.on_follower_fetch(key[0], key[1], body.replica_id, fp.fetch_offset)
+        if error:
+            any_error = True
+            topics.setdefault(key[0], []).append((key[1], error, -1, -1, -1, None, b""))
+            continue
+        hw = p.high_watermark
+        start = p.log_start_offset
+        limit = hw if committed_only else p.log_end_offset
+        if fp.fetch_offset == limit and fp.fetch_offset >= start:
+            # nothing to read (the common case of an idle partition): no read, and in an incremental
+            # session nothing to say unless the high watermark or log start moved
+            if not must_include(key, NONE, 0, hw, start):
                 continue
-            epoch = getattr(fp, "current_leader_epoch", -1)
-            if epoch >= 0 and epoch != p.leader_epoch:
-                parts.append({**pd, "error_code": FENCED_LEADER_EPOCH if epoch < p.leader_epoch else UNKNOWN_LEADER_EPOCH})
-                any_error = True
-                continue
-            error = NONE
-            if broker.replication is not None:
-                if not p.is_leader:
-                    error = NOT_LEADER_OR_FOLLOWER
-                elif not committed_only and first:
-                    error = broker.replication.on_follower_fetch(t.topic, fp.partition, body.replica_id,
-                                                                 fp.fetch_offset)
-            if error:
-                parts.append({**pd, "error_code": error})
-                any_error = True
-                continue
-            rr = p.read(fp.fetch_offset, min(fp.partition_max_bytes, remaining),
+            rr = ReadResult(NONE, b"", hw, hw, start)
+        else:
+            rr = p.read(fp.fetch_offset, min(fp.max_bytes, remaining),
                         committed_only=committed_only, must_return_one=total == 0)
             if rr.error:
                 any_error = True
-            remaining -= len(rr.records)
-            total += len(rr.records)
-            parts.append({**pd, "error_code": rr.error, "high_watermark": rr.high_watermark,
-                          "last_stable_offset": rr.last_stable_offset,
-                          "log_start_offset": rr.log_start_offset, "records": rr.records,
-                          "aborted_transactions": () if body.isolation_level == 1 else None})
-        topics.append({"topic": t.topic, "partitions": parts})
-    resp = _resp(req, {"throttle_time": 0, "error_code": NONE, "session_id": 0, "responses": topics})
-    return resp, total, any_error
+            elif not must_include(key, NONE, len(rr.records), rr.high_watermark, rr.log_start_offset):
+                continue
+        remaining -= len(rr.records)
+        total += len(rr.records)
+        included.append((key, rr.high_watermark, rr.log_start_offset))
+        topics.setdefault(key[0], []).append((key[1], rr.error, rr.high_watermark, rr.last_stable_offset,
+                                              rr.log_start_offset, None if read_uncommitted else (), rr.records))
+    return FetchReply(NONE, ctx.session_id, list(topics.items()), total, any_error, included)
 
 
 # -- ListOffsets ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import time
 from . import protocol
 from .config import TopicConfig
 from .controller import BROKER_IDS, BROKER_TOPICS, CONFIG_TOPICS, Role, VersionedState, ZkBroker, config_from_json, role_for
+from .fetch_sessions import FetchParams, FetchSessionBuilder
 from .records import InvalidBatch
 from .replication import (NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, IsrChange, LeaderPartition,
                           ReplicationError, follower_high_watermark, truncation_point)
@@ -247,6 +248,9 @@ class ReplicaManager:
         if lp is not None:
             self._resolve(lp.abandon_acks())
             log.info("%s-%d: no longer leader (epoch %d)", key[0], key[1], lp.leader_epoch)
+            if part is not None:
+                for cb in list(part.listeners):   # long-polling fetches of it answer NOT_LEADER_OR_FOLLOWER now
+                    cb(part)
 
     def _follow(self, key, leader: int, epoch: int) -> None:
         self._stop_following(key)
@@ -420,6 +424,7 @@ class ReplicaFetcher:
         self.leader = leader
         self.parts: dict[tuple[str, int], dict] = {}   # key -> {"epoch": e, "truncate": bool}
         self.wake = asyncio.Event()
+        self.session = FetchSessionBuilder()
         self._correlation = 0
         self._stopped = False
         self.task = manager.loop.create_task(self._run())
@@ -454,6 +459,7 @@ class ReplicaFetcher:
             except (OSError, asyncio.TimeoutError):
                 await asyncio.sleep(0.2)
                 continue
+            self.session.reset()   # a new connection may reach a restarted leader: open a new session
             try:
                 while not self._stopped and self.parts and self.m.brokers.get(self.leader) == addr:
                     await self._truncate_pending(reader, writer)
@@ -538,19 +544,33 @@ class ReplicaFetcher:
             await asyncio.sleep(0.05)
             return
         max_bytes = self.m.config["replica.fetch.max.bytes"]
+        wanted = {}
+        for key, epoch in asked.items():
+            p = parts[key]
+            wanted[key] = FetchParams(p.log_end_offset, p.log_start_offset, max_bytes, epoch)
+        # KIP-227: after the first full fetch only partitions whose offset or epoch moved are named,
+        # and the leader answers only for partitions with news
+        session_id, session_epoch, named, forgotten = self.session.request(wanted)
 
         def entry(key):
-            p = parts[key]
-            return {"partition": key[1], "current_leader_epoch": asked[key], "fetch_offset": p.log_end_offset,
-                    "log_start_offset": p.log_start_offset, "partition_max_bytes": max_bytes}
+            fp = named[key]
+            return {"partition": key[1], "current_leader_epoch": fp.current_leader_epoch,
+                    "fetch_offset": fp.fetch_offset, "log_start_offset": fp.log_start_offset,
+                    "partition_max_bytes": fp.max_bytes}
         wait_ms = self.m.config["replica.fetch.wait.max.ms"]
         body = await self._request(reader, writer, 1, FETCH_VERSION, {
             "replica_id": self.m.me, "max_wait": wait_ms, "min_bytes": self.m.config["replica.fetch.min.bytes"],
             "max_bytes": 64 << 20,
-            "isolation_level": 0, "session_id": 0, "session_epoch": -1,
-            "topics": self._by_topic(asked, entry), "forgotten_topics_data": [], "rack_id": ""},
+            "isolation_level": 0, "session_id": session_id, "session_epoch": session_epoch,
+            "topics": self._by_topic(named, entry),
+            "forgotten_topics_data": self._by_topic(forgotten, lambda k: k[1]),
+            "rack_id": ""},
             wait_ms / 1000 + self.m.config["request.timeout.ms"] / 1000)
-        errors = 0
+        self.session.on_response(body.error_code.value, body.session_id)
+        if body.error_code.value != NONE:
+            log.info("fetch from broker %d: error %s; starting a new fetch session", self.leader, body.error_code.name)
+            return
+        errors = answered = 0
         for t in body.responses:
             for r in t.partitions:
                 key = (t.topic, r.partition_index)
@@ -558,6 +578,7 @@ class ReplicaFetcher:
                 part = parts.get(key)
                 if state is None or part is None or state["epoch"] != asked.get(key):
                     continue    # followed elsewhere or in a newer epoch since we asked
+                answered += 1
                 code = r.error_code.value
                 if code == OFFSET_OUT_OF_RANGE:
                     state["truncate"] = True
@@ -576,5 +597,5 @@ class ReplicaFetcher:
                 hw = follower_high_watermark(part.high_watermark, r.high_watermark, part.log_end_offset)
                 if hw > part.high_watermark:
                     part.high_watermark = hw
-        if errors and errors == len(asked):
+        if errors and errors == answered:
             await asyncio.sleep(0.1)   # the leader is changing; the new state will come

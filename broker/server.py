@@ -26,7 +26,11 @@ class BrokerServer:
     def __init__(self, broker: Broker):
         self.broker = broker
         self.max_frame = broker.config["socket.request.max.bytes"]
-        self._waiters: set[asyncio.Future] = set()
+        #: long-polling fetches by partition: followers' (woken by appends) and consumers' (woken only
+        #: when the high watermark moves, since they read below it), so an append wakes only those it may serve
+        self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
+        self._committed_waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
+        self._woken_at_hw: dict[tuple[str, int], int] = {}
         self._connections: set[asyncio.Task] = set()
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task | None = None
@@ -63,11 +67,14 @@ class BrokerServer:
             except Exception:
                 log.exception("periodic work failed")
 
-    def _wake_fetchers(self, _partition) -> None:
-        waiters, self._waiters = self._waiters, set()
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+    def _wake_fetchers(self, partition) -> None:
+        key = (partition.topic, partition.index)
+        _wake(self._waiters.pop(key, None))
+        if key in self._committed_waiters:
+            hw = partition.high_watermark
+            if self._woken_at_hw.get(key) != hw or not partition.is_leader:
+                self._woken_at_hw[key] = hw
+                _wake(self._committed_waiters.pop(key))
 
     # -- one connection -----------------------------------------------------------------
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -173,18 +180,39 @@ class BrokerServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(req.body.max_wait.total_seconds(), 0)
         min_bytes = req.body.min_bytes
+        ctx = handlers.fetch_context(self.broker, req)
         first = True
         while True:
-            body, found, error = handlers.fetch(self.broker, req, first)
+            reply = handlers.fetch(self.broker, req, ctx, first)
             first = False
             remaining = deadline - loop.time()
-            if found >= min_bytes or found and min_bytes <= 0 or error or remaining <= 0:
-                return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, body)
+            if reply.found >= min_bytes or reply.found and min_bytes <= 0 or reply.error or remaining <= 0:
+                ctx.sent(reply.included)
+                return reply.encode(req)
             fut = loop.create_future()
-            self._waiters.add(fut)
+            keys = list(ctx.partitions)
+            waiters = self._waiters if req.body.replica_id >= 0 else self._committed_waiters
+            if waiters is self._committed_waiters:
+                for key in keys:
+                    p = self.broker.partitions.get(key)
+                    if p is not None:
+                        self._woken_at_hw[key] = p.high_watermark
+            for key in keys:
+                waiters.setdefault(key, set()).add(fut)
             try:
                 await asyncio.wait_for(fut, remaining)
             except asyncio.TimeoutError:
                 pass
             finally:
-                self._waiters.discard(fut)
+                for key in keys:
+                    waiting = waiters.get(key)
+                    if waiting is not None:
+                        waiting.discard(fut)
+                        if not waiting:
+                            del waiters[key]
+
+
+def _wake(futures) -> None:
+    for fut in futures or ():
+        if not fut.done():
+            fut.set_result(None)

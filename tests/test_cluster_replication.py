@@ -444,3 +444,32 @@ def test_metadata_is_answered_from_the_cached_view_while_zookeeper_is_unreachabl
         assert "Metadata v12 failed" not in c.broker_log(c.cluster.nodes[0].broker_id)
     finally:
         zk_node.signal("zookeeper", "CONT")
+
+
+def test_followers_of_idle_partitions_stay_in_sync_with_incremental_fetch_sessions(make_cluster):
+    """Followers fetch with KIP-227 sessions, naming only partitions whose offset moved; partitions
+    with no writes for several replica.lag.time.max.ms must not fall out of the ISR (the leader
+    counts every partition of the session as fetched), and writes to one keep flowing."""
+    c = make_cluster()
+    name = "idle"
+    c.admin.create_topics([NewTopic(name, 6, 3)])[name].result(timeout=20)
+    paths = [f"/brokers/topics/{name}/partitions/{i}/state" for i in range(6)]
+
+    def states():
+        return [json.loads(c.zk.get(p)[0]) if c.zk.exists(p) else None for p in paths]
+    deadline = time.monotonic() + 20
+    while not all(s is not None and len(s["isr"]) == 3 for s in states()):
+        assert time.monotonic() < deadline, states()
+        time.sleep(0.1)
+    before = states()
+    p = c.producer("all")
+    acks = []
+    end = time.monotonic() + 4 * LAG_MS / 1000
+    while time.monotonic() < end:     # writes to partition 0 only; 1-5 stay idle
+        p.produce(name, b"v", partition=0, on_delivery=lambda err, msg: acks.append(err))
+        p.flush(5)
+        time.sleep(0.05)
+    assert acks and all(e is None for e in acks), acks[:3]
+    after = states()
+    assert [len(s["isr"]) for s in after] == [3] * 6, after
+    assert [s["leader_epoch"] for s in after] == [s["leader_epoch"] for s in before]

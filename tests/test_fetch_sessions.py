@@ -1,0 +1,148 @@
+"""Incremental fetch sessions (KIP-227): the state machines without sockets, then a live broker
+answering raw Fetch v12 requests, the way a follower (or kafka-python) uses them."""
+from __future__ import annotations
+
+import datetime
+
+from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic, ForgottenTopic
+
+from broker.fetch_sessions import (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH, FetchParams,
+                                   FetchSessionBuilder, FetchSessionCache)
+from broker.records import build_batch
+from broker_fixtures import RawClient, broker, broker_factory  # noqa: F401
+from test_broker_api import make_topic, produce_req
+
+A, B, C = ("t", 0), ("t", 1), ("u", 0)
+
+
+class Clock:
+    def __init__(self):
+        self.ms = 0.0
+
+    def __call__(self):
+        return self.ms
+
+
+# ------------------------------------------------------------------------- the leader's cache
+
+def test_initial_epoch_opens_a_session_and_final_epoch_is_sessionless():
+    cache = FetchSessionCache()
+    full = cache.context(0, 0, {A: FetchParams(0), B: FetchParams(0)}, [], replica_id=2)
+    assert full.session_id != 0 and not full.incremental and set(full.partitions) == {A, B}
+    none = cache.context(0, -1, {A: FetchParams(0)}, [], replica_id=2)
+    assert none.session_id == 0 and not none.incremental and len(cache.sessions) == 1
+    # closing a session with epoch -1 removes it and answers sessionless
+    closed = cache.context(full.session_id, -1, {A: FetchParams(0)}, [], replica_id=2)
+    assert closed.session_id == 0 and cache.sessions == {}
+
+
+def test_incremental_requests_read_the_whole_session_and_include_only_news():
+    cache = FetchSessionCache()
+    full = cache.context(0, 0, {A: FetchParams(0), B: FetchParams(0)}, [], replica_id=2)
+    full.sent([(A, 5, 0), (B, 0, 0)])
+    sid = full.session_id
+    inc = cache.context(sid, 1, {A: FetchParams(5)}, [], replica_id=2)
+    assert inc.incremental and inc.partitions == {A: FetchParams(5), B: FetchParams(0)}
+    assert not inc.must_include(A, 0, 0, 5, 0)           # nothing new for A
+    assert inc.must_include(A, 0, 0, 6, 0)               # high watermark moved
+    assert inc.must_include(B, 0, 0, 0, 1)               # log start moved
+    assert inc.must_include(B, 0, 120, 0, 0)             # records
+    assert inc.must_include(B, 6, 0, 0, 0)               # an error
+    inc.sent([(A, 6, 0)])
+    nxt = cache.context(sid, 2, {}, [B], replica_id=2)   # B forgotten, nothing else changed
+    assert nxt.partitions == {A: FetchParams(5)}
+    assert not nxt.must_include(A, 0, 0, 6, 0)
+
+
+def test_wrong_epoch_and_unknown_session_are_errors():
+    cache = FetchSessionCache()
+    sid = cache.context(0, 0, {A: FetchParams(0)}, [], replica_id=-1).session_id
+    assert cache.context(sid, 2, {}, [], replica_id=-1).error == INVALID_FETCH_SESSION_EPOCH
+    assert cache.context(sid + 1, 1, {}, [], replica_id=-1).error == FETCH_SESSION_ID_NOT_FOUND
+    assert cache.context(0, 3, {}, [], replica_id=-1).error == FETCH_SESSION_ID_NOT_FOUND
+    assert cache.context(sid, 1, {}, [], replica_id=-1).error == 0   # the right epoch still works
+
+
+def test_a_full_cache_evicts_idle_sessions_then_consumers_for_followers_else_goes_sessionless():
+    clock = Clock()
+    cache = FetchSessionCache(max_slots=2, clock=clock)
+    consumer = cache.context(0, 0, {A: FetchParams(0)}, [], replica_id=-1).session_id
+    clock.ms = 10
+    follower = cache.context(0, 0, {B: FetchParams(0)}, [], replica_id=2).session_id
+    assert consumer and follower
+    # full, nobody idle long enough: another consumer gets no session
+    assert cache.context(0, 0, {C: FetchParams(0)}, [], replica_id=-1).session_id == 0
+    # a follower takes the consumer's slot
+    f2 = cache.context(0, 0, {C: FetchParams(0)}, [], replica_id=3).session_id
+    assert f2 and consumer not in cache.sessions and follower in cache.sessions
+    # after the eviction time the least recently used session makes room for anyone
+    clock.ms = 10 + 120_000
+    c2 = cache.context(0, 0, {C: FetchParams(0)}, [], replica_id=-1).session_id
+    assert c2 and follower not in cache.sessions
+    assert FetchSessionCache(max_slots=0).context(0, 0, {A: FetchParams(0)}, [], 2).session_id == 0
+
+
+# ------------------------------------------------------------------------- the fetcher's side
+
+def test_builder_names_only_changes_and_starts_over_on_session_errors():
+    b = FetchSessionBuilder()
+    wanted = {A: FetchParams(0), B: FetchParams(0)}
+    assert b.request(wanted) == (0, 0, wanted, [])
+    b.on_response(0, 77)
+    assert b.request(wanted) == (77, 1, {}, [])
+    b.on_response(0, 77)
+    assert b.request({A: FetchParams(3)}) == (77, 2, {A: FetchParams(3)}, [B])
+    b.on_response(INVALID_FETCH_SESSION_EPOCH, 0)
+    assert b.request({A: FetchParams(3)}) == (0, 0, {A: FetchParams(3)}, [])
+    b.on_response(0, 0)      # the leader had no slot: keep asking in full
+    assert b.request({A: FetchParams(3)}) == (0, 0, {A: FetchParams(3)}, [])
+
+
+# ------------------------------------------------------------------------- a live broker
+
+def _fetch(session_id, epoch, parts, forgotten=(), wait_ms=0):
+    topics = {}
+    for (t, p), off in parts.items():
+        topics.setdefault(t, []).append(FetchPartition(partition=p, fetch_offset=off, partition_max_bytes=1 << 20))
+    gone = {}
+    for t, p in forgotten:
+        gone.setdefault(t, []).append(p)
+    return FetchRequest(replica_id=-1, max_wait=datetime.timedelta(milliseconds=wait_ms), min_bytes=1,
+                        max_bytes=1 << 20, isolation_level=0, session_id=session_id, session_epoch=epoch,
+                        topics=tuple(FetchTopic(topic=t, partitions=tuple(ps)) for t, ps in topics.items()),
+                        forgotten_topics_data=tuple(ForgottenTopic(topic=t, partitions=tuple(ps))
+                                                    for t, ps in gone.items()),
+                        rack_id="")
+
+
+def _answered(resp):
+    return {(t.topic, p.partition_index): p for t in resp.responses for p in t.partitions}
+
+
+def test_live_broker_answers_incremental_fetches_with_only_what_changed(broker):
+    make_topic(broker, "s", partitions=3)
+    c = RawClient(broker.port)
+    try:
+        keys = {("s", i): 0 for i in range(3)}
+        full = c.request(_fetch(0, 0, keys))
+        sid = full.session_id
+        assert sid != 0 and full.error_code.value == 0 and set(_answered(full)) == set(keys)
+        idle = c.request(_fetch(sid, 1, {}, wait_ms=50))
+        assert idle.session_id == sid and _answered(idle) == {}
+
+        c.request(produce_req("s", build_batch([b"x", b"y"]), partition=1))
+        news = _answered(c.request(_fetch(sid, 2, {})))
+        assert set(news) == {("s", 1)} and b"y" in bytes(news[("s", 1)].records)
+        assert news[("s", 1)].high_watermark == 2
+        # the fetcher moves its offset for partition 1 and forgets partition 2
+        quiet = c.request(_fetch(sid, 3, {("s", 1): 2}, forgotten=[("s", 2)], wait_ms=50))
+        assert _answered(quiet) == {}
+        c.request(produce_req("s", build_batch([b"z"]), partition=2))
+        assert _answered(c.request(_fetch(sid, 4, {}, wait_ms=50))) == {}   # partition 2 is no longer asked
+
+        assert c.request(_fetch(sid, 9, {})).error_code.value == INVALID_FETCH_SESSION_EPOCH
+        closed = c.request(_fetch(sid, -1, {("s", 2): 0}))
+        assert closed.session_id == 0 and b"z" in bytes(_answered(closed)[("s", 2)].records)
+        assert c.request(_fetch(sid, 5, {})).error_code.value == FETCH_SESSION_ID_NOT_FOUND
+    finally:
+        c.close()
