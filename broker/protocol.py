@@ -271,3 +271,75 @@ def decode_response(api_key: int, version: int, frame: bytes):
     (correlation_id,) = _I32.unpack_from(frame, 0)
     body, _size = _reader(response_class(api_key, version))(frame, 4)
     return correlation_id, body
+
+
+# -- the Fetch response, by hand -------------------------------------------------------------
+#
+# Fetch is most of a broker's traffic (every consumer and follower long-polls it), and building
+# kio entities then walking them with kio's generic writer cost more than everything else a
+# fetch does.  This writes the same bytes directly (tests/test_protocol_fetch.py checks it
+# against kio's own encoding, version by version).  A partition is the tuple
+# (partition_index, error_code, high_watermark, last_stable_offset, log_start_offset,
+#  aborted_transactions (None, or a tuple of (producer_id, first_offset)), records bytes).
+
+_FETCH_HEAD = struct.Struct(">ihi")          # throttle_time_ms, error_code, session_id (v7+)
+_FETCH_PART = struct.Struct(">ihqq")         # partition_index, error_code, high_watermark, last_stable_offset
+_I64 = struct.Struct(">q")
+_ABORTED = struct.Struct(">qq")
+_NO_PREFERRED_REPLICA = _I32.pack(-1)
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_fetch_response(version: int, correlation_id: int, error_code: int, session_id: int,
+                          topics: list[tuple[str, list[tuple]]], throttle_time_ms: int = 0) -> bytes:
+    """A whole Fetch response frame (v4-v12), size prefix included."""
+    flexible = version >= 12
+    out = [b"", _I32.pack(correlation_id)]
+    if flexible:
+        out.append(b"\0")                                  # response header v1: no tagged fields
+    if version >= 7:
+        out.append(_FETCH_HEAD.pack(throttle_time_ms, error_code, session_id))
+    else:
+        out.append(_I32.pack(throttle_time_ms))
+    out.append(_uvarint(len(topics) + 1) if flexible else _I32.pack(len(topics)))
+    for name, parts in topics:
+        raw = name.encode()
+        out.append(_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw)))
+        out.append(raw)
+        out.append(_uvarint(len(parts) + 1) if flexible else _I32.pack(len(parts)))
+        for index, error, hw, lso, log_start, aborted, records in parts:
+            out.append(_FETCH_PART.pack(index, error, hw, lso))
+            if version >= 5:
+                out.append(_I64.pack(log_start))
+            if aborted is None:
+                out.append(b"\0" if flexible else _I32.pack(-1))
+            else:
+                out.append(_uvarint(len(aborted) + 1) if flexible else _I32.pack(len(aborted)))
+                for producer_id, first_offset in aborted:
+                    out.append(_ABORTED.pack(producer_id, first_offset))
+                    if flexible:
+                        out.append(b"\0")
+            if version >= 11:
+                out.append(_NO_PREFERRED_REPLICA)
+            if records is None:
+                out.append(b"\0" if flexible else _I32.pack(-1))
+            else:
+                out.append(_uvarint(len(records) + 1) if flexible else _I32.pack(len(records)))
+                out.append(records)
+            if flexible:
+                out.append(b"\0")                          # partition tagged fields
+        if flexible:
+            out.append(b"\0")                              # topic tagged fields
+    if flexible:
+        out.append(b"\0")                                  # response tagged fields
+    size = sum(map(len, out))
+    out[0] = _I32.pack(size)
+    return b"".join(out)
