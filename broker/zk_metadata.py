@@ -1,9 +1,12 @@
 """Topic metadata and producer ids kept in ZooKeeper (used when ``zookeeper.connect`` is set).
 
 The same methods as ``LocalMetadataStore`` (broker/metadata.py), so core.py and
-handlers.py do not care which one they have.  Everything is read from
-ZooKeeper when asked (the cluster is small; a Metadata request costs a few
-local round trips), so every broker answers from the same source of truth:
+handlers.py do not care which one they have.  A topic is read from ZooKeeper
+the first time it is asked for, with watches on its znodes; the answer is then
+served from memory until a watch fires (the topic or its config changed) or the
+ZooKeeper connection changes state (watches may be gone), when it is read again.
+(Reading ZooKeeper on every Metadata request blocked the event loop for two
+round trips per topic, and kept the ensemble busy.)
 
     /brokers/topics/<topic>           {"version":1,"partitions":{"0":[1,2,3]},"topic_id":"<uuid>"}
     /config/topics/<topic>            {"version":1,"config":{...}}  (topic overrides only)
@@ -21,7 +24,7 @@ import uuid
 
 from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
 
-from .controller import (BROKER_TOPICS, CONFIG_TOPICS, ControllerError, ZkBroker, assignment_from_json,
+from .controller import (BROKER_TOPICS, CONFIG_TOPICS, ControllerError, ZkBroker, assignment_from_json, config_from_json,
                          topic_path)
 from .metadata import (validate_config_change, INVALID_CONFIG, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, PRODUCER_ID_BLOCK,
                        TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION, MetadataError, TopicInfo,
@@ -67,24 +70,46 @@ class ZkMetadataStore:
         # The last view read from ZooKeeper: Metadata and DescribeConfigs answer from it while
         # ZooKeeper is unreachable (a Kafka broker serves metadata from its cache).
         self._known: dict[str, TopicInfo] = {}
+        # Entries of _known (and the topic list) that watches keep current; cleared when a watch fires.
+        self._fresh: set[str] = set()
+        self._names: list[str] | None = None
+        self._generation: dict[str, int] = {}
         self._producer_id_limit = 0
+        self.client.add_listener(self._on_connection_state)
 
     @property
     def client(self):
         return self.zk.zk
+
+    def _on_connection_state(self, _state) -> None:
+        # Suspended, lost or reconnected: a watch may have been missed, so trust nothing cached.
+        self._fresh.clear()
+        self._names = None
+
+    def _stale(self, name: str):
+        def watch(_event) -> None:
+            self._generation[name] = self._generation.get(name, 0) + 1
+            self._fresh.discard(name)
+        return watch
+
+    def _names_changed(self, _event) -> None:
+        self._names = None
 
     # -- topics ----------------------------------------------------------------------
     @property
     def topics(self) -> dict[str, TopicInfo]:
         if not self.client.connected:       # do not block the request path on a reconnect
             return dict(self._known)
-        try:
-            names = self.client.get_children(BROKER_TOPICS)
-        except NoNodeError:
-            names = []
-        except KazooException as e:
-            log.warning("ZooKeeper unreachable (%s): listing topics from the cached view", type(e).__name__)
-            return dict(self._known)
+        names = self._names
+        if names is None:
+            try:
+                names = self.client.get_children(BROKER_TOPICS, watch=self._names_changed)
+            except NoNodeError:
+                names = []
+            except KazooException as e:
+                log.warning("ZooKeeper unreachable (%s): listing topics from the cached view", type(e).__name__)
+                return dict(self._known)
+            self._names = names
         out = {}
         for name in names:
             info = self.describe(name)
@@ -94,12 +119,23 @@ class ZkMetadataStore:
             self._known.pop(gone, None)
         return out
 
-    def describe(self, name: str) -> TopicInfo | None:
+    def describe(self, name: str, fresh: bool = False) -> TopicInfo | None:
+        """The topic as ZooKeeper has it; `fresh` reads it even if the watched copy is current."""
         if not self.client.connected:
             return self._known.get(name)
+        if not fresh and name in self._fresh and name in self._known:
+            return self._known[name]
+        generation = self._generation.get(name, 0)
+        stale = self._stale(name)
+        config_path = f"{CONFIG_TOPICS}/{name}"
         try:
-            data, _ = self.client.get(topic_path(name))
-            configs = self.zk.topic_config(name)
+            data, _ = self.client.get(topic_path(name), watch=stale)
+            try:
+                configs = config_from_json(self.client.get(config_path, watch=stale)[0])
+            except NoNodeError:
+                configs = {}
+                if self.client.exists(config_path, watch=stale) is not None:   # created meanwhile
+                    configs = config_from_json(self.client.get(config_path)[0])
         except NoNodeError:
             self._known.pop(name, None)
             return None
@@ -112,6 +148,8 @@ class ZkMetadataStore:
         rf = len(assignment[0]) if assignment else 0
         info = TopicInfo(name, topic_id, len(assignment), rf, configs, assignment)
         self._known[name] = info
+        if self._generation.get(name, 0) == generation:   # no watch fired while reading
+            self._fresh.add(name)
         return info
 
     def by_id(self, topic_id: uuid.UUID) -> TopicInfo | None:
@@ -165,7 +203,7 @@ class ZkMetadataStore:
     @_zk_failure_is_request_error(REQUEST_TIMED_OUT)
     def alter_config(self, name: str, set_: dict[str, str], delete: list[str],
                      validate_only: bool = False) -> TopicInfo:
-        info = self.describe(name)
+        info = self.describe(name, fresh=True)   # read-modify-write: not from a copy another broker may have changed
         if info is None:
             raise MetadataError(UNKNOWN_TOPIC_OR_PARTITION, f"topic {name} does not exist")
         validate_config_change(set_, delete)
