@@ -92,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key in config.unknown:
         logging.getLogger("acked.broker").warning("unknown config key %s (ignored)", key)
-    asyncio.run(_serve(config))
+    try:
+        import uvloop   # libuv's event loop: the broker spends much of its time in the loop's own machinery
+    except ImportError:
+        logging.getLogger("acked.broker").warning("uvloop not installed: using asyncio's default event loop")
+        asyncio.run(_serve(config))
+    else:
+        uvloop.run(_serve(config))
     return 0
 
 
