@@ -65,11 +65,12 @@ class FetchContext:
     """How one Fetch request is answered: which partitions to look at, which to include."""
 
     def __init__(self, session: FetchSession | None, partitions: dict[Key, FetchParams],
-                 incremental: bool, error: int = 0):
+                 incremental: bool, error: int = 0, named: dict[Key, FetchParams] | None = None):
         self.session = session
         self.partitions = partitions     # what to read: the request's (full) or the session's (incremental)
         self.incremental = incremental
         self.error = error
+        self.named = partitions if named is None else named   # what the request itself named
 
     @property
     def session_id(self) -> int:
@@ -133,7 +134,8 @@ class FetchSessionCache:
                 cached.params = params
         session.epoch = epoch + 1 if epoch < 2**31 - 1 else 1
         session.last_used_ms = now
-        return FetchContext(session, {k: c.params for k, c in session.partitions.items()}, incremental=True)
+        return FetchContext(session, {k: c.params for k, c in session.partitions.items()}, incremental=True,
+                            named=requested)
 
     def _open(self, replica_id: int, requested: dict[Key, FetchParams], now: float) -> FetchSession | None:
         if self.max_slots <= 0:

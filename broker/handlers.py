@@ -190,6 +190,7 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
     included = []
     partitions = broker.partitions
     must_include = ctx.must_include
+    named = ctx.named
     for key, fp in ctx.partitions.items():
         p = partitions.get(key)
         error = NONE
@@ -200,7 +201,10 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
         elif broker.replication is not None:
             if not p.is_leader:
                 error = NOT_LEADER_OR_FOLLOWER
-            elif report:
+            elif report and (key in named or fp.fetch_offset != p.log_end_offset
+                             or not broker.replication.in_isr(key, body.replica_id)):
+                # A partition the follower did not name has the fetch offset it last reported; at the
+                # log end and in the ISR it is in step (caught up by equality): reporting changes nothing.
                 error = broker.replication.on_follower_fetch(key[0], key[1], body.replica_id, fp.fetch_offset)
         if error:
             any_error = True

@@ -319,6 +319,10 @@ class ReplicaManager:
         lp.wait_for_ack(fut, required_offset, _now_ms() + timeout_ms)
         return fut
 
+    def in_isr(self, key, replica_id: int) -> bool:
+        lp = self.leaders.get(key)
+        return lp is not None and replica_id in lp.isr
+
     def on_follower_fetch(self, topic: str, p: int, replica_id: int, fetch_offset: int) -> int:
         key = (topic, p)
         lp = self.leaders.get(key)

@@ -473,3 +473,17 @@ def test_followers_of_idle_partitions_stay_in_sync_with_incremental_fetch_sessio
     after = states()
     assert [len(s["isr"]) for s in after] == [3] * 6, after
     assert [s["leader_epoch"] for s in after] == [s["leader_epoch"] for s in before]
+
+    # A follower paused past replica.lag.time.max.ms leaves the ISR of the partitions it follows;
+    # resumed, it must rejoin them all although none of them is written to any more.
+    paused = next(r for r in (1, 2, 3) if any(r != s["leader"] for s in after))
+    c.signal(paused, "STOP")
+    deadline = time.monotonic() + 20
+    while not any(paused not in s["isr"] for s in states()):
+        assert time.monotonic() < deadline, states()
+        time.sleep(0.1)
+    c.signal(paused, "CONT")
+    deadline = time.monotonic() + 20
+    while not all(len(s["isr"]) == 3 for s in states()):
+        assert time.monotonic() < deadline, f"idle partitions never took broker {paused} back: {states()}"
+        time.sleep(0.1)
