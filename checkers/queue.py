@@ -622,6 +622,8 @@ class QueueChecker:
             k = str(k)
         if type(x) is list:
             o, v = x
+            if type(o) is not int and o is not None:
+                raise TypeError(f"offset {o!r} of key {k} is not an integer")
         else:
             o, v = None, x
         ks = self.keys.get(k)
@@ -696,6 +698,8 @@ class QueueChecker:
                 x = mop[2]
                 if type(x) is list:
                     o, v = x
+                    if type(o) is not int and o is not None:
+                        raise TypeError(f"offset {o!r} of key {k} is not an integer")
                 else:
                     o, v = None, x
                 ks = keys.get(k)
@@ -800,6 +804,8 @@ class QueueChecker:
                                 rk[3].extend(vals)
                         continue
                     for o, v in pairs:
+                        if type(o) is not int and o is not None:
+                            raise TypeError(f"offset {o!r} of key {k} is not an integer")
                         if o is None:
                             if ok and v not in rd:
                                 rd[v] = idx

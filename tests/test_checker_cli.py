@@ -114,6 +114,19 @@ def test_truncated_history_still_checked(tmp_path):
     assert res["history-problems"][0]["line"] == 9
 
 
+def test_non_integer_offsets_are_problems_of_their_line_not_a_crash(tmp_path):
+    """Offsets are integers (or null for an unknown one); anything else is reported with its line,
+    and the rest of the history is still checked."""
+    events = LOST + [ev(3, "invoke", "poll", [["poll"]]), ev(3, "ok", "poll", [["poll", {"k": [["a", 1]]}]]),
+                     ev(4, "invoke", "send", [["send", "k", 9]]), ev(4, "ok", "send", [["send", "k", ["x", 9]]])]
+    path = write(tmp_path / "history.jsonl", events)
+    r = acked("check", path, "--json")
+    res = json.loads(r.stdout)
+    assert r.returncode == 1 and "lost-write" in res["anomaly-types"], r.stderr[-300:]
+    assert [(p["line"], "not an integer" in p["message"]) for p in res["history-problems"]] == [
+        (len(LOST) + 2, True), (len(LOST) + 4, True)]
+
+
 def test_export_edn_and_back(tmp_path):
     events = generate(2, n_ops=200, threads=3, active_keys=3)
     path = write(tmp_path / "history.jsonl", events)
