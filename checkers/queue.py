@@ -215,17 +215,16 @@ class QueueChecker:
         pending = self.pending
         pop = pending.pop
         pread = self.pread
-        psend = self.psend
         problems = self.problems
         sample = self.stats.sample
         next_sample = self.next_sample
         fold_poll = self._fold_poll
+        fold_ok_send = self._fold_ok_send
         general = self._general_completion
         decode_ok_poll = _decode_ok_poll
         decode_ok_send = _decode_ok_send
         empty_poll = _EMPTY_POLL
         ValidationError = msgspec.ValidationError
-        Key = _Key
         kind_index = self.stats.kind_index
         # Kinds of the two common completions, looked up once they are seen
         # (kinds are numbered in order of first appearance).
@@ -271,35 +270,7 @@ class QueueChecker:
                 except ValidationError:
                     general(lineno, ev.index, t, p, f, ev, inv)
                     continue
-                # == self._send_one(idx, p, mop, inv)
-                idx = ev.index
-                ks = keys.get(k)
-                if ks is None:
-                    ks = keys[k] = Key()
-                ks.acked[v] = idx
-                if v not in ks.read:
-                    ks.unseen.add(v)
-                log = ks.log
-                cur = log.get(o)
-                if cur is None:
-                    log[o] = v
-                elif cur != v:
-                    self._place(ks, k, o, v, idx)
-                am = ks.acked_max
-                if am is None or o > am[0]:
-                    ks.acked_max = am = (o, idx, v)
-                    ks.am_hist.append(am)
-                else:
-                    if o < am[0]:
-                        self._check_offset_order(ks, k, o, v, idx, _inv_tuple(inv)[0])
-                    am = (o, idx, v)
-                ps = psend.get(p)
-                if ps is None:
-                    ps = psend[p] = {}
-                prev = ps.get(k)
-                if prev is not None and o <= prev[0]:
-                    self._nonmonotonic_send(k, p, prev, o, v, idx)
-                ps[k] = am  # (o, idx, v)
+                fold_ok_send(ev.index, p, k, o, v, inv)
             else:
                 if kind_ok_poll is None:
                     kind_ok_poll = kind_index(f, t)
@@ -572,12 +543,7 @@ class QueueChecker:
             o, v = x
         else:
             o, v = None, x
-        ks = self.keys.get(k)
-        if ks is None:
-            ks = self.keys[k] = _Key()
-        ks.acked[v] = idx
-        if v not in ks.read:
-            ks.unseen.add(v)
+        ks = self._acked(k, v, idx)
         if o is not None:
             cur = ks.log.get(o)
             if cur is None:
@@ -626,14 +592,25 @@ class QueueChecker:
                 raise TypeError(f"offset {o!r} of key {k} is not an integer")
         else:
             o, v = None, x
+        if o is None:
+            self._acked(k, v, idx)
+        else:
+            self._fold_ok_send(idx, p, k, o, v, inv)
+
+    def _acked(self, k, v, idx):
+        """Value v of key k was acknowledged by op idx: known committed, unseen until read."""
         ks = self.keys.get(k)
         if ks is None:
             ks = self.keys[k] = _Key()
         ks.acked[v] = idx
         if v not in ks.read:
             ks.unseen.add(v)
-        if o is None:
-            return
+        return ks
+
+    def _fold_ok_send(self, idx, p, k, o, v, inv):
+        """An ok send of value v to key k acknowledged at integer offset o (the fast path's and
+        _send_one's common case): acked, unseen, version order, offset order, process order."""
+        ks = self._acked(k, v, idx)
         log = ks.log
         cur = log.get(o)
         if cur is None:
@@ -645,7 +622,7 @@ class QueueChecker:
             ks.acked_max = am = (o, idx, v)
             ks.am_hist.append(am)
         elif o < am[0]:
-            self._check_offset_order(ks, k, o, v, idx, inv[0])
+            self._check_offset_order(ks, k, o, v, idx, _inv_tuple(inv)[0])
         ps = self.psend.get(p)
         if ps is None:
             ps = self.psend[p] = {}
