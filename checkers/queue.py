@@ -64,6 +64,21 @@ def _inv_tuple(inv):
     return inv
 
 
+def _ok_send_parts(mop):
+    """(key, offset or None, value) of an ok send micro-op ["send", key, [offset, value]]."""
+    if mop[0] != "send":
+        raise ValueError(f"a send op holds micro-op {mop[0]!r}")
+    _, k, x = mop
+    if type(k) is not str:
+        k = str(k)
+    if type(x) is not list:
+        return k, None, x
+    o, v = x
+    if type(o) is not int and o is not None:
+        raise TypeError(f"offset {o!r} of key {k} is not an integer")
+    return k, o, v
+
+
 class _Key:
     """Everything known about one key (one partition)."""
 
@@ -534,64 +549,24 @@ class QueueChecker:
         self.any_ok_read = True
 
     def _send_keys(self, idx, p, mop, inv):
-        if mop[0] != "send":
-            raise ValueError(f"a send op holds micro-op {mop[0]!r}")
-        _, k, x = mop
-        if type(k) is not str:
-            k = str(k)
-        if type(x) is list:
-            o, v = x
-        else:
-            o, v = None, x
+        """_send_one's per-key half (for the "keys" process of --jobs 2)."""
+        k, o, v = _ok_send_parts(mop)
         ks = self._acked(k, v, idx)
         if o is not None:
-            cur = ks.log.get(o)
-            if cur is None:
-                ks.log[o] = v
-            elif cur != v:
-                self._place(ks, k, o, v, idx)
+            self._log_ok_send(ks, k, o, v, idx)
 
     def _send_procs(self, idx, p, mop, inv):
-        if mop[0] != "send":
-            raise ValueError(f"a send op holds micro-op {mop[0]!r}")
-        _, k, x = mop
-        if type(k) is not str:
-            k = str(k)
-        if type(x) is not list:
-            return
-        o, v = x
-        if o is None:
-            return
-        ks = self.keys.get(k)
-        if ks is None:
-            ks = self.keys[k] = _Key()
-        am = ks.acked_max
-        if am is None or o > am[0]:
-            ks.acked_max = am = (o, idx, v)
-            ks.am_hist.append(am)
-        elif o < am[0]:
-            self._check_offset_order(ks, k, o, v, idx, inv[0])
-        ps = self.psend.get(p)
-        if ps is None:
-            ps = self.psend[p] = {}
-        prev = ps.get(k)
-        if prev is not None and o <= prev[0]:
-            self._nonmonotonic_send(k, p, prev, o, v, idx)
-        ps[k] = (o, idx, v)
+        """_send_one's per-process half: offset order and this process's send order."""
+        k, o, v = _ok_send_parts(mop)
+        if o is not None:
+            ks = self.keys.get(k)
+            if ks is None:
+                ks = self.keys[k] = _Key()
+            self._order_ok_send(ks, idx, p, k, o, v, inv)
 
     def _send_one(self, idx, p, mop, inv):
         """The common case, kept lean: an ok send of a single record."""
-        if mop[0] != "send":
-            raise ValueError(f"a send op holds micro-op {mop[0]!r}")
-        _, k, x = mop
-        if type(k) is not str:
-            k = str(k)
-        if type(x) is list:
-            o, v = x
-            if type(o) is not int and o is not None:
-                raise TypeError(f"offset {o!r} of key {k} is not an integer")
-        else:
-            o, v = None, x
+        k, o, v = _ok_send_parts(mop)
         if o is None:
             self._acked(k, v, idx)
         else:
@@ -611,12 +586,18 @@ class QueueChecker:
         """An ok send of value v to key k acknowledged at integer offset o (the fast path's and
         _send_one's common case): acked, unseen, version order, offset order, process order."""
         ks = self._acked(k, v, idx)
+        self._log_ok_send(ks, k, o, v, idx)
+        self._order_ok_send(ks, idx, p, k, o, v, inv)
+
+    def _log_ok_send(self, ks, k, o, v, idx):
         log = ks.log
         cur = log.get(o)
         if cur is None:
             log[o] = v
         elif cur != v:
             self._place(ks, k, o, v, idx)
+
+    def _order_ok_send(self, ks, idx, p, k, o, v, inv):
         am = ks.acked_max
         if am is None or o > am[0]:
             ks.acked_max = am = (o, idx, v)
