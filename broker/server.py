@@ -1,15 +1,19 @@
 """asyncio TCP server: frames in, responses out in request order, pipelined.
 
-Each connection has a reader loop and a writer loop joined by a queue of
-pending responses: requests are decoded and handled in arrival order (so
-pipelined produces append in order), a Fetch that long-polls becomes a task,
-and the writer sends each response only when everything before it has gone.
-A frame that is too large or cannot be decoded closes that connection only.
+Each connection is an asyncio Protocol: bytes arrive in `data_received`, every
+complete frame in them is decoded and handled at once in arrival order (so
+pipelined produces append in order), and responses leave in request order: a
+response that is ready while nothing is ahead of it is written immediately, one
+that waits (a long-polling Fetch, an acks=all Produce, a group request) is a
+future, and what follows it waits behind it.  (Streams, a queue and a writer
+task per connection were a good part of each request's cost.)  A frame that is
+too large or cannot be decoded closes that connection only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 from . import handlers, protocol
@@ -18,7 +22,6 @@ from .core import Broker
 from .protocol import MalformedRequest, UnsupportedVersion
 
 log = logging.getLogger("acked.broker.server")
-_CLOSE = object()
 MAX_QUEUED_RESPONSES = 1000  # per connection; the reader pauses beyond it
 
 
@@ -31,15 +34,15 @@ class BrokerServer:
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._committed_waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._woken_at_hw: dict[tuple[str, int], int] = {}
-        self._connections: set[asyncio.Task] = set()
+        self._connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task | None = None
         broker.append_listeners.append(self._wake_fetchers)
         self.groups = GroupRuntime(broker)  # consumer groups (broker/group_api.py)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._on_connection, host or None, port,
-                                                  reuse_address=True, limit=1 << 20)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), host or None, port, reuse_address=True)
         sock = self._server.sockets[0].getsockname()
         self.broker.set_bound_address(host, sock[1])
         self._ticker = asyncio.create_task(self._tick_loop())
@@ -52,10 +55,8 @@ class BrokerServer:
             self._server.close()
         if self._ticker is not None:
             self._ticker.cancel()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.wait(self._connections, timeout=5)
+        for conn in list(self._connections):
+            conn.close()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -75,88 +76,6 @@ class BrokerServer:
             if self._woken_at_hw.get(key) != hw or not partition.is_leader:
                 self._woken_at_hw[key] = hw
                 _wake(self._committed_waiters.pop(key))
-
-    # -- one connection -----------------------------------------------------------------
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._connections.add(task)
-        peer = writer.get_extra_info("peername")
-        queue: asyncio.Queue = asyncio.Queue(MAX_QUEUED_RESPONSES)
-        send_task = asyncio.create_task(self._send_loop(queue, writer))
-        pending: set[asyncio.Task] = set()
-        try:
-            while True:
-                try:
-                    head = await reader.readexactly(4)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                size = int.from_bytes(head, "big", signed=True)
-                if size < 0 or size > self.max_frame:
-                    log.warning("closing connection from %s: frame of %d bytes (socket.request.max.bytes=%d)",
-                                peer, size, self.max_frame)
-                    break
-                try:
-                    frame = await reader.readexactly(size)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                try:
-                    req = protocol.decode_request(frame)
-                except UnsupportedVersion as e:
-                    if e.api_key == protocol.API_VERSIONS:
-                        await queue.put(protocol.unsupported_api_versions_response(e.correlation_id))
-                        continue
-                    log.warning("closing connection from %s: %s", peer, e)
-                    break
-                except MalformedRequest as e:
-                    log.warning("closing connection from %s: malformed request: %s (frame starts %s)",
-                                peer, e, frame[:64].hex())
-                    break
-                try:
-                    item = self._dispatch(req, peer)
-                except Exception:
-                    log.exception("closing connection from %s: %s v%d failed", peer, req.name, req.api_version)
-                    break
-                if isinstance(item, asyncio.Task):
-                    pending.add(item)
-                    item.add_done_callback(pending.discard)
-                if item is not None:
-                    await queue.put(item)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            for t in list(pending):
-                t.cancel()
-            try:
-                queue.put_nowait(_CLOSE)
-            except asyncio.QueueFull:
-                send_task.cancel()
-            try:
-                await asyncio.wait_for(send_task, 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                send_task.cancel()
-            writer.close()
-            self._connections.discard(task)
-
-    async def _send_loop(self, queue: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
-        while True:
-            item = await queue.get()
-            if item is _CLOSE:
-                return
-            if isinstance(item, asyncio.Task):
-                try:
-                    item = await item
-                except asyncio.CancelledError:
-                    return
-                except Exception:
-                    log.exception("request failed; closing connection")
-                    writer.close()
-                    return
-            try:
-                writer.write(item)
-                if queue.empty():
-                    await writer.drain()
-            except (ConnectionError, RuntimeError):
-                return
 
     def _dispatch(self, req: protocol.Request, peer=None):
         """bytes to send, None for no response (acks=0), or a Task producing bytes."""
@@ -216,3 +135,148 @@ def _wake(futures) -> None:
     for fut in futures or ():
         if not fut.done():
             fut.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, server: BrokerServer):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = None
+        self._buf = bytearray()
+        self._pending: collections.deque = collections.deque()   # bytes or futures, in request order
+        self._closed = False
+        self._reading_paused = False
+        self._writing_paused = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self.server._connections.add(self)
+
+    def connection_lost(self, exc) -> None:
+        self._closed = True
+        self.server._connections.discard(self)
+        for item in self._pending:
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+        self._pending.clear()
+
+    def pause_writing(self) -> None:      # the client does not read its responses: stop reading requests
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        max_frame = self.server.max_frame
+        pos = 0
+        while not self._closed and len(buf) - pos >= 4:
+            size = int.from_bytes(buf[pos:pos + 4], "big", signed=True)
+            if size < 0 or size > max_frame:
+                log.warning("closing connection from %s: frame of %d bytes (socket.request.max.bytes=%d)",
+                            self.peer, size, max_frame)
+                self.close()
+                return
+            end = pos + 4 + size
+            if len(buf) < end:
+                break
+            frame = bytes(buf[pos + 4:end])
+            pos = end
+            self._on_frame(frame)
+        del buf[:pos]
+        self._update_reading()
+
+    # -- requests and responses ----------------------------------------------------------
+    def _on_frame(self, frame: bytes) -> None:
+        try:
+            req = protocol.decode_request(frame)
+        except UnsupportedVersion as e:
+            if e.api_key == protocol.API_VERSIONS:
+                self._push(protocol.unsupported_api_versions_response(e.correlation_id))
+                return
+            log.warning("closing connection from %s: %s", self.peer, e)
+            self.close()
+            return
+        except MalformedRequest as e:
+            log.warning("closing connection from %s: malformed request: %s (frame starts %s)",
+                        self.peer, e, frame[:64].hex())
+            self.close()
+            return
+        try:
+            item = self.server._dispatch(req, self.peer)
+        except Exception:
+            log.exception("closing connection from %s: %s v%d failed", self.peer, req.name, req.api_version)
+            self.close()
+            return
+        if item is not None:
+            self._push(item)
+
+    def _push(self, item) -> None:
+        if not self._pending and not isinstance(item, asyncio.Future):
+            self.transport.write(item)      # nothing ahead of it: the common case
+            return
+        self._pending.append(item)
+        if isinstance(item, asyncio.Future):
+            item.add_done_callback(self._flush)
+        self._flush()
+
+    def _flush(self, _done=None) -> None:
+        pending = self._pending
+        while pending and not self._closed:
+            head = pending[0]
+            if isinstance(head, asyncio.Future):
+                if not head.done():
+                    break
+                pending.popleft()
+                if head.cancelled():
+                    self.close()
+                    return
+                exc = head.exception()
+                if exc is not None:
+                    log.error("request failed; closing connection from %s", self.peer, exc_info=exc)
+                    self.close()
+                    return
+                head = head.result()
+            else:
+                pending.popleft()
+            self.transport.write(head)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._closed or self.transport is None:
+            return
+        pause = self._writing_paused or len(self._pending) >= MAX_QUEUED_RESPONSES
+        if pause and not self._reading_paused:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        elif not pause and self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    def close(self) -> None:
+        """Close after writing the responses ready at the head of the queue; abandon what waits."""
+        if self._closed:
+            return
+        self._closed = True
+        pending = self._pending
+        while pending and self.transport is not None:
+            head = pending[0]
+            if isinstance(head, asyncio.Future):
+                if not head.done() or head.cancelled() or head.exception() is not None:
+                    break
+                head = head.result()
+            pending.popleft()
+            self.transport.write(head)
+        for item in pending:
+            if isinstance(item, asyncio.Future):
+                item.cancel()
+        pending.clear()
+        if self.transport is not None:
+            self.transport.close()
