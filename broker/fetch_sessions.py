@@ -45,19 +45,14 @@ class FetchParams:
     current_leader_epoch: int = -1
 
 
-@dataclass(slots=True)
-class _Cached:
-    params: FetchParams
-    high_watermark: int = -2     # -2: never sent, so the first response always carries the partition
-    log_start_offset: int = -2
-
-
 @dataclass
 class FetchSession:
     id: int
     replica_id: int
     epoch: int                   # the epoch the next incremental request must carry
-    partitions: dict[Key, _Cached] = field(default_factory=dict)
+    partitions: dict[Key, FetchParams] = field(default_factory=dict)
+    #: (high watermark, log start) last sent per partition; absent: never sent, so the next response carries it
+    sent: dict[Key, tuple[int, int]] = field(default_factory=dict)
     last_used_ms: float = 0.0
 
 
@@ -76,25 +71,20 @@ class FetchContext:
     def session_id(self) -> int:
         return self.session.id if self.session is not None else 0
 
-    def must_include(self, key: Key, error: int, records: int, high_watermark: int, log_start: int) -> bool:
-        """Full responses carry every partition; incremental ones only what the fetcher does not know."""
-        if not self.incremental:
-            return True
-        if error or records:
-            return True
-        cached = self.session.partitions.get(key)
-        return cached is None or cached.high_watermark != high_watermark or cached.log_start_offset != log_start
+    def must_include(self, key: Key, records: int, high_watermark: int, log_start: int) -> bool:
+        """Full responses carry every partition; incremental ones only records or what the fetcher
+        has not been told (errors are always carried, by the caller)."""
+        return (not self.incremental or records > 0
+                or self.session.sent.get(key) != (high_watermark, log_start))
 
     def sent(self, included: Iterable[tuple[Key, int, int]]) -> None:
         """Remember (key, high watermark, log start) of the partitions in the response actually sent."""
         if self.session is None:
             return
-        parts = self.session.partitions
+        parts, sent = self.session.partitions, self.session.sent
         for key, hw, start in included:
-            cached = parts.get(key)
-            if cached is not None:
-                cached.high_watermark = hw
-                cached.log_start_offset = start
+            if key in parts:
+                sent[key] = (hw, start)
 
 
 class FetchSessionCache:
@@ -126,16 +116,11 @@ class FetchSessionCache:
             return FetchContext(None, {}, False, INVALID_FETCH_SESSION_EPOCH)
         for key in forgotten:
             session.partitions.pop(key, None)
-        for key, params in requested.items():
-            cached = session.partitions.get(key)
-            if cached is None:
-                session.partitions[key] = _Cached(params)
-            else:
-                cached.params = params
+            session.sent.pop(key, None)
+        session.partitions.update(requested)
         session.epoch = epoch + 1 if epoch < 2**31 - 1 else 1
         session.last_used_ms = now
-        return FetchContext(session, {k: c.params for k, c in session.partitions.items()}, incremental=True,
-                            named=requested)
+        return FetchContext(session, session.partitions, incremental=True, named=requested)
 
     def _open(self, replica_id: int, requested: dict[Key, FetchParams], now: float) -> FetchSession | None:
         if self.max_slots <= 0:
@@ -145,7 +130,7 @@ class FetchSessionCache:
         sid = 0
         while sid == 0 or sid in self.sessions:
             sid = self.rng.randint(1, 2**31 - 1)
-        session = FetchSession(sid, replica_id, 1, {k: _Cached(p) for k, p in requested.items()}, now)
+        session = FetchSession(sid, replica_id, 1, dict(requested), last_used_ms=now)
         self.sessions[sid] = session
         return session
 
@@ -179,9 +164,10 @@ class FetchSessionBuilder:
         self.session_id, self.epoch, self._sent, self._pending = 0, INITIAL_EPOCH, {}, None
 
     def request(self, wanted: dict[Key, FetchParams]) -> tuple[int, int, dict[Key, FetchParams], list[Key]]:
-        self._pending = dict(wanted)
+        """`wanted` (built afresh by the caller for each request) becomes the leader's view once answered."""
+        self._pending = wanted
         if self.session_id == 0:
-            return 0, INITIAL_EPOCH, dict(wanted), []
+            return 0, INITIAL_EPOCH, wanted, []
         changed = {k: p for k, p in wanted.items() if self._sent.get(k) != p}
         forgotten = [k for k in self._sent if k not in wanted]
         return self.session_id, self.epoch, changed, forgotten

@@ -201,11 +201,9 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
         elif broker.replication is not None:
             if not p.is_leader:
                 error = NOT_LEADER_OR_FOLLOWER
-            elif report and (key in named or fp.fetch_offset != p.log_end_offset
-                             or not broker.replication.in_isr(key, body.replica_id)):
-                # A partition the follower did not name has the fetch offset it last reported; at the
-                # log end and in the ISR it is in step (caught up by equality): reporting changes nothing.
-                error = broker.replication.on_follower_fetch(key[0], key[1], body.replica_id, fp.fetch_offset)
+            elif report:
+                error = broker.replication.on_follower_fetch(key[0], key[1], body.replica_id, fp.fetch_offset,
+                                                             named=key in named)
         if error:
             any_error = True
             topics.setdefault(key[0], []).append((key[1], error, -1, -1, -1, None, b""))
@@ -216,7 +214,7 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
         if fp.fetch_offset == limit and fp.fetch_offset >= start:
             # nothing to read (the common case of an idle partition): no read, and in an incremental
             # session nothing to say unless the high watermark or log start moved
-            if not must_include(key, NONE, 0, hw, start):
+            if not must_include(key, 0, hw, start):
                 continue
             rr = ReadResult(NONE, b"", hw, hw, start)
         else:
@@ -224,7 +222,7 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
                         committed_only=committed_only, must_return_one=total == 0)
             if rr.error:
                 any_error = True
-            elif not must_include(key, NONE, len(rr.records), rr.high_watermark, rr.log_start_offset):
+            elif not must_include(key, len(rr.records), rr.high_watermark, rr.log_start_offset):
                 continue
         remaining -= len(rr.records)
         total += len(rr.records)

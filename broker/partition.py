@@ -189,6 +189,10 @@ class Partition:
     def advance_high_watermark(self, offset: int) -> None:
         if offset > self.high_watermark:
             self.high_watermark = min(offset, self.log_end_offset)
+        self.notify_listeners()
+
+    def notify_listeners(self) -> None:
+        """Tell waiters (long polls, group coordinators) that this partition changed."""
         for cb in list(self.listeners):
             cb(self)
 

@@ -249,8 +249,7 @@ class ReplicaManager:
             self._resolve(lp.abandon_acks())
             log.info("%s-%d: no longer leader (epoch %d)", key[0], key[1], lp.leader_epoch)
             if part is not None:
-                for cb in list(part.listeners):   # long-polling fetches of it answer NOT_LEADER_OR_FOLLOWER now
-                    cb(part)
+                part.notify_listeners()   # long-polling fetches of it answer NOT_LEADER_OR_FOLLOWER now
 
     def _follow(self, key, leader: int, epoch: int) -> None:
         self._stop_following(key)
@@ -319,15 +318,16 @@ class ReplicaManager:
         lp.wait_for_ack(fut, required_offset, _now_ms() + timeout_ms)
         return fut
 
-    def in_isr(self, key, replica_id: int) -> bool:
-        lp = self.leaders.get(key)
-        return lp is not None and replica_id in lp.isr
-
-    def on_follower_fetch(self, topic: str, p: int, replica_id: int, fetch_offset: int) -> int:
+    def on_follower_fetch(self, topic: str, p: int, replica_id: int, fetch_offset: int, named: bool = True) -> int:
+        """A follower fetched at fetch_offset. `named` False: a session partition the fetch did not
+        name, so the offset is the one it last reported; at the log end and in the ISR the follower is
+        in step (caught up by equality) and there is nothing to update."""
         key = (topic, p)
         lp = self.leaders.get(key)
         if lp is None:
             return NOT_LEADER_OR_FOLLOWER
+        if not named and fetch_offset == lp.log_end_offset and replica_id in lp.isr:
+            return NONE
         if fetch_offset > lp.log_end_offset:
             return OFFSET_OUT_OF_RANGE
         try:

@@ -86,9 +86,6 @@ class DockerNode(ShellNode):
             raise_for(self.name, cmd, result)
         return result
 
-    def put(self, local: Path, remote: str) -> None:
-        self.put_bytes(Path(local).read_bytes(), remote, mode=Path(local).stat().st_mode & 0o777)
-
     def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
         directory, base = posixpath.split(remote)
         self.run(["mkdir", "-p", directory or "/"], check=True)

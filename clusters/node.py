@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from pathlib import Path
 
 from clusters.base import ClusterError, CommandResult, Node
 
@@ -19,6 +20,13 @@ class ShellNode(Node):
     run_dir: str = "/var/run/acked"
     #: environment every daemon gets (the local backend marks its processes with the cluster name)
     daemon_env: dict[str, str] = {}
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a local file onto the node, mode kept, through the transport's put_bytes."""
+        self.put_bytes(Path(local).read_bytes(), remote, mode=Path(local).stat().st_mode & 0o777)
+
+    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
+        raise NotImplementedError(f"{type(self).__name__} copies files with put() only")
 
     def pidfile(self, name: str) -> str:
         return f"{self.run_dir}/{name}.pid"

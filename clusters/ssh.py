@@ -147,9 +147,6 @@ class SSHNode(ShellNode):
             raise_for(self.name, cmd, result)
         return result
 
-    def put(self, local: Path, remote: str) -> None:
-        self.put_bytes(Path(local).read_bytes(), remote, mode=Path(local).stat().st_mode & 0o777)
-
     def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
         self.run(["mkdir", "-p", posixpath.dirname(remote) or "/"], check=True)
         with self.client.open_sftp() as sftp:

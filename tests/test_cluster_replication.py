@@ -33,6 +33,17 @@ TOPIC = "t"
 
 # ---------------------------------------------------------------------------------- helpers
 
+def _wait_for(read, pred, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = read()
+        if pred(value):
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout}s; last state {value}")
+
+
 class Replicated:
     """A started 3-broker local cluster plus what the scenarios need to watch and poke it."""
 
@@ -84,15 +95,16 @@ class Replicated:
             return None
         return json.loads(self.zk.get(path)[0])
 
+    def states(self, topic: str, partitions: int) -> list[dict | None]:
+        return [self.state(topic, p) for p in range(partitions)]
+
     def wait_state(self, pred, what: str, timeout: float = 20.0, topic: str = TOPIC) -> dict:
-        deadline = time.monotonic() + timeout
-        st = None
-        while time.monotonic() < deadline:
-            st = self.state(topic)
-            if st is not None and pred(st):
-                return st
-            time.sleep(0.05)
-        raise AssertionError(f"{what}: not within {timeout}s; last state {st}")
+        return _wait_for(lambda: self.state(topic), lambda st: st is not None and pred(st), what, timeout)
+
+    def wait_states(self, pred, what: str, topic: str, partitions: int, timeout: float = 20.0) -> list[dict]:
+        """Until pred holds for the states of all the topic's partitions (all of them present)."""
+        return _wait_for(lambda: self.states(topic, partitions),
+                         lambda sts: None not in sts and pred(sts), what, timeout)
 
     def create_topic(self, name: str = TOPIC, config: dict | None = None, assignment=None) -> dict:
         topic = (NewTopic(name, len(assignment), replica_assignment=assignment, config=config or {}) if assignment
@@ -448,20 +460,13 @@ def test_metadata_is_answered_from_the_cached_view_while_zookeeper_is_unreachabl
 
 def test_followers_of_idle_partitions_stay_in_sync_with_incremental_fetch_sessions(make_cluster):
     """Followers fetch with KIP-227 sessions, naming only partitions whose offset moved; partitions
-    with no writes for several replica.lag.time.max.ms must not fall out of the ISR (the leader
-    counts every partition of the session as fetched), and writes to one keep flowing."""
+    with no writes for several replica.lag.time.max.ms must not fall out of the ISR (a follower at
+    the log end is in step), writes to one keep flowing, and an idle partition takes back a follower
+    that did fall out."""
     c = make_cluster()
     name = "idle"
     c.admin.create_topics([NewTopic(name, 6, 3)])[name].result(timeout=20)
-    paths = [f"/brokers/topics/{name}/partitions/{i}/state" for i in range(6)]
-
-    def states():
-        return [json.loads(c.zk.get(p)[0]) if c.zk.exists(p) else None for p in paths]
-    deadline = time.monotonic() + 20
-    while not all(s is not None and len(s["isr"]) == 3 for s in states()):
-        assert time.monotonic() < deadline, states()
-        time.sleep(0.1)
-    before = states()
+    before = c.wait_states(lambda sts: all(len(s["isr"]) == 3 for s in sts), "all replicas in sync", name, 6)
     p = c.producer("all")
     acks = []
     end = time.monotonic() + 4 * LAG_MS / 1000
@@ -470,7 +475,7 @@ def test_followers_of_idle_partitions_stay_in_sync_with_incremental_fetch_sessio
         p.flush(5)
         time.sleep(0.05)
     assert acks and all(e is None for e in acks), acks[:3]
-    after = states()
+    after = c.states(name, 6)
     assert [len(s["isr"]) for s in after] == [3] * 6, after
     assert [s["leader_epoch"] for s in after] == [s["leader_epoch"] for s in before]
 
@@ -478,12 +483,7 @@ def test_followers_of_idle_partitions_stay_in_sync_with_incremental_fetch_sessio
     # resumed, it must rejoin them all although none of them is written to any more.
     paused = next(r for r in (1, 2, 3) if any(r != s["leader"] for s in after))
     c.signal(paused, "STOP")
-    deadline = time.monotonic() + 20
-    while not any(paused not in s["isr"] for s in states()):
-        assert time.monotonic() < deadline, states()
-        time.sleep(0.1)
+    c.wait_states(lambda sts: any(paused not in s["isr"] for s in sts), f"broker {paused} leaves an ISR", name, 6)
     c.signal(paused, "CONT")
-    deadline = time.monotonic() + 20
-    while not all(len(s["isr"]) == 3 for s in states()):
-        assert time.monotonic() < deadline, f"idle partitions never took broker {paused} back: {states()}"
-        time.sleep(0.1)
+    c.wait_states(lambda sts: all(len(s["isr"]) == 3 for s in sts),
+                  f"idle partitions take broker {paused} back", name, 6)

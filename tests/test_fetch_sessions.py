@@ -43,15 +43,14 @@ def test_incremental_requests_read_the_whole_session_and_include_only_news():
     sid = full.session_id
     inc = cache.context(sid, 1, {A: FetchParams(5)}, [], replica_id=2)
     assert inc.incremental and inc.partitions == {A: FetchParams(5), B: FetchParams(0)}
-    assert not inc.must_include(A, 0, 0, 5, 0)           # nothing new for A
-    assert inc.must_include(A, 0, 0, 6, 0)               # high watermark moved
-    assert inc.must_include(B, 0, 0, 0, 1)               # log start moved
-    assert inc.must_include(B, 0, 120, 0, 0)             # records
-    assert inc.must_include(B, 6, 0, 0, 0)               # an error
+    assert not inc.must_include(A, 0, 5, 0)              # nothing new for A
+    assert inc.must_include(A, 0, 6, 0)                  # high watermark moved
+    assert inc.must_include(B, 0, 0, 1)                  # log start moved
+    assert inc.must_include(B, 120, 0, 0)                # records
     inc.sent([(A, 6, 0)])
     nxt = cache.context(sid, 2, {}, [B], replica_id=2)   # B forgotten, nothing else changed
     assert nxt.partitions == {A: FetchParams(5)}
-    assert not nxt.must_include(A, 0, 0, 6, 0)
+    assert not nxt.must_include(A, 0, 6, 0)
 
 
 def test_wrong_epoch_and_unknown_session_are_errors():
@@ -140,9 +139,15 @@ def test_live_broker_answers_incremental_fetches_with_only_what_changed(broker):
         c.request(produce_req("s", build_batch([b"z"]), partition=2))
         assert _answered(c.request(_fetch(sid, 4, {}, wait_ms=50))) == {}   # partition 2 is no longer asked
 
+        # an error is carried on every round, named or not, until the fetcher does something about it
+        bad = _answered(c.request(_fetch(sid, 5, {("s", 0): 99})))
+        assert set(bad) == {("s", 0)} and bad[("s", 0)].error_code.value == 1   # OFFSET_OUT_OF_RANGE
+        again = _answered(c.request(_fetch(sid, 6, {})))
+        assert set(again) == {("s", 0)} and again[("s", 0)].error_code.value == 1
+
         assert c.request(_fetch(sid, 9, {})).error_code.value == INVALID_FETCH_SESSION_EPOCH
         closed = c.request(_fetch(sid, -1, {("s", 2): 0}))
         assert closed.session_id == 0 and b"z" in bytes(_answered(closed)[("s", 2)].records)
-        assert c.request(_fetch(sid, 5, {})).error_code.value == FETCH_SESSION_ID_NOT_FOUND
+        assert c.request(_fetch(sid, 7, {})).error_code.value == FETCH_SESSION_ID_NOT_FOUND
     finally:
         c.close()
