@@ -255,6 +255,7 @@ class ZkBroker:
         self._events: queue.Queue = queue.Queue()
         self._stopped = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"zk-broker-{broker_id}", daemon=True)
+        self._controller_id: int | None = None
         self._watched_topics: set[str] = set()
         self._watched_partitions: set[TP] = set()
         self._lock = threading.Lock()
@@ -271,7 +272,7 @@ class ZkBroker:
         self.zk.add_listener(self._on_state_change)
         self.register(timeout)
         self._worker.start()
-        self.zk.DataWatch(CONTROLLER, lambda data, stat: self._events.put("controller") or None)
+        self.zk.DataWatch(CONTROLLER, self._on_controller)
         for path in (BROKER_IDS, BROKER_TOPICS, CONTROLLED_SHUTDOWN):
             self.zk.ChildrenWatch(path, lambda children, p=path: self._events.put(p) or None)
         self.zk.ChildrenWatch(BROKER_TOPICS, self._on_topics)
@@ -508,11 +509,17 @@ class ZkBroker:
                 pass
         return out
 
-    def controller_id(self) -> int | None:
+    def _on_controller(self, data, stat) -> None:
         try:
-            return int(json.loads(self.zk.get(CONTROLLER)[0])["brokerid"])
-        except NoNodeError:
-            return None
+            self._controller_id = int(json.loads(data)["brokerid"]) if data else None
+        except (ValueError, KeyError, TypeError):
+            self._controller_id = None
+        self._events.put("controller")
+
+    def controller_id(self) -> int | None:
+        """The controller's broker id as the watch on /controller last saw it (Metadata asks for it
+        on every request: a ZooKeeper read each time would stall the event loop)."""
+        return self._controller_id
 
     # -- leader's ISR writes ----------------------------------------------------------------------
     def write_isr(self, topic: str, partition: int, current: VersionedState, new_isr: Sequence[int]) -> VersionedState | None:

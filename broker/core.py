@@ -114,6 +114,7 @@ class Broker:
         """The topic was deleted: close the replica and remove its files."""
         p = self.partitions.pop((topic, i), None)
         if p is not None:
+            p.notify_listeners()   # its long polls and fetch sessions see it gone
             p.close()
         shutil.rmtree(self._partition_dir(topic, i), ignore_errors=True)
 

@@ -18,6 +18,14 @@ Request kinds, by (session_id, session_epoch):
 
 `FetchSessionCache` is the leader's side (`broker.handlers.fetch` drives it);
 `FetchSessionBuilder` is the fetcher's (`broker.replica_manager.ReplicaFetcher`).
+
+Both ends cost in proportion to what changed, not to the session's size (a
+follower's session holds every partition it follows from that leader, a few
+hundred once keys have rotated): the leader is told which partitions changed
+(`FetchSessionCache.touch`, fed by the partitions' listeners) and examines only
+those, the ones the request names and the ones it must keep watching (an error
+to repeat, a follower not in step); the fetcher is told which partitions it
+changed and diffs only those against what the leader knows.
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ class FetchParams:
     current_leader_epoch: int = -1
 
 
-@dataclass
+@dataclass(eq=False)
 class FetchSession:
     id: int
     replica_id: int
@@ -54,6 +62,12 @@ class FetchSession:
     #: (high watermark, log start) last sent per partition; absent: never sent, so the next response carries it
     sent: dict[Key, tuple[int, int]] = field(default_factory=dict)
     last_used_ms: float = 0.0
+    #: partitions touched since the last request examined them
+    dirty: set = field(default_factory=set)
+    #: partitions examined on every request until they settle: errors to repeat, followers not in step
+    watch: set = field(default_factory=set)
+    #: called once when a partition of the session is touched while a fetch of it long-polls
+    waiter: Callable[[], None] | None = None
 
 
 class FetchContext:
@@ -66,6 +80,32 @@ class FetchContext:
         self.incremental = incremental
         self.error = error
         self.named = partitions if named is None else named   # what the request itself named
+        #: incremental: the session partitions this request looks at, grown by touches while it long-polls
+        self.examined: set | None = None
+        if session is not None:
+            if incremental:
+                self.examined = set(self.named)
+                self.examined |= session.watch
+            else:
+                session.dirty.clear()    # a full fetch looks at everything
+            session.watch = set()
+
+    def to_examine(self):
+        """The partitions to look at in this evaluation: all of them for a full fetch; for an incremental
+        one, those named, watched, or touched since the session's last look (the last grows the set
+        across the long poll's evaluations, so that what one evaluation found is never forgotten)."""
+        if self.examined is None:
+            return self.partitions
+        dirty = self.session.dirty
+        if dirty:
+            self.examined |= dirty.intersection(self.partitions)
+            dirty.clear()
+        return self.examined
+
+    def watch(self, key: Key) -> None:
+        """Look at this partition again on the next request, named or touched or not."""
+        if self.session is not None:
+            self.session.watch.add(key)
 
     @property
     def session_id(self) -> int:
@@ -100,13 +140,48 @@ class FetchSessionCache:
         self.clock = clock or (lambda: time.monotonic() * 1000)
         self.rng = rng or random.Random()
         self.sessions: dict[int, FetchSession] = {}
+        #: partition -> the sessions holding it, for `touch`
+        self._holders: dict[Key, set[FetchSession]] = {}
+
+    def touch(self, key: Key, committed: bool = True) -> None:
+        """The partition changed (an append, its high watermark, its leadership, its ISR): the sessions
+        holding it look at it on their next evaluation, and a long-polling fetch of theirs wakes --
+        a consumer's (reading below the high watermark) only if what is committed changed."""
+        for session in self._holders.get(key, ()):
+            session.dirty.add(key)
+            if session.waiter is not None and (committed or session.replica_id >= 0):
+                wake, session.waiter = session.waiter, None
+                wake()
+
+    def _hold(self, session: FetchSession, keys: Iterable[Key]) -> None:
+        holders = self._holders
+        for key in keys:
+            held = holders.get(key)
+            if held is None:
+                holders[key] = {session}
+            else:
+                held.add(session)
+
+    def _release(self, session: FetchSession, keys: Iterable[Key]) -> None:
+        holders = self._holders
+        for key in keys:
+            held = holders.get(key)
+            if held is not None:
+                held.discard(session)
+                if not held:
+                    del holders[key]
+
+    def _close(self, session_id: int) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            self._release(session, session.partitions)
 
     def context(self, session_id: int, epoch: int, requested: dict[Key, FetchParams],
                 forgotten: Iterable[Key], replica_id: int) -> FetchContext:
         now = self.clock()
         if epoch in (INITIAL_EPOCH, FINAL_EPOCH):
             if session_id:
-                self.sessions.pop(session_id, None)
+                self._close(session_id)
             session = self._open(replica_id, requested, now) if epoch == INITIAL_EPOCH else None
             return FetchContext(session, requested, incremental=False)
         session = self.sessions.get(session_id)
@@ -114,9 +189,12 @@ class FetchSessionCache:
             return FetchContext(None, {}, False, FETCH_SESSION_ID_NOT_FOUND)
         if session.epoch != epoch:
             return FetchContext(None, {}, False, INVALID_FETCH_SESSION_EPOCH)
-        for key in forgotten:
-            session.partitions.pop(key, None)
+        gone = [key for key in forgotten if session.partitions.pop(key, None) is not None]
+        for key in gone:
             session.sent.pop(key, None)
+            session.watch.discard(key)
+        self._release(session, gone)
+        self._hold(session, [key for key in requested if key not in session.partitions])
         session.partitions.update(requested)
         session.epoch = epoch + 1 if epoch < 2**31 - 1 else 1
         session.last_used_ms = now
@@ -132,17 +210,18 @@ class FetchSessionCache:
             sid = self.rng.randint(1, 2**31 - 1)
         session = FetchSession(sid, replica_id, 1, dict(requested), last_used_ms=now)
         self.sessions[sid] = session
+        self._hold(session, session.partitions)
         return session
 
     def _evict_one(self, for_follower: bool, now: float) -> bool:
         lru = min(self.sessions.values(), key=lambda s: s.last_used_ms)
         if now - lru.last_used_ms >= EVICTION_MS:
-            del self.sessions[lru.id]
+            self._close(lru.id)
             return True
         if for_follower:
             consumers = [s for s in self.sessions.values() if s.replica_id < 0]
             if consumers:
-                del self.sessions[min(consumers, key=lambda s: s.last_used_ms).id]
+                self._close(min(consumers, key=lambda s: s.last_used_ms).id)
                 return True
         return False
 
@@ -150,38 +229,70 @@ class FetchSessionCache:
 class FetchSessionBuilder:
     """The fetcher's side: what the next request says, and what a response means.
 
-    `request(wanted)` returns (session_id, epoch, partitions to name, keys to forget); after a
-    response arrives, `on_response(error_code, session_id)` moves the session on or resets it."""
+    `request(wanted, changed)` returns (session_id, epoch, partitions to name, keys to forget);
+    `changed` holds the keys whose entry in `wanted` may differ from what the leader was last told
+    (None: any of them), so an incremental request costs in proportion to the changes.  After a
+    response, `on_response(error_code, session_id)` moves the session on or resets it; a request
+    that was not applied leaves its changes to be sent again."""
 
     def __init__(self):
         self.session_id = 0
         self.epoch = INITIAL_EPOCH
-        self._sent: dict[Key, FetchParams] = {}      # the leader's view of our partitions
-        self._pending: dict[Key, FetchParams] | None = None
+        #: the leader's view of our partitions, as of the last answered request
+        self.view: dict[Key, FetchParams] = {}
+        self._changed: set[Key] = set()         # keys whose wanted params may differ from `view`
+        self._inflight: tuple | None = None     # (full, named, forgotten, changed) of the request in flight
 
     def reset(self) -> None:
         """Start over with a full fetch (new connection, or the leader lost the session)."""
-        self.session_id, self.epoch, self._sent, self._pending = 0, INITIAL_EPOCH, {}, None
+        self.session_id, self.epoch, self.view, self._inflight = 0, INITIAL_EPOCH, {}, None
+        self._changed = set()
 
-    def request(self, wanted: dict[Key, FetchParams]) -> tuple[int, int, dict[Key, FetchParams], list[Key]]:
-        """`wanted` (built afresh by the caller for each request) becomes the leader's view once answered."""
-        self._pending = wanted
+    def note(self, changed: Iterable[Key]) -> None:
+        """Keys changed without a request being made now: the next request considers them."""
+        self._changed.update(changed)
+
+    def request(self, wanted: dict[Key, FetchParams], changed: Iterable[Key] | None = None
+                ) -> tuple[int, int, dict[Key, FetchParams], list[Key]]:
+        if changed is None:
+            self._changed.update(wanted)
+            self._changed.update(self.view)
+        else:
+            self._changed.update(changed)
+        changed_now, self._changed = self._changed, set()
         if self.session_id == 0:
-            return 0, INITIAL_EPOCH, wanted, []
-        changed = {k: p for k, p in wanted.items() if self._sent.get(k) != p}
-        forgotten = [k for k in self._sent if k not in wanted]
-        return self.session_id, self.epoch, changed, forgotten
+            named = dict(wanted)
+            self._inflight = (True, named, [], changed_now)
+            return 0, INITIAL_EPOCH, named, []
+        view = self.view
+        named, forgotten = {}, []
+        for key in changed_now:
+            params = wanted.get(key)
+            if params is None:
+                if key in view:
+                    forgotten.append(key)
+            elif view.get(key) != params:
+                named[key] = params
+        self._inflight = (False, named, forgotten, changed_now)
+        return self.session_id, self.epoch, named, forgotten
 
     def on_response(self, error_code: int, session_id: int) -> None:
+        inflight, self._inflight = self._inflight, None
         if error_code in (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH):
             self.reset()
             return
+        if inflight is None:
+            return
+        full, named, forgotten, changed = inflight
         if error_code:
-            return   # the request was not applied (e.g. an unknown error): ask again from the same state
-        if self.session_id == 0:
+            self._changed |= changed   # the request was not applied (e.g. an unknown error): ask again
+            return
+        if full:
+            self.view = named
             if session_id:
                 self.session_id, self.epoch = session_id, 1
-        else:
-            self.epoch = self.epoch + 1 if self.epoch < 2**31 - 1 else 1
-        self._sent = self._pending or {}
-        self._pending = None
+            return
+        self.epoch = self.epoch + 1 if self.epoch < 2**31 - 1 else 1
+        self.view.update(named)
+        for key in forgotten:
+            del self.view[key]

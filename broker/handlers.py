@@ -171,9 +171,11 @@ class FetchReply:
 def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: bool = True) -> FetchReply:
     """Read what the request (or its session) asks for.
 
-    A follower's fetch (replica_id >= 0) reports its log end offset to the leader for every
-    partition of the session, so that partitions with nothing new keep the follower in the ISR;
-    the server's long poll calls this again on wake-ups with first=False, which reports nothing.
+    An incremental fetch looks only at the session partitions that the request names, that were
+    touched since (appends, high watermark, leadership or ISR changes) or that are watched (see
+    FetchContext.to_examine).  A follower's fetch (replica_id >= 0) reports its log end offset to
+    the leader for each of them; an unexamined partition is one where the follower is in step.
+    The server's long poll calls this again on wake-ups with first=False, which reports nothing.
     Once a reply is sent, the server calls ctx.sent(reply.included)."""
     if ctx is None:
         ctx = fetch_context(broker, req)
@@ -191,7 +193,9 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
     partitions = broker.partitions
     must_include = ctx.must_include
     named = ctx.named
-    for key, fp in ctx.partitions.items():
+    params = ctx.partitions
+    for key in ctx.to_examine():
+        fp = params[key]
         p = partitions.get(key)
         error = NONE
         if p is None:
@@ -202,10 +206,13 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
             if not p.is_leader:
                 error = NOT_LEADER_OR_FOLLOWER
             elif report:
-                error = broker.replication.on_follower_fetch(key[0], key[1], body.replica_id, fp.fetch_offset,
-                                                             named=key in named)
+                error, in_step = broker.replication.on_follower_fetch(key[0], key[1], body.replica_id,
+                                                                      fp.fetch_offset, named=key in named)
+                if not in_step:
+                    ctx.watch(key)   # until it is in step, an unchanged offset still has work to do
         if error:
             any_error = True
+            ctx.watch(key)   # repeated on every round, named or not, until the fetcher acts on it
             topics.setdefault(key[0], []).append((key[1], error, -1, -1, -1, None, b""))
             continue
         hw = p.high_watermark
@@ -222,6 +229,7 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
                         committed_only=committed_only, must_return_one=total == 0)
             if rr.error:
                 any_error = True
+                ctx.watch(key)
             elif not must_include(key, len(rr.records), rr.high_watermark, rr.log_start_offset):
                 continue
         remaining -= len(rr.records)

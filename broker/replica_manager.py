@@ -65,7 +65,6 @@ class ReplicaManager:
         self._config_watched: set[str] = set()
         self._lost_registration: int | None = None
         self._zk_writes = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="isr-write")
-        self._last_controller_id = -1
         zk.on_partition_state = self._state_from_zk
         zk.on_session_lost = self._session_lost_from_zk
 
@@ -205,7 +204,7 @@ class ReplicaManager:
                         log.warning("%s-%d: ignoring ISR %s: %s", topic, p, list(st.isr), e)
                         return
                     log.info("%s-%d: ISR is now %s", topic, p, list(st.isr))
-                    self._after_hw(key)
+                    self._after_hw(key, wake=True)   # fetch sessions look at it again (in step or not)
                 return
             self._become_leader(key, part, vs, replicas)
         elif role is Role.FOLLOWER:
@@ -318,28 +317,31 @@ class ReplicaManager:
         lp.wait_for_ack(fut, required_offset, _now_ms() + timeout_ms)
         return fut
 
-    def on_follower_fetch(self, topic: str, p: int, replica_id: int, fetch_offset: int, named: bool = True) -> int:
-        """A follower fetched at fetch_offset. `named` False: a session partition the fetch did not
-        name, so the offset is the one it last reported; at the log end and in the ISR the follower is
-        in step (caught up by equality) and there is nothing to update."""
+    def on_follower_fetch(self, topic: str, p: int, replica_id: int, fetch_offset: int,
+                          named: bool = True) -> tuple[int, bool]:
+        """A follower fetched at fetch_offset. Returns (error code, whether the follower is in step:
+        at the log end and in the ISR, caught up by equality, so that an unchanged offset has nothing
+        to update until the partition changes).  `named` False: a session partition the fetch did
+        not name, so the offset is the one it last reported."""
         key = (topic, p)
         lp = self.leaders.get(key)
         if lp is None:
-            return NOT_LEADER_OR_FOLLOWER
-        if not named and fetch_offset == lp.log_end_offset and replica_id in lp.isr:
-            return NONE
+            return NOT_LEADER_OR_FOLLOWER, False
+        in_step = fetch_offset == lp.log_end_offset and replica_id in lp.isr
+        if in_step and not named:
+            return NONE, True
         if fetch_offset > lp.log_end_offset:
-            return OFFSET_OUT_OF_RANGE
+            return OFFSET_OUT_OF_RANGE, False
         try:
             moved, expand = lp.on_follower_fetch(replica_id, fetch_offset, _now_ms())
         except ReplicationError as e:
             log.warning("%s-%d: fetch from broker %d refused: %s", topic, p, replica_id, e)
-            return NOT_LEADER_OR_FOLLOWER
+            return NOT_LEADER_OR_FOLLOWER, False
         if moved:
             self._after_hw(key)
         if expand is not None:
             self._write_isr(key, lp, expand)
-        return NONE
+        return NONE, in_step
 
     def tick(self) -> None:
         now = _now_ms()
@@ -374,7 +376,7 @@ class ReplicaManager:
             self.states[key] = (new_vs, replicas)
         lp.isr_committed(change.new_isr)
         log.info("%s-%d: ISR is now %s (%s)", key[0], key[1], list(change.new_isr), change.reason)
-        self._after_hw(key)
+        self._after_hw(key, wake=True)   # fetch sessions look at it again (in step or not)
 
     def _reread_state(self, key) -> None:
         vs = self.zk.partition_state(*key)
@@ -396,16 +398,9 @@ class ReplicaManager:
         return [(i, h, p) for i, (h, p) in sorted(brokers.items())]
 
     def controller_id(self) -> int:
-        # kazoo queues a read while reconnecting and blocks until the session is back: never
-        # on the request path (the event loop) when not connected.
-        if not self.zk.zk.connected:
-            return self._last_controller_id
-        try:
-            c = self.zk.controller_id()
-        except Exception:     # ZooKeeper unreachable: answer from the last view (-1 if none yet)
-            return self._last_controller_id
-        self._last_controller_id = -1 if c is None else c
-        return self._last_controller_id
+        """From the watch on /controller, never a ZooKeeper read: this is on the request path."""
+        c = self.zk.controller_id()
+        return -1 if c is None else c
 
     def partition_metadata(self, info, i: int) -> dict:
         replicas = tuple((info.assignment or {}).get(i, ()))
@@ -427,6 +422,10 @@ class ReplicaFetcher:
         self.m = manager
         self.leader = leader
         self.parts: dict[tuple[str, int], dict] = {}   # key -> {"epoch": e, "truncate": bool}
+        self.truncating: set[tuple[str, int]] = set()  # the parts whose "truncate" is set
+        #: what to ask of each fetchable part, kept current by `_changed` (see _fetch_once)
+        self.wanted: dict[tuple[str, int], FetchParams] = {}
+        self._changed: set[tuple[str, int]] = set()
         self.wake = asyncio.Event()
         self.session = FetchSessionBuilder()
         self._correlation = 0
@@ -435,10 +434,19 @@ class ReplicaFetcher:
 
     def add(self, key, epoch: int) -> None:
         self.parts[key] = {"epoch": epoch, "truncate": True}
+        self.truncating.add(key)
+        self._changed.add(key)
         self.wake.set()
 
     def remove(self, key) -> None:
         self.parts.pop(key, None)
+        self.truncating.discard(key)
+        self._changed.add(key)
+
+    def _truncate_again(self, key, state: dict) -> None:
+        state["truncate"] = True
+        self.truncating.add(key)
+        self._changed.add(key)
 
     def stop(self) -> None:
         self._stopped = True
@@ -503,7 +511,7 @@ class ReplicaFetcher:
     async def _truncate_pending(self, reader, writer) -> None:
         """KIP-279: ask the leader where our latest epoch ends, cut there, repeat until agreed."""
         while True:
-            pending = {k: dict(v) for k, v in self.parts.items() if v["truncate"]}
+            pending = {k: dict(self.parts[k]) for k in self.truncating}
             if not pending:
                 return
             parts = self.m.broker.partitions
@@ -535,26 +543,41 @@ class ReplicaFetcher:
                         part.truncate_to(t_.offset)
                         log.info("%s-%d: truncated from %d to %d (leader's epoch %d ends at %d)", key[0], key[1],
                                  before, part.log_end_offset, r.leader_epoch, r.end_offset)
+                    self._changed.add(key)
                     if t_.complete:
                         state["truncate"] = False
+                        self.truncating.discard(key)
             if retry_later:
                 await asyncio.sleep(0.1)
                 return
 
+    def _update_wanted(self) -> set:
+        """Bring `wanted` up to date for the parts changed since the last request (added, removed,
+        truncated, appended to); a part whose replica does not exist yet is looked at every time."""
+        parts = self.m.broker.partitions
+        max_bytes = self.m.config["replica.fetch.max.bytes"]
+        changed, self._changed = self._changed, set()
+        for key in changed:
+            state = self.parts.get(key)
+            p = parts.get(key)
+            if state is None or state["truncate"] or p is None:
+                self.wanted.pop(key, None)
+                if state is not None and p is None:
+                    self._changed.add(key)
+            else:
+                self.wanted[key] = FetchParams(p.log_end_offset, p.log_start_offset, max_bytes, state["epoch"])
+        return changed
+
     async def _fetch_once(self, reader, writer) -> None:
         parts = self.m.broker.partitions
-        asked = {k: v["epoch"] for k, v in self.parts.items() if not v["truncate"] and k in parts}
-        if not asked:
+        changed = self._update_wanted()
+        if not self.wanted:
+            self.session.note(changed)
             await asyncio.sleep(0.05)
             return
-        max_bytes = self.m.config["replica.fetch.max.bytes"]
-        wanted = {}
-        for key, epoch in asked.items():
-            p = parts[key]
-            wanted[key] = FetchParams(p.log_end_offset, p.log_start_offset, max_bytes, epoch)
         # KIP-227: after the first full fetch only partitions whose offset or epoch moved are named,
         # and the leader answers only for partitions with news
-        session_id, session_epoch, named, forgotten = self.session.request(wanted)
+        session_id, session_epoch, named, forgotten = self.session.request(self.wanted, changed)
 
         def entry(key):
             fp = named[key]
@@ -575,17 +598,19 @@ class ReplicaFetcher:
             log.info("fetch from broker %d: error %s; starting a new fetch session", self.leader, body.error_code.name)
             return
         errors = answered = 0
+        view = self.session.view       # what the leader answered from
         for t in body.responses:
             for r in t.partitions:
                 key = (t.topic, r.partition_index)
                 state = self.parts.get(key)
                 part = parts.get(key)
-                if state is None or part is None or state["epoch"] != asked.get(key):
+                asked = view.get(key)
+                if state is None or part is None or asked is None or state["epoch"] != asked.current_leader_epoch:
                     continue    # followed elsewhere or in a newer epoch since we asked
                 answered += 1
                 code = r.error_code.value
                 if code == OFFSET_OUT_OF_RANGE:
-                    state["truncate"] = True
+                    self._truncate_again(key, state)
                     errors += 1
                     continue
                 if code != NONE:
@@ -596,8 +621,9 @@ class ReplicaFetcher:
                         part.append_as_follower(bytes(r.records))
                     except InvalidBatch as e:
                         log.warning("%s-%d: fetched batches do not continue the log (%s); truncating again", *key, e)
-                        state["truncate"] = True
+                        self._truncate_again(key, state)
                         continue
+                    self._changed.add(key)   # the next request asks from the new log end
                 hw = follower_high_watermark(part.high_watermark, r.high_watermark, part.log_end_offset)
                 if hw > part.high_watermark:
                     part.high_watermark = hw

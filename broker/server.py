@@ -23,6 +23,8 @@ from .protocol import MalformedRequest, UnsupportedVersion
 
 log = logging.getLogger("acked.broker.server")
 MAX_QUEUED_RESPONSES = 1000  # per connection; the reader pauses beyond it
+REQUEST_REPORT_INTERVAL = 60  # seconds between the log lines counting requests per API
+FOLLOWER_FETCH = "Fetch from followers"  # counted apart from (and also within) Fetch
 
 
 class BrokerServer:
@@ -31,14 +33,18 @@ class BrokerServer:
         self.max_frame = broker.config["socket.request.max.bytes"]
         #: long-polling fetches by partition: followers' (woken by appends) and consumers' (woken only
         #: when the high watermark moves, since they read below it), so an append wakes only those it may serve
+        #: fetches in a fetch session wait on the session instead (FetchSessionCache.touch wakes them)
         self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._committed_waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
-        self._woken_at_hw: dict[tuple[str, int], int] = {}
+        #: high watermark of each partition when its listeners last ran
+        self._notified_hw: dict[tuple[str, int], int] = {}
         self._connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task | None = None
         broker.append_listeners.append(self._wake_fetchers)
         self.groups = GroupRuntime(broker)  # consumer groups (broker/group_api.py)
+        #: requests received per API name since start (Kafka's RequestsPerSec); logged every minute
+        self.request_counts: collections.Counter = collections.Counter()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -61,27 +67,43 @@ class BrokerServer:
             await self._server.wait_closed()
 
     async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_report, reported = loop.time() + REQUEST_REPORT_INTERVAL, collections.Counter()
         while True:
             await asyncio.sleep(0.05)
             try:
                 self.broker.tick()
             except Exception:
                 log.exception("periodic work failed")
+            if loop.time() >= next_report:
+                next_report += REQUEST_REPORT_INTERVAL
+                reported = self._report_requests(reported)
+
+    def _report_requests(self, before: collections.Counter) -> collections.Counter:
+        now = self.request_counts.copy()
+        delta = now - before
+        if delta:
+            log.info("requests in the last %ds: %s", REQUEST_REPORT_INTERVAL, ", ".join(
+                f"{protocol.API_NAMES.get(key, key)} {n}" for key, n in delta.most_common()))
+        return now
 
     def _wake_fetchers(self, partition) -> None:
         key = (partition.topic, partition.index)
+        hw = partition.high_watermark
+        committed = self._notified_hw.get(key) != hw or not partition.is_leader
+        self._notified_hw[key] = hw
         _wake(self._waiters.pop(key, None))
-        if key in self._committed_waiters:
-            hw = partition.high_watermark
-            if self._woken_at_hw.get(key) != hw or not partition.is_leader:
-                self._woken_at_hw[key] = hw
-                _wake(self._committed_waiters.pop(key))
+        if committed and key in self._committed_waiters:
+            _wake(self._committed_waiters.pop(key))
+        self.broker.fetch_sessions.touch(key, committed)
 
     def _dispatch(self, req: protocol.Request, peer=None):
         """bytes to send, None for no response (acks=0), or a Task producing bytes."""
         if req.api_key in GROUP_API_KEYS:  # consumer groups (broker/group_api.py)
             return self.groups.dispatch(req, peer)
         if req.api_key == 1:
+            if req.body.replica_id >= 0:
+                self.request_counts[FOLLOWER_FETCH] += 1
             return asyncio.create_task(self._fetch(req))
         body = handlers.HANDLERS[req.api_key](self.broker, req)
         if body is None:
@@ -109,20 +131,22 @@ class BrokerServer:
                 ctx.sent(reply.included)
                 return reply.encode(req)
             fut = loop.create_future()
-            keys = list(ctx.partitions)
-            waiters = self._waiters if req.body.replica_id >= 0 else self._committed_waiters
-            if waiters is self._committed_waiters:
+            session = ctx.session
+            if session is not None:
+                keys = ()
+                session.waiter = waiter = lambda: fut.done() or fut.set_result(None)
+            else:
+                keys = list(ctx.partitions)
+                waiters = self._waiters if req.body.replica_id >= 0 else self._committed_waiters
                 for key in keys:
-                    p = self.broker.partitions.get(key)
-                    if p is not None:
-                        self._woken_at_hw[key] = p.high_watermark
-            for key in keys:
-                waiters.setdefault(key, set()).add(fut)
+                    waiters.setdefault(key, set()).add(fut)
+            timer = loop.call_later(remaining, _wake, (fut,))
             try:
-                await asyncio.wait_for(fut, remaining)
-            except asyncio.TimeoutError:
-                pass
+                await fut
             finally:
+                timer.cancel()
+                if session is not None and session.waiter is waiter:
+                    session.waiter = None
                 for key in keys:
                     waiting = waiters.get(key)
                     if waiting is not None:
@@ -209,6 +233,7 @@ class _Connection(asyncio.Protocol):
                         self.peer, e, frame[:64].hex())
             self.close()
             return
+        self.server.request_counts[req.api_key] += 1
         try:
             item = self.server._dispatch(req, self.peer)
         except Exception:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 
+from hypothesis import given, settings, strategies as st
+
 from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic, ForgottenTopic
 
 from broker.fetch_sessions import (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH, FetchParams,
@@ -81,6 +83,50 @@ def test_a_full_cache_evicts_idle_sessions_then_consumers_for_followers_else_goe
     assert FetchSessionCache(max_slots=0).context(0, 0, {A: FetchParams(0)}, [], 2).session_id == 0
 
 
+def test_incremental_requests_examine_only_named_touched_and_watched_partitions():
+    cache = FetchSessionCache()
+    keys = {("t", i): FetchParams(0) for i in range(100)}
+    full = cache.context(0, 0, dict(keys), [], replica_id=2)
+    assert set(full.to_examine()) == set(keys)              # a full fetch looks at everything
+    full.watch(("t", 7))                                     # e.g. an error, repeated until acted on
+    sid = full.session_id
+    cache.touch(("t", 3))
+    cache.touch(("x", 0))                                    # not in any session: nothing happens
+    inc = cache.context(sid, 1, {("t", 50): FetchParams(4)}, [], replica_id=2)
+    assert inc.to_examine() == {("t", 3), ("t", 7), ("t", 50)}
+    cache.touch(("t", 9))                                    # while the fetch long-polls
+    assert inc.to_examine() == {("t", 3), ("t", 7), ("t", 9), ("t", 50)}
+    # nothing watched this time, nothing touched since: the next request looks at what it names only
+    assert cache.context(sid, 2, {}, [], replica_id=2).to_examine() == set()
+
+
+def test_touch_wakes_a_followers_session_on_any_change_and_a_consumers_only_on_committed_ones():
+    cache = FetchSessionCache()
+    follower = cache.sessions[cache.context(0, 0, {A: FetchParams(0)}, [], replica_id=2).session_id]
+    consumer = cache.sessions[cache.context(0, 0, {A: FetchParams(0)}, [], replica_id=-1).session_id]
+    woken = []
+    follower.waiter = lambda: woken.append("follower")
+    consumer.waiter = lambda: woken.append("consumer")
+    cache.touch(A, committed=False)                          # an append below the high watermark
+    assert woken == ["follower"] and follower.waiter is None and consumer.waiter is not None
+    cache.touch(A, committed=True)
+    assert woken == ["follower", "consumer"] and consumer.waiter is None
+    assert follower.dirty == {A} and consumer.dirty == {A}
+
+
+def test_the_partition_index_follows_forgets_closes_and_evictions():
+    clock = Clock()
+    cache = FetchSessionCache(max_slots=1, clock=clock)
+    sid = cache.context(0, 0, {A: FetchParams(0), B: FetchParams(0)}, [], replica_id=2).session_id
+    cache.context(sid, 1, {C: FetchParams(0)}, [A], replica_id=2)
+    assert set(cache._holders) == {B, C}
+    clock.ms = 200_000                                       # idle past the eviction time
+    other = cache.context(0, 0, {A: FetchParams(0)}, [], replica_id=3).session_id
+    assert set(cache._holders) == {A} and list(cache.sessions) == [other]
+    cache.context(other, -1, {}, [], replica_id=3)           # closed
+    assert cache._holders == {} and cache.sessions == {}
+
+
 # ------------------------------------------------------------------------- the fetcher's side
 
 def test_builder_names_only_changes_and_starts_over_on_session_errors():
@@ -151,3 +197,29 @@ def test_live_broker_answers_incremental_fetches_with_only_what_changed(broker):
         assert c.request(_fetch(sid, 7, {})).error_code.value == FETCH_SESSION_ID_NOT_FOUND
     finally:
         c.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["set", "drop", "answer", "error", "reset"]),
+                          st.integers(0, 5), st.integers(0, 3)), max_size=40))
+def test_builder_told_what_changed_asks_what_a_full_comparison_asks(steps):
+    """The fetcher names the changes it made; the requests must be those of comparing everything."""
+    told, compared = FetchSessionBuilder(), FetchSessionBuilder()
+    wanted: dict = {}
+    changed: set = set()
+    for op, k, offset in steps:
+        key = ("t", k)
+        if op == "set":
+            wanted[key] = FetchParams(offset)
+            changed.add(key)
+        elif op == "drop":
+            wanted.pop(key, None)
+            changed.add(key)
+        else:
+            request, expected = told.request(wanted, changed), compared.request(wanted)
+            assert request[:3] == expected[:3] and sorted(request[3]) == sorted(expected[3])
+            changed = set()
+            code = {"answer": 0, "error": 1, "reset": INVALID_FETCH_SESSION_EPOCH}[op]
+            for b in (told, compared):
+                b.on_response(code, 55)
+            assert told.view == compared.view
