@@ -148,6 +148,9 @@ class TestDescription:
     partitions_per_topic: int = 8
     #: seconds a single send or poll may take before it is recorded as info
     op_timeout: float = 10.0
+    #: roughly how many seconds a single client runs before a crash op abandons it (Jepsen's
+    #: --crash-client-interval); 0: clients are never crashed on purpose
+    crash_client_interval: float = 10.0
 
     # ---- derived -----------------------------------------------------------------
 
@@ -209,6 +212,9 @@ class TestDescription:
                 raise ConfigError(f"{field} must be positive, not {getattr(self, field)}")
         if self.rate < 0:
             raise ConfigError(f"rate must be 0 (unlimited) or positive, not {self.rate}")
+        if self.crash_client_interval < 0:
+            raise ConfigError(f"crash_client_interval must be 0 (no client crashes) or positive seconds, "
+                              f"not {self.crash_client_interval}")
         if self.key_count < 1 or self.max_writes_per_key < 1 or self.partitions_per_topic < 1:
             raise ConfigError("key_count, max_writes_per_key and partitions_per_topic must be at least 1")
         rf = self.replication_factor()

@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--key-count", type=int, help="keys written at once")
     p.add_argument("--max-writes-per-key", type=int, help="upper bound of the Zipf write count per key")
     p.add_argument("--op-timeout", type=float, help="seconds before a send or poll is recorded as info")
+    p.add_argument("--crash-client-interval", type=float, metavar="SECONDS",
+                   help="roughly how long a single client runs before it is crashed (default 10; 0: never)")
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     p.set_defaults(func=cmd_run)
 
@@ -62,7 +64,7 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
     overrides = {}
     for field in ("name", "profile", "backend", "nodes", "time_limit", "rate", "concurrency", "nemesis_interval",
                   "kill_target", "sub_via", "delivery", "client", "seed", "results_dir", "final_time_limit",
-                  "key_count", "max_writes_per_key", "op_timeout"):
+                  "key_count", "max_writes_per_key", "op_timeout", "crash_client_interval"):
         v = getattr(args, field, None)
         if v is not None:
             overrides[field] = v

@@ -159,6 +159,7 @@ class Runner:
         self.history = None
         self.cluster = None
         self.topics = None
+        self.producer_pool = None
         self.client_logger = None
         self._log_handler = None
         self.nemesis = None
@@ -210,7 +211,7 @@ class Runner:
             process=process, bootstrap=self.cluster.bootstrap_servers(), keymap=self.topics.keymap, topics=self.topics,
             producer_config=d.producer_config(), consumer_config=d.consumer_config(),
             group_id=f"acked-{d.name}", op_timeout=d.op_timeout, sub_via=d.effective_sub_via(),
-            logger=self.client_logger)
+            logger=self.client_logger, producer_pool=self.producer_pool)
 
     # ---- phases ----------------------------------------------------------------
 
@@ -219,7 +220,7 @@ class Runner:
         import clusters
         from clusters.base import ClusterSpec
         from workloads.generator import GeneratorSpec, QueueGenerator
-        from workloads.queue import KeyMap, Topics
+        from workloads.queue import KeyMap, ProducerPool, Topics
         d = self.desc
         self.client_logger = logging.getLogger(f"acked.clients.{self.run_dir.name}")
         self.client_logger.propagate = False
@@ -237,9 +238,15 @@ class Runner:
         self.cluster.start()
         self.topics = Topics(self.cluster.bootstrap_servers(), KeyMap(d.partitions_per_topic),
                              d.replication_factor(), d.topic_config(), logger=self.client_logger)
+        if d.client == "confluent-kafka":
+            # new processes' producers, opened ahead (see ProducerPool); a fault can retire every process
+            # at once, but idle spares cost threads and connections, so at most 8
+            self.producer_pool = ProducerPool(self.cluster.bootstrap_servers(), d.producer_config(),
+                                              size=min(d.concurrency_count(), 8), logger=self.client_logger)
         self.gen = QueueGenerator(GeneratorSpec(
             seed=d.seed, concurrency=d.concurrency_count(), rate=d.rate, key_count=d.key_count,
-            max_writes_per_key=d.max_writes_per_key, zipf_exponent=d.zipf_exponent, sub_via=d.effective_sub_via()))
+            max_writes_per_key=d.max_writes_per_key, zipf_exponent=d.zipf_exponent, sub_via=d.effective_sub_via(),
+            crash_client_interval=d.crash_client_interval))
         for key in list(self.gen.active):
             self.topics.ensure(key)
         self.nemesis = self._make_nemesis()
@@ -272,7 +279,7 @@ class Runner:
         try:
             while not self._stop_main.is_set():
                 with self._gen_lock:
-                    op = self.gen.next_op(slot)
+                    op = self.gen.next_op(slot, time.monotonic() - self.stats.main_started)
                     now = time.monotonic()
                     # pace invocations globally; never build up more than a second of backlog
                     self._next_due = max(self._next_due, now - 1.0) + self.gen.next_delay()
@@ -398,6 +405,8 @@ class Runner:
             return False
 
     def _teardown(self) -> None:
+        if self.producer_pool is not None:
+            self.producer_pool.close()
         if self.topics is not None:
             self.topics.close()
         if self.cluster is None:

@@ -74,6 +74,23 @@ def test_mix_has_every_kind_of_op_and_polls_need_an_assignment():
     assert "subscribe" in {op["f"] for op in sub} and "assign" not in {op["f"] for op in sub}
 
 
+def test_client_crashes_come_by_time_not_by_op_count():
+    """Jepsen's crash-client-interval: each client lives roughly that long, however fast ops go."""
+    def crashes(seconds_per_op, interval=5.0, concurrency=4, seconds=2000):
+        gen = QueueGenerator(GeneratorSpec(seed=11, concurrency=concurrency, crash_client_interval=interval))
+        ops = take(gen, int(seconds / seconds_per_op), seconds_per_op)
+        return sum(op["f"] == "crash" for op in ops)
+    expected = 2000 * 4 / 5.0          # seconds * concurrency / interval
+    slow, fast = crashes(0.05), crashes(0.002)
+    assert abs(slow - expected) < 0.1 * expected and abs(fast - expected) < 0.1 * expected
+    assert abs(crashes(0.01, interval=20.0) - expected / 4) < 0.1 * expected / 4
+    assert crashes(0.01, interval=0) == 0
+    # a stalled caller gets one crash, not the backlog of every crash that fell due meanwhile
+    gen = QueueGenerator(GeneratorSpec(seed=1, concurrency=2, crash_client_interval=1.0))
+    late = [gen.next_op(i % 2, 1000.0)["f"] for i in range(50)]
+    assert 1 <= late.count("crash") <= 3
+
+
 def test_process_replaced_after_info_and_crash_but_not_after_ok_or_fail():
     gen = QueueGenerator(GeneratorSpec(seed=2, concurrency=3))
     send = {"process": 1, "f": "send", "value": [["send", "0", 1]]}

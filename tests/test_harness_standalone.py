@@ -19,6 +19,7 @@ from checkers.history import read_history
 from clusters.base import Cluster, Node
 from harness.config import TestDescription
 from harness.runner import run_test
+from broker_fixtures import broker, broker_factory  # noqa: F401
 
 
 def _free_port() -> int:
@@ -155,3 +156,34 @@ def test_subscribe_mode_reads_through_a_consumer_group(tmp_path):
     polled = [e for e in history if e["f"] == "poll" and e["type"] == "ok" and e["process"] in subscribers
               and any(e["value"][0][1].values())]
     assert subscribed and polled
+
+
+def test_producer_pool_gives_each_new_process_its_own_never_used_producer(broker):
+    from test_broker_api import make_topic
+    from workloads.queue import ConfluentClient, KeyMap, ProducerPool
+    make_topic(broker, "acked-queue-0", partitions=8)
+    conf = {"acks": "all", "enable.idempotence": "true"}
+    pool = ProducerPool(broker.bootstrap, conf, size=2)
+    clients = [ConfluentClient(process=p, bootstrap=broker.bootstrap, keymap=KeyMap(8), topics=None,
+                               producer_config=conf, consumer_config={}, group_id="g", producer_pool=pool)
+               for p in range(5)]
+
+    def spares(n):
+        deadline = time.monotonic() + 30
+        while len(pool._spares) < n:
+            assert time.monotonic() < deadline, "the pool did not fill up"
+            time.sleep(0.05)
+    try:
+        spares(2)
+        for p, client in enumerate(clients):
+            done = client.invoke({"process": p, "f": "send", "value": [["send", "0", 100 + p]]})
+            assert done == {"type": "ok", "value": [["send", "0", [p, 100 + p]]]}
+        producers = [c._producer for c in clients]
+        assert len(set(map(id, producers))) == len(producers)   # no producer serves two processes
+        spares(2)                                                 # taken spares are replaced
+        assert not {id(p) for p, _ in pool._spares} & set(map(id, producers))
+    finally:
+        for c in clients:
+            c.close()
+        pool.close()
+    assert pool._spares == [] and not pool._thread.is_alive()

@@ -1,12 +1,18 @@
 """Operation generators for the queue workload, as data: pure and deterministic for a seed.
 
 A generator does no I/O. The runner asks it for the next operation of a
-worker slot and for the pause before the next invocation, and tells it how
-each operation completed; for the same seed and the same sequence of calls it
-returns the same operations. As in Jepsen, `concurrency` worker slots each run
-one logical process at a time; a process whose operation ended in `info` (or a
-client crash) is never reused: the slot continues with process id
-`old + concurrency` and fresh clients.
+worker slot (telling it the time since the workload began) and for the pause
+before the next invocation, and tells it how each operation completed; for the
+same seed and the same sequence of calls it returns the same operations. As in
+Jepsen, `concurrency` worker slots each run one logical process at a time; a
+process whose operation ended in `info` (or a client crash) is never reused:
+the slot continues with process id `old + concurrency` and fresh clients.
+
+Client crashes come by time, as Jepsen's `--crash-client-interval`: a single
+client runs for roughly that many seconds before it is crashed, so over all
+slots a crash is due every interval/concurrency seconds (staggered). Tied to
+the op count instead, clients would live shorter the faster the cluster is,
+and a fast run would mostly measure client start-up.
 
 Keys: a bounded set of active keys (one key = one partition of a topic). Each
 key gets a Zipf-distributed budget of writes when it is created; once spent,
@@ -22,8 +28,8 @@ import itertools
 import random
 from typing import Any
 
-#: the default mix of operations (relative weights)
-DEFAULT_MIX = {"send": 50, "poll": 40, "reassign": 8, "crash": 2}
+#: the default mix of operations (relative weights); client crashes come by time (crash_client_interval)
+DEFAULT_MIX = {"send": 50, "poll": 40, "reassign": 8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,8 @@ class GeneratorSpec:
     #: keys per assign/subscribe: uniform over 1..max_keys_per_assign (bounded by the active keys)
     max_keys_per_assign: int = 4
     mix: tuple[tuple[str, int], ...] = tuple(DEFAULT_MIX.items())
+    #: roughly how many seconds a single client runs before it is crashed; 0: never
+    crash_client_interval: float = 10.0
 
 
 class ZipfSampler:
@@ -77,6 +85,12 @@ class QueueGenerator:
         self.retired: list[str] = []
         for _ in range(spec.key_count):
             self._add_key()
+        #: when the next client crash is due (seconds since the workload began)
+        self._next_crash = self._crash_gap() if spec.crash_client_interval > 0 else float("inf")
+
+    def _crash_gap(self) -> float:
+        """Jepsen's stagger of interval/concurrency: uniform over [0, 2 * interval / concurrency]."""
+        return self._rng.uniform(0.0, 2.0 * self.spec.crash_client_interval / self.spec.concurrency)
 
     # ---- keys ------------------------------------------------------------------
 
@@ -104,9 +118,13 @@ class QueueGenerator:
             return 0.0
         return self._rng.uniform(0.0, 2.0 / self.spec.rate)
 
-    def next_op(self, slot: int) -> dict[str, Any]:
-        """The next invocation for a worker slot: {process, f, value} (the runner adds type, time and index)."""
+    def next_op(self, slot: int, now: float = 0.0) -> dict[str, Any]:
+        """The next invocation for a worker slot at `now` (seconds since the workload began): {process, f,
+        value} (the runner adds type, time and index). A due client crash goes to whichever slot asks."""
         process = self.processes[slot]
+        if now >= self._next_crash:
+            self._next_crash = max(self._next_crash, now - 1.0) + self._crash_gap()  # no backlog of crashes
+            return {"process": process, "f": "crash", "value": None}
         f = self._rng.choices(self._fs, self._weights)[0]
         if f == "poll" and not self._assigned.get(process):
             f = "reassign"  # a consumer must pick its keys before a poll can return anything
@@ -140,13 +158,13 @@ class QueueGenerator:
         return process
 
 
-def take(gen: QueueGenerator, n: int) -> list[dict[str, Any]]:
-    """The first n ops of a generator driven round-robin over its slots, every op completing ok
-    except crashes; for tests and for inspecting a generator's shape."""
+def take(gen: QueueGenerator, n: int, seconds_per_op: float = 0.01) -> list[dict[str, Any]]:
+    """The first n ops of a generator driven round-robin over its slots, one every `seconds_per_op`,
+    every op completing ok except crashes; for tests and for inspecting a generator's shape."""
     ops = []
     for i in range(n):
         slot = i % gen.spec.concurrency
-        op = gen.next_op(slot)
+        op = gen.next_op(slot, i * seconds_per_op)
         ops.append(op)
         gen.complete(slot, op, "info" if op["f"] == "crash" else "ok")
     return ops
