@@ -41,7 +41,7 @@ OFFSET_OUT_OF_RANGE = 1
 LEADER_NOT_AVAILABLE = 5
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
-FETCH_VERSION = 11                 # the newest non-flexible Fetch: a simple header
+FETCH_VERSION = protocol.FETCH_REQUEST_VERSION   # the newest non-flexible Fetch: a simple header
 OFFSET_FOR_LEADER_EPOCH_VERSION = 3  # the first with replica_id, as Kafka's followers send
 
 
@@ -489,14 +489,16 @@ class ReplicaFetcher:
 
     async def _request(self, reader, writer, api_key: int, version: int, data: dict, timeout: float):
         self._correlation += 1
-        writer.write(protocol.encode_request(api_key, version, self._correlation,
-                                             f"replica-fetcher-{self.m.me}", data))
+        frame = protocol.encode_request(api_key, version, self._correlation, f"replica-fetcher-{self.m.me}", data)
+        return await self._round_trip(reader, writer, api_key, version, frame, timeout)
+
+    async def _round_trip(self, reader, writer, api_key: int, version: int, frame: bytes, timeout: float):
+        writer.write(frame)
         await writer.drain()
 
-        async def read():
+        async with asyncio.timeout(timeout):   # not wait_for: that costs a task per round trip
             size = int.from_bytes(await reader.readexactly(4), "big")
-            return await reader.readexactly(size)
-        frame = await asyncio.wait_for(read(), timeout)
+            frame = await reader.readexactly(size)
         correlation, body = protocol.decode_response(api_key, version, frame)
         if correlation != self._correlation:
             raise OSError(f"response correlation {correlation} != {self._correlation}")
@@ -579,20 +581,21 @@ class ReplicaFetcher:
         # and the leader answers only for partitions with news
         session_id, session_epoch, named, forgotten = self.session.request(self.wanted, changed)
 
-        def entry(key):
-            fp = named[key]
-            return {"partition": key[1], "current_leader_epoch": fp.current_leader_epoch,
-                    "fetch_offset": fp.fetch_offset, "log_start_offset": fp.log_start_offset,
-                    "partition_max_bytes": fp.max_bytes}
+        topics: dict[str, list] = {}
+        for key, fp in named.items():
+            topics.setdefault(key[0], []).append(
+                (key[1], fp.current_leader_epoch, fp.fetch_offset, fp.log_start_offset, fp.max_bytes))
+        gone: dict[str, list] = {}
+        for key in forgotten:
+            gone.setdefault(key[0], []).append(key[1])
         wait_ms = self.m.config["replica.fetch.wait.max.ms"]
-        body = await self._request(reader, writer, 1, FETCH_VERSION, {
-            "replica_id": self.m.me, "max_wait": wait_ms, "min_bytes": self.m.config["replica.fetch.min.bytes"],
-            "max_bytes": 64 << 20,
-            "isolation_level": 0, "session_id": session_id, "session_epoch": session_epoch,
-            "topics": self._by_topic(named, entry),
-            "forgotten_topics_data": self._by_topic(forgotten, lambda k: k[1]),
-            "rack_id": ""},
-            wait_ms / 1000 + self.m.config["request.timeout.ms"] / 1000)
+        self._correlation += 1
+        frame = protocol.encode_follower_fetch(
+            self._correlation, f"replica-fetcher-{self.m.me}", self.m.me, wait_ms,
+            self.m.config["replica.fetch.min.bytes"], 64 << 20, 0, session_id, session_epoch,
+            list(topics.items()), list(gone.items()))
+        body = await self._round_trip(reader, writer, 1, FETCH_VERSION, frame,
+                                      wait_ms / 1000 + self.m.config["request.timeout.ms"] / 1000)
         self.session.on_response(body.error_code.value, body.session_id)
         if body.error_code.value != NONE:
             log.info("fetch from broker %d: error %s; starting a new fetch session", self.leader, body.error_code.name)

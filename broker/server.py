@@ -98,67 +98,140 @@ class BrokerServer:
         self.broker.fetch_sessions.touch(key, committed)
 
     def _dispatch(self, req: protocol.Request, peer=None):
-        """bytes to send, None for no response (acks=0), or a Task producing bytes."""
+        """bytes to send, None for no response (acks=0), or a Future of the bytes."""
         if req.api_key in GROUP_API_KEYS:  # consumer groups (broker/group_api.py)
             return self.groups.dispatch(req, peer)
         if req.api_key == 1:
             if req.body.replica_id >= 0:
                 self.request_counts[FOLLOWER_FETCH] += 1
-            return asyncio.create_task(self._fetch(req))
+            return self._fetch(req)
         body = handlers.HANDLERS[req.api_key](self.broker, req)
         if body is None:
             return None
         if isinstance(body, handlers.Deferred):
-            return asyncio.create_task(self._deferred(req, body))
+            return self._deferred(req, body)
         return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, body)
 
-    async def _deferred(self, req: protocol.Request, deferred: "handlers.Deferred") -> bytes:
-        """acks=all: the answer waits until replication resolved every partition's wait."""
-        codes = list(await asyncio.gather(*deferred.waits))
-        return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, deferred.finish(codes))
+    def _deferred(self, req: protocol.Request, deferred: "handlers.Deferred") -> asyncio.Future:
+        """acks=all: the answer waits until replication resolved every partition's wait (callbacks,
+        not a task per produce: this is on every acknowledged send's path)."""
+        result = asyncio.get_running_loop().create_future()
+        waits = deferred.waits
+        left = [len(waits)]
 
-    async def _fetch(self, req: protocol.Request) -> bytes:
+        def resolved(_):
+            left[0] -= 1
+            if left[0] or result.done():
+                return
+            if any(w.cancelled() for w in waits):
+                result.cancel()
+                return
+            try:
+                codes = [w.result() for w in waits]
+                result.set_result(protocol.encode_response(req.api_key, req.api_version, req.correlation_id,
+                                                           deferred.finish(codes)))
+            except BaseException as e:  # noqa: BLE001 -- the connection logs it and closes
+                result.set_exception(e)
+        for w in waits:
+            w.add_done_callback(resolved)
+        return result
+
+    def _fetch(self, req: protocol.Request):
+        """Answer now if there is enough to say, else a Future: a long poll (see _LongPoll)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(req.body.max_wait.total_seconds(), 0)
-        min_bytes = req.body.min_bytes
         ctx = handlers.fetch_context(self.broker, req)
-        first = True
-        while True:
-            reply = handlers.fetch(self.broker, req, ctx, first)
-            first = False
-            remaining = deadline - loop.time()
-            if reply.found >= min_bytes or reply.found and min_bytes <= 0 or reply.error or remaining <= 0:
-                ctx.sent(reply.included)
-                return reply.encode(req)
-            fut = loop.create_future()
-            session = ctx.session
-            if session is not None:
-                keys = ()
-                session.waiter = waiter = lambda: fut.done() or fut.set_result(None)
+        reply = handlers.fetch(self.broker, req, ctx, True)
+        if _answerable(req, reply, deadline - loop.time()):
+            ctx.sent(reply.included)
+            return reply.encode(req)
+        return _LongPoll(self, loop, req, ctx, deadline).result
+
+
+def _answerable(req: protocol.Request, reply, remaining: float) -> bool:
+    min_bytes = req.body.min_bytes
+    return reply.found >= min_bytes or bool(reply.found and min_bytes <= 0) or reply.error or remaining <= 0
+
+
+class _LongPoll:
+    """A Fetch waiting for data: woken by its partitions (or its fetch session), it looks again in a
+    callback of its own, and answers once there is enough or max_wait is over.  Callbacks and one
+    timer rather than a task per fetch: followers and consumers long-poll on nearly every fetch."""
+
+    __slots__ = ("server", "loop", "req", "ctx", "deadline", "result", "timer", "keys", "waiters", "scheduled",
+                 "expired")
+
+    def __init__(self, server: BrokerServer, loop, req: protocol.Request, ctx, deadline: float):
+        self.server, self.loop, self.req, self.ctx, self.deadline = server, loop, req, ctx, deadline
+        self.result = loop.create_future()
+        self.scheduled = self.expired = False
+        if ctx.session is not None:
+            self.keys, self.waiters = (), None
+        else:
+            self.keys = list(ctx.partitions)
+            self.waiters = server._waiters if req.body.replica_id >= 0 else server._committed_waiters
+        self.timer = loop.call_at(deadline, self._expire)
+        self._arm()
+
+    def _expire(self) -> None:
+        self.expired = True   # answer now, even if the timer fired a hair before the deadline
+        self.wake()
+
+    def _arm(self) -> None:
+        session = self.ctx.session
+        if session is not None:
+            session.waiter = self.wake
+            return
+        waiters = self.waiters
+        for key in self.keys:
+            waiting = waiters.get(key)
+            if waiting is None:
+                waiters[key] = {self.wake}
             else:
-                keys = list(ctx.partitions)
-                waiters = self._waiters if req.body.replica_id >= 0 else self._committed_waiters
-                for key in keys:
-                    waiters.setdefault(key, set()).add(fut)
-            timer = loop.call_later(remaining, _wake, (fut,))
-            try:
-                await fut
-            finally:
-                timer.cancel()
-                if session is not None and session.waiter is waiter:
-                    session.waiter = None
-                for key in keys:
-                    waiting = waiters.get(key)
-                    if waiting is not None:
-                        waiting.discard(fut)
-                        if not waiting:
-                            del waiters[key]
+                waiting.add(self.wake)
+
+    def _disarm(self) -> None:
+        session = self.ctx.session
+        if session is not None:
+            if session.waiter == self.wake:
+                session.waiter = None
+            return
+        waiters = self.waiters
+        for key in self.keys:
+            waiting = waiters.get(key)
+            if waiting is not None:
+                waiting.discard(self.wake)
+                if not waiting:
+                    del waiters[key]
+
+    def wake(self) -> None:
+        """A partition changed or the time is up: look again after the current callback is done."""
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._look)
+
+    def _look(self) -> None:
+        self.scheduled = False
+        self._disarm()
+        if self.result.done():          # the connection went away
+            self.timer.cancel()
+            return
+        try:
+            reply = handlers.fetch(self.server.broker, self.req, self.ctx, False)
+            if not self.expired and not _answerable(self.req, reply, self.deadline - self.loop.time()):
+                self._arm()
+                return
+            self.timer.cancel()
+            self.ctx.sent(reply.included)
+            self.result.set_result(reply.encode(self.req))
+        except BaseException as e:  # noqa: BLE001 -- the connection logs it and closes
+            self.timer.cancel()
+            self.result.set_exception(e)
 
 
-def _wake(futures) -> None:
-    for fut in futures or ():
-        if not fut.done():
-            fut.set_result(None)
+def _wake(wakers) -> None:
+    for wake in wakers or ():
+        wake()
 
 
 class _Connection(asyncio.Protocol):

@@ -57,3 +57,28 @@ def test_fetch_response_reads_back_with_kio():
         assert got == [("orders", [(0, 0, 42, b"\x00" * 70), (3, 6, -1, None)]), ("t\u00e9", [(1, 0, 5, b"")])]
         if version >= 7:
             assert body.session_id == 1234
+
+
+fetch_partition = st.tuples(i32, i32, i64, i64, i32)
+names = st.text(min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(i32, st.text(max_size=30), i32, i32, i32, i32, st.sampled_from([0, 1]), i32, i32,
+       st.lists(st.tuples(names, st.lists(fetch_partition, max_size=4)), max_size=4),
+       st.lists(st.tuples(names, st.lists(i32, max_size=4)), max_size=3), st.text(max_size=10))
+def test_follower_fetch_request_bytes_equal_kio(correlation, client_id, replica, max_wait, min_bytes, max_bytes,
+                                                 isolation, session, epoch, data, forgotten, rack):
+    ours = protocol.encode_follower_fetch(correlation, client_id, replica, max_wait, min_bytes, max_bytes,
+                                          isolation, session, epoch, data, forgotten, rack)
+    kio_frame = protocol.encode_request(1, protocol.FETCH_REQUEST_VERSION, correlation, client_id, {
+        "replica_id": replica, "max_wait": max_wait, "min_bytes": min_bytes, "max_bytes": max_bytes,
+        "isolation_level": isolation, "session_id": session, "session_epoch": epoch,
+        "topics": [{"topic": t, "partitions": [
+            {"partition": p[0], "current_leader_epoch": p[1], "fetch_offset": p[2], "log_start_offset": p[3],
+             "partition_max_bytes": p[4]} for p in ps]} for t, ps in data],
+        "forgotten_topics_data": [{"topic": t, "partitions": ps} for t, ps in forgotten],
+        "rack_id": rack})
+    assert ours == kio_frame
+    request = protocol.decode_request(ours[4:])
+    assert request.body.session_epoch == epoch and len(request.body.topics) == len(data)
