@@ -13,6 +13,7 @@ per slot keeps many ops in flight for little CPU.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import datetime as dt
 import importlib
 import logging
@@ -310,15 +311,24 @@ class Runner:
                 client.close()
 
     def _main(self) -> None:
-        self.stats.main_started = time.monotonic()
-        self._next_due = time.monotonic()
-        for slot in range(self.desc.concurrency_count()):
-            t = threading.Thread(target=self._worker, args=(slot,), name=f"worker-{slot}", daemon=True)
-            t.start()
-            self._workers.append(t)
-        self.nemesis.start()
-        self._stop_main.wait(self.desc.time_limit)
-        self._stop_workers()
+        # Every op allocates a few dozen short-lived containers: young-generation collections ran
+        # every few ops and walked the harness's long-lived objects. Fewer, over what setup left frozen.
+        thresholds = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(20_000, thresholds[1], thresholds[2])
+        try:
+            self.stats.main_started = time.monotonic()
+            self._next_due = time.monotonic()
+            for slot in range(self.desc.concurrency_count()):
+                t = threading.Thread(target=self._worker, args=(slot,), name=f"worker-{slot}", daemon=True)
+                t.start()
+                self._workers.append(t)
+            self.nemesis.start()
+            self._stop_main.wait(self.desc.time_limit)
+            self._stop_workers()
+        finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
 
     def _stop_workers(self) -> None:
         self._stop_main.set()

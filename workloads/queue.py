@@ -52,6 +52,7 @@ class KeyMap:
     def __init__(self, partitions_per_topic: int = 8, prefix: str = "acked-queue-"):
         self.ppt = partitions_per_topic
         self.prefix = prefix
+        self._keys: dict[tuple[str, int], str | None] = {}   # key_of, for every record a poll returns
 
     def topic_partition(self, key: str) -> tuple[str, int]:
         k = int(key)
@@ -64,12 +65,18 @@ class KeyMap:
         return f"{self.prefix}{index}"
 
     def key_of(self, topic: str, partition: int) -> str | None:
-        if not topic.startswith(self.prefix):
-            return None
         try:
-            return str(int(topic[len(self.prefix):]) * self.ppt + partition)
-        except ValueError:
-            return None
+            return self._keys[(topic, partition)]
+        except KeyError:
+            pass
+        key = None
+        if topic.startswith(self.prefix):
+            try:
+                key = str(int(topic[len(self.prefix):]) * self.ppt + partition)
+            except ValueError:
+                pass
+        self._keys[(topic, partition)] = key
+        return key
 
 
 class Topics:
@@ -312,6 +319,8 @@ class Client:
     def _decode(self, raw: bytes | None) -> Any:
         if raw is None:
             return None
+        if raw.isdigit():               # the harness's own values: ASCII digits
+            return int(raw)
         s = raw.decode("utf-8", "replace")
         return int(s) if s.lstrip("-").isdigit() else s
 
@@ -419,6 +428,7 @@ class ConfluentClient(Client):
             msgs.append(first)
             msgs.extend(consumer.consume(self.max_poll_records - 1, 0))
         records: dict[str, list] = {}
+        positions, key_of, decode = self._positions, self.keymap.key_of, self._decode
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -427,10 +437,12 @@ class ConfluentClient(Client):
                 if self.logger is not None:
                     self.logger.warning("process %s: consumer event %s: %s", self.process, err.name(), err.str())
                 continue  # transient events (a broker went down, EOF): records still arrive in order
-            key = self.keymap.key_of(m.topic(), m.partition())
+            tp = (m.topic(), m.partition())
+            key = key_of(*tp)
             if key is not None:
-                records.setdefault(key, []).append([m.offset(), self._decode(m.value())])
-                self._positions[(m.topic(), m.partition())] = m.offset() + 1
+                offset = m.offset()
+                records.setdefault(key, []).append([offset, decode(m.value())])
+                positions[tp] = offset + 1
         if self.sub_via == "subscribe" and not self.auto_commit and msgs:
             # commit after processing: the records are "processed" once they are in the history,
             # which they will be as this op completes ok
