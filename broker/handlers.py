@@ -48,7 +48,8 @@ def _resp(req: Request, data: dict):
 @dataclass
 class Deferred:
     """A response that waits for replication (acks=all): the server awaits `waits` (awaitables
-    from broker.replication, each resolving to an error code) and sends `finish(codes)`."""
+    from broker.replication, each resolving to an error code) and sends `finish(codes)` (a body,
+    or a whole response frame as bytes)."""
     waits: list
     finish: Callable[[list[int]], Any]
 
@@ -82,16 +83,22 @@ def produce(broker: Broker, req: Request):
         topics.append({"name": t.name, "partition_responses": parts})
     if acks == 0:
         return None
-    data = {"responses": topics, "throttle_time": 0}
     if not waiting:
-        return _resp(req, data)
+        return _produce_frame(req, topics)
 
     def finish(codes: list[int]):
         for (out, _wait), code in zip(waiting, codes):
             if code:
                 out.update(error_code=code, error_message=_ACK_ERRORS.get(code))
-        return _resp(req, data)
+        return _produce_frame(req, topics)
     return Deferred([w for _o, w in waiting], finish)
+
+
+def _produce_frame(req: Request, topics: list[dict]) -> bytes:
+    """The whole response frame, written by hand (protocol.encode_produce_response)."""
+    return protocol.encode_produce_response(req.api_version, req.correlation_id, [
+        (t["name"], [(p["index"], p["error_code"], p["base_offset"], p["log_append_time"], p["log_start_offset"],
+                      p["error_message"]) for p in t["partition_responses"]]) for t in topics])
 
 
 _ACK_ERRORS = {

@@ -384,3 +384,50 @@ def encode_follower_fetch(correlation_id: int, client_id: str, replica_id: int, 
     out.append(_str16(rack_id))
     out[0] = _I32.pack(sum(map(len, out)))
     return b"".join(out)
+
+
+# -- the Produce response, by hand ------------------------------------------------------------
+#
+# One per acknowledged send; kio's entity building and generic writer were most of what answering
+# it cost.  v3-v9 (what SUPPORTED accepts); tests/test_protocol_fetch.py checks the bytes against
+# kio's.  topics: [(name, [(index, error_code, base_offset, log_append_time_ms, log_start_offset,
+# error_message or None)])]; record_errors are always empty here.
+
+_PRODUCE_PART = struct.Struct(">ihqq")       # index, error_code, base_offset, log_append_time_ms
+
+
+def _nullable_str(s: str | None, flexible: bool) -> bytes:
+    if s is None:
+        return b"\0" if flexible else _I16.pack(-1)
+    raw = s.encode()
+    return (_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw))) + raw
+
+
+def encode_produce_response(version: int, correlation_id: int, topics: list, throttle_time_ms: int = 0) -> bytes:
+    """A whole Produce response frame (v3-v9), size prefix included."""
+    flexible = version >= 9
+    out = [b"", _I32.pack(correlation_id)]
+    if flexible:
+        out.append(b"\0")                                  # response header v1: no tagged fields
+    out.append(_uvarint(len(topics) + 1) if flexible else _I32.pack(len(topics)))
+    for name, parts in topics:
+        raw = name.encode()
+        out.append(_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw)))
+        out.append(raw)
+        out.append(_uvarint(len(parts) + 1) if flexible else _I32.pack(len(parts)))
+        for index, error, base_offset, append_time, log_start, message in parts:
+            out.append(_PRODUCE_PART.pack(index, error, base_offset, append_time))
+            if version >= 5:
+                out.append(_I64.pack(log_start))
+            if version >= 8:
+                out.append(b"\x01" if flexible else _I32.pack(0))      # record_errors: none
+                out.append(_nullable_str(message, flexible))
+            if flexible:
+                out.append(b"\0")                          # partition tagged fields
+        if flexible:
+            out.append(b"\0")                              # topic tagged fields
+    out.append(_I32.pack(throttle_time_ms))
+    if flexible:
+        out.append(b"\0")                                  # response tagged fields
+    out[0] = _I32.pack(sum(map(len, out)))
+    return b"".join(out)

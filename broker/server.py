@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Callable
 
 from . import handlers, protocol
 from .group_api import API_KEYS as GROUP_API_KEYS, GroupRuntime  # consumer groups
@@ -33,9 +34,10 @@ class BrokerServer:
         self.max_frame = broker.config["socket.request.max.bytes"]
         #: long-polling fetches by partition: followers' (woken by appends) and consumers' (woken only
         #: when the high watermark moves, since they read below it), so an append wakes only those it may serve
-        #: fetches in a fetch session wait on the session instead (FetchSessionCache.touch wakes them)
-        self._waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
-        self._committed_waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
+        #: fetches in a fetch session wait on the session instead (FetchSessionCache.touch wakes them);
+        #: the sets hold each waiting fetch's wake-up (_LongPoll.wake)
+        self._waiters: dict[tuple[str, int], set[Callable[[], None]]] = {}
+        self._committed_waiters: dict[tuple[str, int], set[Callable[[], None]]] = {}
         #: high watermark of each partition when its listeners last ran
         self._notified_hw: dict[tuple[str, int], int] = {}
         self._connections: set[_Connection] = set()
@@ -91,7 +93,10 @@ class BrokerServer:
         key = (partition.topic, partition.index)
         hw = partition.high_watermark
         committed = self._notified_hw.get(key) != hw or not partition.is_leader
-        self._notified_hw[key] = hw
+        if key in self.broker.partitions:
+            self._notified_hw[key] = hw
+        else:
+            self._notified_hw.pop(key, None)   # deleted
         _wake(self._waiters.pop(key, None))
         if committed and key in self._committed_waiters:
             _wake(self._committed_waiters.pop(key))
@@ -110,7 +115,7 @@ class BrokerServer:
             return None
         if isinstance(body, handlers.Deferred):
             return self._deferred(req, body)
-        return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, body)
+        return _frame(req, body)
 
     def _deferred(self, req: protocol.Request, deferred: "handlers.Deferred") -> asyncio.Future:
         """acks=all: the answer waits until replication resolved every partition's wait (callbacks,
@@ -127,9 +132,7 @@ class BrokerServer:
                 result.cancel()
                 return
             try:
-                codes = [w.result() for w in waits]
-                result.set_result(protocol.encode_response(req.api_key, req.api_version, req.correlation_id,
-                                                           deferred.finish(codes)))
+                result.set_result(_frame(req, deferred.finish([w.result() for w in waits])))
             except BaseException as e:  # noqa: BLE001 -- the connection logs it and closes
                 result.set_exception(e)
         for w in waits:
@@ -146,6 +149,13 @@ class BrokerServer:
             ctx.sent(reply.included)
             return reply.encode(req)
         return _LongPoll(self, loop, req, ctx, deadline).result
+
+
+def _frame(req: protocol.Request, body) -> bytes:
+    """A handler's answer as a response frame: a kio body to encode, or a frame it wrote itself."""
+    if isinstance(body, bytes):
+        return body
+    return protocol.encode_response(req.api_key, req.api_version, req.correlation_id, body)
 
 
 def _answerable(req: protocol.Request, reply, remaining: float) -> bool:

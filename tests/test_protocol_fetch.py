@@ -1,5 +1,6 @@
-"""The hand-written Fetch response encoder writes exactly the bytes kio's generic writer does,
-for every Fetch version the broker supports, and kio reads them back to the same values."""
+"""The hand-written encoders (Fetch and Produce responses, the follower's Fetch request) write exactly
+the bytes kio's generic writer does, for every version the broker supports, and kio reads them back to
+the same values."""
 from __future__ import annotations
 
 from hypothesis import given, settings
@@ -82,3 +83,21 @@ def test_follower_fetch_request_bytes_equal_kio(correlation, client_id, replica,
     assert ours == kio_frame
     request = protocol.decode_request(ours[4:])
     assert request.body.session_epoch == epoch and len(request.body.topics) == len(data)
+
+
+# log_append_time is a timestamp to kio: -1 (CreateTime, what the broker sends) or a date it can represent
+append_time = st.one_of(st.just(-1), st.integers(0, 253402300799999))
+produce_partition = st.tuples(i32, errors, i64, append_time, i64, st.one_of(st.none(), st.text(max_size=40)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(range(SUPPORTED[0][0], SUPPORTED[0][1] + 1))), i32, st.integers(0, 2**31 - 1),
+       st.lists(st.tuples(names, st.lists(produce_partition, max_size=4)), max_size=4))
+def test_produce_response_bytes_equal_kio(version, correlation, throttle, data):
+    ours = protocol.encode_produce_response(version, correlation, data, throttle_time_ms=throttle)
+    body = build_response(0, version, {"throttle_time": throttle, "responses": [
+        {"name": name, "partition_responses": [
+            {"index": p[0], "error_code": p[1], "base_offset": p[2], "log_append_time": p[3],
+             "log_start_offset": p[4], "record_errors": (), "error_message": p[5]} for p in parts]}
+        for name, parts in data]})
+    assert ours == encode_response(0, version, correlation, body)
