@@ -256,6 +256,8 @@ class ZkBroker:
         self._stopped = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"zk-broker-{broker_id}", daemon=True)
         self._controller_id: int | None = None
+        #: topics whose partitions all have a state (controller only): new-topic rounds skip them
+        self._settled: set[str] = set()
         self._watched_topics: set[str] = set()
         self._watched_partitions: set[TP] = set()
         self._lock = threading.Lock()
@@ -384,7 +386,12 @@ class ZkBroker:
                 if self.zk.state == KazooState.CONNECTED:
                     self._try_elect()
                     if self.is_controller:
-                        self.reconcile()
+                        # Only new topics: their partitions need first states, nothing else changed.
+                        # Anything else (brokers, shutdowns, a new controller, a retry, the idle tick)
+                        # looks at every partition.
+                        self.reconcile(new_topics_only=events == {BROKER_TOPICS})
+                    else:
+                        self._settled.clear()
             except Exception as exc:  # ZooKeeper hiccup: try again on the next event
                 if self._stopped.is_set():
                     return
@@ -392,8 +399,9 @@ class ZkBroker:
                 time.sleep(0.2)
                 self._events.put("retry")
 
-    def read_cluster(self):
-        """(assignments, states, live {id: registration czxid}, shutting_down, configs) as stored now."""
+    def read_cluster(self, only: Iterable[str] | None = None):
+        """(assignments, states, live {id: registration czxid}, shutting_down, configs) as stored now;
+        with `only`, assignments, states and configs of those topics alone."""
         live = {}
         for child in self.zk.get_children(BROKER_IDS):
             try:
@@ -402,7 +410,7 @@ class ZkBroker:
                 pass
         shutting_down = {int(c) for c in self.zk.get_children(CONTROLLED_SHUTDOWN)}
         assignments, states, configs = {}, {}, {}
-        for topic in self.zk.get_children(BROKER_TOPICS):
+        for topic in self.zk.get_children(BROKER_TOPICS) if only is None else only:
             try:
                 assignments[topic] = assignment_from_json(self.zk.get(topic_path(topic))[0])
             except NoNodeError:
@@ -414,9 +422,21 @@ class ZkBroker:
                     states[(topic, p)] = vs
         return assignments, states, live, shutting_down, configs
 
-    def reconcile(self) -> list[StateWrite]:
-        """One round of the controller: read everything, decide, write. Returns what was written."""
-        assignments, states, live, shutting_down, configs = self.read_cluster()
+    def reconcile(self, new_topics_only: bool = False) -> list[StateWrite]:
+        """One round of the controller: read, decide, write. Returns what was written.
+
+        In full, every topic and partition is read (ten-odd ZooKeeper reads per topic); with
+        `new_topics_only`, just the topics whose partitions did not all have a state yet: keys
+        rotate, so a harness run creates a topic a second, and reading them all on each creation
+        made the controller's work grow with the run's length."""
+        only = None
+        if new_topics_only:
+            topics = set(self.zk.get_children(BROKER_TOPICS))
+            self._settled &= topics            # deleted topics
+            only = sorted(topics - self._settled)
+            if not only:
+                return []
+        assignments, states, live, shutting_down, configs = self.read_cluster(only)
         writes = decide_new_partitions(assignments, states, live, self.controller_epoch)
         writes += decide_elections(assignments, states, live,
                                    lambda t: unclean_election_enabled(configs.get(t, {}), self.unclean_default),
@@ -433,6 +453,12 @@ class ZkBroker:
                 done.append(w)
             else:
                 self._events.put("retry")   # someone (the leader) wrote first: decide again on fresh state
+        created = {(w.topic, w.partition) for w in done if w.expected_version is None}
+        settled = {t for t, parts in assignments.items() if all((t, p) in states or (t, p) in created for p in parts)}
+        if only is None:
+            self._settled = settled
+        else:
+            self._settled |= settled
         return done
 
     def controller_write(self, w: StateWrite, epoch_version: int | None = None) -> str:

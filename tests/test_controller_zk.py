@@ -179,6 +179,25 @@ def test_election_on_broker_loss_and_return(brokers, zk_client):
     assert state(zk_client, "t", 0) == after2
 
 
+def test_a_new_topic_makes_the_controller_read_that_topic_only(brokers, zk_client):
+    # keys rotate: a harness run creates a topic a second; re-reading every topic on each creation
+    # made the controller's work (and ZooKeeper's) grow with the length of the run
+    b1, _ = brokers(1), brokers(2)
+    wait_for("b1 controller", lambda: b1.is_controller)
+    for i in range(5):
+        b1.create_topic(f"old{i}", {0: [1, 2], 1: [2, 1]})
+    wait_for("old topics' states", lambda: all(state(zk_client, f"old{i}", p) for i in range(5) for p in (0, 1)))
+    read = []
+    real = b1.partition_state
+    b1.partition_state = lambda topic, p: read.append(topic) or real(topic, p)
+    b1.create_topic("new", {0: [2, 1], 1: [1, 2]})
+    assert wait_for("the new topic's states", lambda: state(zk_client, "new", 0) and state(zk_client, "new", 1))
+    assert set(read) == {"new"}
+    # brokers coming and going still make it look at everything
+    brokers(3)
+    wait_for("a full round", lambda: {f"old{i}" for i in range(5)} <= set(read))
+
+
 @pytest.mark.parametrize("unclean", ["false", "true"])
 def test_unclean_election_on_and_off(brokers, zk_client, unclean):
     b1, b2 = brokers(1), brokers(2)
