@@ -298,6 +298,15 @@ def _uvarint(n: int) -> bytes:
     return bytes(out)
 
 
+def _array_len(n: int, flexible: bool) -> bytes:
+    return _uvarint(n + 1) if flexible else _I32.pack(n)
+
+
+def _string(s: str, flexible: bool) -> bytes:
+    raw = s.encode()
+    return (_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw))) + raw
+
+
 def encode_fetch_response(version: int, correlation_id: int, error_code: int, session_id: int,
                           topics: list[tuple[str, list[tuple]]], throttle_time_ms: int = 0) -> bytes:
     """A whole Fetch response frame (v4-v12), size prefix included."""
@@ -309,12 +318,10 @@ def encode_fetch_response(version: int, correlation_id: int, error_code: int, se
         out.append(_FETCH_HEAD.pack(throttle_time_ms, error_code, session_id))
     else:
         out.append(_I32.pack(throttle_time_ms))
-    out.append(_uvarint(len(topics) + 1) if flexible else _I32.pack(len(topics)))
+    out.append(_array_len(len(topics), flexible))
     for name, parts in topics:
-        raw = name.encode()
-        out.append(_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw)))
-        out.append(raw)
-        out.append(_uvarint(len(parts) + 1) if flexible else _I32.pack(len(parts)))
+        out.append(_string(name, flexible))
+        out.append(_array_len(len(parts), flexible))
         for index, error, hw, lso, log_start, aborted, records in parts:
             out.append(_FETCH_PART.pack(index, error, hw, lso))
             if version >= 5:
@@ -358,30 +365,25 @@ _FETCH11_PART = struct.Struct(">iiqqi")
 FETCH_REQUEST_VERSION = 11
 
 
-def _str16(s: str) -> bytes:
-    raw = s.encode()
-    return _I16.pack(len(raw)) + raw
-
-
 def encode_follower_fetch(correlation_id: int, client_id: str, replica_id: int, max_wait_ms: int,
                           min_bytes: int, max_bytes: int, isolation_level: int, session_id: int,
                           session_epoch: int, topics: list, forgotten: list, rack_id: str = "") -> bytes:
     """A whole Fetch v11 request frame, size prefix included."""
-    out = [b"", _HEAD.pack(1, FETCH_REQUEST_VERSION, correlation_id), _str16(client_id),
+    out = [b"", _HEAD.pack(1, FETCH_REQUEST_VERSION, correlation_id), _string(client_id, False),
            _FETCH11_HEAD.pack(replica_id, max_wait_ms, min_bytes, max_bytes, isolation_level, session_id,
                               session_epoch),
            _I32.pack(len(topics))]
     for name, parts in topics:
-        out.append(_str16(name))
+        out.append(_string(name, False))
         out.append(_I32.pack(len(parts)))
         for part in parts:
             out.append(_FETCH11_PART.pack(*part))
     out.append(_I32.pack(len(forgotten)))
     for name, parts in forgotten:
-        out.append(_str16(name))
+        out.append(_string(name, False))
         out.append(_I32.pack(len(parts)))
         out.extend(_I32.pack(p) for p in parts)
-    out.append(_str16(rack_id))
+    out.append(_string(rack_id, False))
     out[0] = _I32.pack(sum(map(len, out)))
     return b"".join(out)
 
@@ -399,8 +401,7 @@ _PRODUCE_PART = struct.Struct(">ihqq")       # index, error_code, base_offset, l
 def _nullable_str(s: str | None, flexible: bool) -> bytes:
     if s is None:
         return b"\0" if flexible else _I16.pack(-1)
-    raw = s.encode()
-    return (_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw))) + raw
+    return _string(s, flexible)
 
 
 def encode_produce_response(version: int, correlation_id: int, topics: list, throttle_time_ms: int = 0) -> bytes:
@@ -409,12 +410,10 @@ def encode_produce_response(version: int, correlation_id: int, topics: list, thr
     out = [b"", _I32.pack(correlation_id)]
     if flexible:
         out.append(b"\0")                                  # response header v1: no tagged fields
-    out.append(_uvarint(len(topics) + 1) if flexible else _I32.pack(len(topics)))
+    out.append(_array_len(len(topics), flexible))
     for name, parts in topics:
-        raw = name.encode()
-        out.append(_uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw)))
-        out.append(raw)
-        out.append(_uvarint(len(parts) + 1) if flexible else _I32.pack(len(parts)))
+        out.append(_string(name, flexible))
+        out.append(_array_len(len(parts), flexible))
         for index, error, base_offset, append_time, log_start, message in parts:
             out.append(_PRODUCE_PART.pack(index, error, base_offset, append_time))
             if version >= 5:
