@@ -230,8 +230,8 @@ class FetchSessionBuilder:
     """The fetcher's side: what the next request says, and what a response means.
 
     `request(wanted, changed)` returns (session_id, epoch, partitions to name, keys to forget);
-    `changed` holds the keys whose entry in `wanted` may differ from what the leader was last told
-    (None: any of them), so an incremental request costs in proportion to the changes.  After a
+    `changed` holds the keys whose entry in `wanted` may differ from what the leader was last told,
+    so an incremental request costs in proportion to the changes.  After a
     response, `on_response(error_code, session_id)` moves the session on or resets it; a request
     that was not applied leaves its changes to be sent again."""
 
@@ -252,13 +252,9 @@ class FetchSessionBuilder:
         """Keys changed without a request being made now: the next request considers them."""
         self._changed.update(changed)
 
-    def request(self, wanted: dict[Key, FetchParams], changed: Iterable[Key] | None = None
+    def request(self, wanted: dict[Key, FetchParams], changed: Iterable[Key]
                 ) -> tuple[int, int, dict[Key, FetchParams], list[Key]]:
-        if changed is None:
-            self._changed.update(wanted)
-            self._changed.update(self.view)
-        else:
-            self._changed.update(changed)
+        self._changed.update(changed)
         changed_now, self._changed = self._changed, set()
         if self.session_id == 0:
             named = dict(wanted)

@@ -41,7 +41,6 @@ OFFSET_OUT_OF_RANGE = 1
 LEADER_NOT_AVAILABLE = 5
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
-FETCH_VERSION = protocol.FETCH_REQUEST_VERSION   # the newest non-flexible Fetch: a simple header
 OFFSET_FOR_LEADER_EPOCH_VERSION = 3  # the first with replica_id, as Kafka's followers send
 
 
@@ -594,7 +593,7 @@ class ReplicaFetcher:
             self._correlation, f"replica-fetcher-{self.m.me}", self.m.me, wait_ms,
             self.m.config["replica.fetch.min.bytes"], 64 << 20, 0, session_id, session_epoch,
             list(topics.items()), list(gone.items()))
-        body = await self._round_trip(reader, writer, 1, FETCH_VERSION, frame,
+        body = await self._round_trip(reader, writer, 1, protocol.FETCH_REQUEST_VERSION, frame,
                                       wait_ms / 1000 + self.m.config["request.timeout.ms"] / 1000)
         self.session.on_response(body.error_code.value, body.session_id)
         if body.error_code.value != NONE:

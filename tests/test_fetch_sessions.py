@@ -129,18 +129,24 @@ def test_the_partition_index_follows_forgets_closes_and_evictions():
 
 # ------------------------------------------------------------------------- the fetcher's side
 
+def everything(b: FetchSessionBuilder, wanted: dict) -> set:
+    """`changed` for a request that compares every key with the leader's view."""
+    return set(wanted) | set(b.view)
+
+
 def test_builder_names_only_changes_and_starts_over_on_session_errors():
     b = FetchSessionBuilder()
     wanted = {A: FetchParams(0), B: FetchParams(0)}
-    assert b.request(wanted) == (0, 0, wanted, [])
+    assert b.request(wanted, everything(b, wanted)) == (0, 0, wanted, [])
     b.on_response(0, 77)
-    assert b.request(wanted) == (77, 1, {}, [])
+    assert b.request(wanted, everything(b, wanted)) == (77, 1, {}, [])
+    a3 = {A: FetchParams(3)}
     b.on_response(0, 77)
-    assert b.request({A: FetchParams(3)}) == (77, 2, {A: FetchParams(3)}, [B])
+    assert b.request(a3, everything(b, a3)) == (77, 2, a3, [B])
     b.on_response(INVALID_FETCH_SESSION_EPOCH, 0)
-    assert b.request({A: FetchParams(3)}) == (0, 0, {A: FetchParams(3)}, [])
+    assert b.request(a3, everything(b, a3)) == (0, 0, a3, [])
     b.on_response(0, 0)      # the leader had no slot: keep asking in full
-    assert b.request({A: FetchParams(3)}) == (0, 0, {A: FetchParams(3)}, [])
+    assert b.request(a3, everything(b, a3)) == (0, 0, a3, [])
 
 
 # ------------------------------------------------------------------------- a live broker
@@ -216,7 +222,7 @@ def test_builder_told_what_changed_asks_what_a_full_comparison_asks(steps):
             wanted.pop(key, None)
             changed.add(key)
         else:
-            request, expected = told.request(wanted, changed), compared.request(wanted)
+            request, expected = told.request(wanted, changed), compared.request(wanted, everything(compared, wanted))
             assert request[:3] == expected[:3] and sorted(request[3]) == sorted(expected[3])
             changed = set()
             code = {"answer": 0, "error": 1, "reset": INVALID_FETCH_SESSION_EPOCH}[op]

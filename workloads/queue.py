@@ -329,8 +329,11 @@ class Client:
     def poll(self) -> dict[str, list]: raise NotImplementedError
     def assign(self, keys: list[str]) -> None: raise NotImplementedError
     def subscribe(self, keys: list[str]) -> None: raise NotImplementedError
-    def crash(self) -> None: raise NotImplementedError
     def close(self) -> None: raise NotImplementedError
+
+    def crash(self) -> None:
+        """Abandon the clients: unsent records purged, nothing waited for (what close does)."""
+        self.close()
 
 
 def _indeterminate_value(op: dict[str, Any]) -> Any:
@@ -480,9 +483,6 @@ class ConfluentClient(Client):
 
         consumer.subscribe(topics, on_revoke=on_revoke)
 
-    def crash(self) -> None:
-        self.close()
-
     def close(self) -> None:
         if self._producer is not None:
             _close_producer(self._producer)
@@ -590,12 +590,6 @@ class KafkaPythonClient(Client):
 
     def subscribe(self, keys: list[str]) -> None:
         self._get_consumer().subscribe(sorted({self.keymap.topic_partition(k)[0] for k in keys}))
-
-    def crash(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=0)
-            self._producer = None
-        self.close()
 
     def close(self) -> None:
         if self._producer is not None:
