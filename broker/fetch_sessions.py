@@ -90,16 +90,25 @@ class FetchContext:
                 session.dirty.clear()    # a full fetch looks at everything
             session.watch = set()
 
-    def to_examine(self):
+    def to_examine(self, first: bool = True):
         """The partitions to look at in this evaluation: all of them for a full fetch; for an incremental
         one, those named, watched, or touched since the session's last look (the last grows the set
-        across the long poll's evaluations, so that what one evaluation found is never forgotten)."""
+        across the long poll's evaluations, so that what one evaluation found is never forgotten).
+
+        A follower's fetch reports its position to the leader only in the request's first evaluation;
+        a partition touched while it long-polls (`first` False) is looked at again by the next request,
+        so that the leader still sees an in-step follower after the change (an ISR shrink it may now
+        rejoin from, say)."""
         if self.examined is None:
             return self.partitions
-        dirty = self.session.dirty
+        session = self.session
+        dirty = session.dirty
         if dirty:
-            self.examined |= dirty.intersection(self.partitions)
+            touched = dirty.intersection(self.partitions)
+            self.examined |= touched
             dirty.clear()
+            if not first and session.replica_id >= 0:
+                session.watch |= touched
         return self.examined
 
     def watch(self, key: Key) -> None:
@@ -152,6 +161,13 @@ class FetchSessionCache:
             if session.waiter is not None and (committed or session.replica_id >= 0):
                 wake, session.waiter = session.waiter, None
                 wake()
+
+    def follower_positions(self, key: Key):
+        """(replica id, fetch offset, time of its last request) of each follower session holding
+        the partition: every request of a session fetches all of its partitions, named or not."""
+        for session in self._holders.get(key, ()):
+            if session.replica_id >= 0:
+                yield session.replica_id, session.partitions[key].fetch_offset, session.last_used_ms
 
     def _hold(self, session: FetchSession, keys: Iterable[Key]) -> None:
         holders = self._holders

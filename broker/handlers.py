@@ -201,7 +201,7 @@ def fetch(broker: Broker, req: Request, ctx: FetchContext | None = None, first: 
     must_include = ctx.must_include
     named = ctx.named
     params = ctx.partitions
-    for key in ctx.to_examine():
+    for key in ctx.to_examine(first):
         fp = params[key]
         p = partitions.get(key)
         error = NONE

@@ -276,6 +276,7 @@ class ReplicaManager:
         part = self.broker.partitions.get(key)
         if lp is None or part is None:
             return
+        lp.note_fetches(self.broker.fetch_sessions.follower_positions(key))
         lp.on_leader_append(part.log_end_offset)
         self._after_hw(key, wake=True)   # also wakes the followers' long-polling fetches
 

@@ -386,6 +386,19 @@ class LeaderPartition:
         return min((p.deadline_ms for p in self._pending_acks), default=None)
 
     # -- follower fetches ---------------------------------------------------------------------
+    def note_fetches(self, positions) -> None:
+        """Follower requests that fetched at the log end without naming this partition (an incremental
+        fetch session's unchanged partitions are not reported one by one): (replica id, fetch offset,
+        time of the request).  Call before an append moves the log end, so that an in-step follower's
+        lastCaughtUpTime is its latest request and not the last one that named the partition (else an
+        append to a partition idle for replica.lag.time.max.ms would find its followers lagging)."""
+        leo = self.log_end_offset
+        for replica_id, fetch_offset, at_ms in positions:
+            f = self.followers.get(replica_id)
+            if (f is not None and fetch_offset == leo == f.log_end_offset
+                    and (f.last_fetch_time_ms is None or at_ms > f.last_fetch_time_ms)):
+                f.on_fetch(fetch_offset, leo, int(at_ms))
+
     def on_follower_fetch(self, replica_id: int, fetch_offset: int, now_ms: int) -> tuple[bool, IsrChange | None]:
         """A follower fetched at `fetch_offset` (its log end offset). Returns (HW moved, ISR expansion to write)."""
         if replica_id not in self.followers:

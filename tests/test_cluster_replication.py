@@ -487,3 +487,26 @@ def test_followers_of_idle_partitions_stay_in_sync_with_incremental_fetch_sessio
     c.signal(paused, "CONT")
     c.wait_states(lambda sts: all(len(s["isr"]) == 3 for s in sts),
                   f"idle partitions take broker {paused} back", name, 6)
+
+
+def test_a_write_after_longer_idle_than_the_lag_time_finds_the_followers_in_sync(make_cluster):
+    """An in-step follower's lastCaughtUpTime is its latest fetch, also when its fetch session did not
+    name the partition: the first write to partitions idle for twice replica.lag.time.max.ms must not
+    find their followers lagging (the leader's ISR check runs every 50 ms; the followers' fetch of the
+    new record takes milliseconds, so a stale clock shrinks some of many partitions at once)."""
+    c = make_cluster()
+    name, partitions = "quiet", 24
+    c.admin.create_topics([NewTopic(name, partitions, 3)])[name].result(timeout=20)
+    c.wait_states(lambda sts: all(len(s["isr"]) == 3 for s in sts), "all replicas in sync", name, partitions)
+    time.sleep(2 * LAG_MS / 1000)
+    p = c.producer("all")
+    acks = []
+    for part in range(partitions):
+        p.produce(name, b"v", partition=part, on_delivery=lambda err, msg: acks.append(err))
+    assert p.flush(15) == 0
+    assert acks == [None] * partitions, acks
+    time.sleep(0.5)     # a shrink proposed at the write is in ZooKeeper by now
+    after = c.states(name, partitions)
+    assert [len(s["isr"]) for s in after] == [3] * partitions, after
+    lagged = [line for b in (1, 2, 3) for line in c.broker_log(b).splitlines() if "lagged more than" in line]
+    assert not lagged, lagged

@@ -100,6 +100,38 @@ def test_incremental_requests_examine_only_named_touched_and_watched_partitions(
     assert cache.context(sid, 2, {}, [], replica_id=2).to_examine() == set()
 
 
+def test_a_partition_touched_while_a_followers_fetch_long_polls_is_looked_at_by_its_next_request():
+    """Only a request's first evaluation reports the follower's position to the leader; a change seen
+    by a later one (an ISR shrink the follower may rejoin from) is examined again next time."""
+    cache = FetchSessionCache()
+    follower = cache.context(0, 0, {A: FetchParams(0), B: FetchParams(0)}, [], replica_id=2)
+    consumer = cache.context(0, 0, {A: FetchParams(0), B: FetchParams(0)}, [], replica_id=-1)
+    for full in (follower, consumer):
+        full.to_examine()
+    waiting = {ctx: cache.context(ctx.session_id, 1, {}, [], replica_id=rid)
+               for ctx, rid in ((follower, 2), (consumer, -1))}
+    for inc in waiting.values():
+        assert inc.to_examine(first=True) == set()
+    cache.touch(A)
+    for inc in waiting.values():
+        assert inc.to_examine(first=False) == {A}
+    assert cache.context(follower.session_id, 2, {}, [], replica_id=2).to_examine() == {A}
+    assert cache.context(consumer.session_id, 2, {}, [], replica_id=-1).to_examine() == set()
+
+
+def test_follower_positions_are_each_follower_sessions_offset_and_last_request_time():
+    clock = Clock()
+    cache = FetchSessionCache(clock=clock)
+    f2 = cache.context(0, 0, {A: FetchParams(4), B: FetchParams(1)}, [], replica_id=2)
+    cache.context(0, 0, {A: FetchParams(0)}, [], replica_id=-1)          # consumers have no position
+    clock.ms = 250.0
+    cache.context(0, 0, {A: FetchParams(6)}, [], replica_id=3)
+    clock.ms = 900.0
+    cache.context(f2.session_id, 1, {}, [], replica_id=2)                 # names nothing: still a fetch
+    assert sorted(cache.follower_positions(A)) == [(2, 4, 900.0), (3, 6, 250.0)]
+    assert list(cache.follower_positions(C)) == []
+
+
 def test_touch_wakes_a_followers_session_on_any_change_and_a_consumers_only_on_committed_ones():
     cache = FetchSessionCache()
     follower = cache.sessions[cache.context(0, 0, {A: FetchParams(0)}, [], replica_id=2).session_id]

@@ -262,6 +262,30 @@ def test_follower_that_stops_fetching_is_shrunk():
     assert change.new_isr == (1, 2)
 
 
+def test_an_append_after_a_long_idle_time_counts_session_fetches_that_did_not_name_the_partition():
+    """A fetch session's incremental requests do not name a partition whose offset did not move, and
+    the leader does not report them one by one; note_fetches stands in for them before an append."""
+    lp = leader(lag=1000)
+    lp.on_leader_append(5)
+    lp.on_follower_fetch(2, 5, now_ms=100)
+    lp.on_follower_fetch(3, 5, now_ms=100)                   # last named at 100; idle since
+    lp.note_fetches([(2, 5, 60_000.0), (3, 5, 60_000.0)])    # their sessions fetched at 60 s
+    lp.on_leader_append(6)
+    assert lp.maybe_shrink_isr(now_ms=60_050) is None        # caught up 50 ms ago, not 60 s
+    assert lp.maybe_shrink_isr(now_ms=61_001).new_isr == (1,)   # and they do lag if they stop there
+
+
+def test_note_fetches_ignores_what_it_cannot_vouch_for():
+    lp = leader(lag=1000)
+    lp.on_leader_append(5)
+    lp.on_follower_fetch(2, 3, now_ms=100)                   # behind: a session fetch at 3 is not caught up
+    lp.on_follower_fetch(3, 5, now_ms=900)
+    lp.note_fetches([(2, 3, 5000.0), (3, 5, 500.0),          # an older request than the one recorded
+                     (9, 5, 5000.0)])                        # not a replica
+    assert lp.followers[2].last_caught_up_time_ms == 0 and lp.followers[2].last_fetch_time_ms == 100
+    assert lp.followers[3].last_fetch_time_ms == 900
+
+
 def test_isr_expand_rule_hw_and_epoch_start():
     lp = leader(isr=(1, 2), leo=10, hw=10, epoch_start=8)
     lp.on_follower_fetch(2, 10, now_ms=0)
