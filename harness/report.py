@@ -622,6 +622,21 @@ def _dense(pts: list, bucket: float) -> bool:
     return len(pts) >= 0.5 * ((pts[-1][0] - pts[0][0]) / bucket + 1)
 
 
+def _broken_at_gaps(pts: list, bucket: float, column: int) -> tuple[list, list]:
+    """x and y of one quantile column, with a break (NaN) wherever no op completed for more than a
+    bucket: a line across the gap would draw latencies nobody measured (say through a leader kill,
+    when nothing completes until the op timeouts)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, p in enumerate(pts):
+        if i and bucket > 0 and p[0] - pts[i - 1][0] > 1.5 * bucket:
+            xs.append((p[0] + pts[i - 1][0]) / 2)
+            ys.append(float("nan"))
+        xs.append(p[0])
+        ys.append(max(p[column], 1e-3))
+    return xs, ys
+
+
 def _rebin(pts: list, bucket: float, width: float, c0: float) -> list:
     """Average a rate series over display buckets of n of its own buckets (c0: the centre of its bucket 0);
     buckets without completions count as 0."""
@@ -681,16 +696,16 @@ def plot_latency(perf: dict, intervals: list[dict], end: float | None, nemesis_f
         for name in sorted(panels[panel]):
             pts = series[name]
             f, color, ls = _series_style(name)
-            t = [p[0] for p in pts]
-            p50 = [max(p[1], 1e-3) for p in pts]
-            p99 = [max(p[3], 1e-3) for p in pts]
+            bucket = perf.get("bucket-seconds") or 0
             label = name if panel not in F_STYLES else name.rpartition(" ")[2]
-            if _dense(pts, perf.get("bucket-seconds") or 0):
-                ax.plot(t, p50, "-", color=color, linewidth=1.3, label=f"{label} p50")
-                ax.plot(t, p99, ":", color=color, linewidth=1.1, label=f"{label} p99")
+            if _dense(pts, bucket):
+                ax.plot(*_broken_at_gaps(pts, bucket, 1), "-", color=color, linewidth=1.3, label=f"{label} p50")
+                ax.plot(*_broken_at_gaps(pts, bucket, 3), ":", color=color, linewidth=1.1, label=f"{label} p99")
             else:  # sparse series (rare outcomes, short runs): markers only
-                ax.plot(t, p50, "o", color=color, markersize=4, label=f"{label} p50")
-                ax.plot(t, p99, "^", color=color, markersize=4, markerfacecolor="none", label=f"{label} p99")
+                t = [p[0] for p in pts]
+                ax.plot(t, [max(p[1], 1e-3) for p in pts], "o", color=color, markersize=4, label=f"{label} p50")
+                ax.plot(t, [max(p[3], 1e-3) for p in pts], "^", color=color, markersize=4, markerfacecolor="none",
+                        label=f"{label} p99")
         ax.set_yscale("log")
         _plain_log_ticks(ax)
         _style(ax, xlabel="seconds since the run started" if n == len(order) - 1 else "", ylabel="latency (ms)")

@@ -281,6 +281,17 @@ def test_fault_intervals_pair_starts_with_stops_and_leave_unhealed_faults_open()
         ("kill", 1.0, 5.0, False), ("partition", 7.0, 20.0, True)]
 
 
+def test_latency_lines_break_where_nothing_completed_instead_of_drawing_across():
+    # [time, p50, p90, p99, max] per 0.1 s bucket: ops complete, then none for 5 s (a leader kill), then again
+    pts = [[t / 10, 2.0, 3.0, 4.0, 5.0] for t in range(0, 10)] + [[6.0, 5000.0, 6000.0, 9000.0, 9000.0],
+                                                                  [6.1, 2.0, 3.0, 0.0, 4.0]]
+    xs, p99 = report._broken_at_gaps(pts, 0.1, 3)
+    gaps = [i for i, y in enumerate(p99) if y != y]
+    assert gaps == [10] and 0.9 < xs[10] < 6.0           # one break, inside the silent stretch
+    assert [x for i, x in enumerate(xs) if i not in gaps] == [p[0] for p in pts]
+    assert p99[:10] == [4.0] * 10 and p99[11:] == [9000.0, 1e-3]   # values kept, zero clamped for the log axis
+
+
 def test_cli_renders_a_run_and_rerenders_stale_runs_of_a_results_dir(tmp_path, capsys):
     run_dir, _ = make_run(tmp_path, "cli", _history(7, 400))
     assert acked(["report", str(run_dir)]) == 0
