@@ -83,11 +83,24 @@ class Member:
         return {tp.partition for tp in self.c.assignment()}
 
 
-def committed(bootstrap: str) -> dict[int, int]:
+#: what a client retries after finding the coordinator again: right after a failover a broker may
+#: already name the new coordinator while that broker has not yet taken over the offsets partition
+COORDINATOR_MOVING = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                      KafkaError.COORDINATOR_NOT_AVAILABLE)
+
+
+def committed(bootstrap: str, timeout: float = 30) -> dict[int, int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP})
+    deadline = time.monotonic() + timeout
     try:
-        return {tp.partition: tp.offset for tp in
-                c.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)], timeout=15)}
+        while True:
+            try:
+                return {tp.partition: tp.offset for tp in
+                        c.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)], timeout=15)}
+            except KafkaException as e:
+                if e.args[0].code() not in COORDINATOR_MOVING or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()
 
