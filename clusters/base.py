@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from pathlib import Path
 
 
@@ -39,6 +40,17 @@ class Node(abc.ABC):
     def run(self, cmd: str | list[str], timeout: float = 30.0, check: bool = False,
             input: str | None = None) -> CommandResult:
         """Run a command on the node (a list is run directly, a string through sh -c)."""
+
+    def output(self, cmd: str | list[str], timeout: float = 10.0) -> CommandResult:
+        """Run a read-only command that prints something when it succeeds; asked again (3 tries in all)
+        when it succeeds with no output at all: docker exec can lose a short command's output under load
+        (moby/moby#27289, docker/docker-py#2042), which once failed a cluster start in our suite."""
+        for _ in range(3):
+            result = self.run(cmd, timeout=timeout)
+            if not result.ok or result.stdout.strip():
+                return result
+            time.sleep(0.05)
+        return result
 
     @abc.abstractmethod
     def put(self, local: Path, remote: str) -> None:

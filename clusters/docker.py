@@ -243,8 +243,13 @@ class DockerCluster(RemoteCluster):
 
     def host_keys(self) -> dict[str, str]:
         """Each node's sshd host key (`type base64`), read through docker exec: the trust anchor of known_hosts."""
-        return {n.name: " ".join(n.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], check=True)
-                                 .stdout.split()[:2]) for n in self.all_nodes}
+        keys = {n.name: " ".join(n.output(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[:2])
+                for n in self.all_nodes}
+        missing = [name for name, key in keys.items() if " " not in key]
+        if missing:
+            raise ClusterError(f"could not read the sshd host key of {', '.join(missing)}; rebuild the node image "
+                               "(acked image build)")
+        return keys
 
     def write_known_hosts(self, path: Path | None = None) -> Path:
         path = path or self.dir / "known_hosts"

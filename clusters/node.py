@@ -44,8 +44,11 @@ class ShellNode(Node):
             f"pid=$!; echo $pid > {q(self.pidfile(name))}; echo $pid"
         )
         result = self.run(script, timeout=30, check=True)
+        printed = result.stdout.strip()
+        if not printed:   # the output was lost (see Node.output); the pidfile was written before the echo
+            printed = self.output(["cat", self.pidfile(name)]).stdout.strip()
         try:
-            return int(result.stdout.strip().splitlines()[-1])
+            return int(printed.splitlines()[-1])
         except (ValueError, IndexError):
             raise ClusterError(f"{self.name}: starting {name!r} printed no pid: {result.stdout!r} {result.stderr!r}")
 
@@ -64,7 +67,7 @@ class ShellNode(Node):
         return self.run(self._pid_check(name), timeout=10).ok
 
     def pid(self, name: str) -> int | None:
-        r = self.run(f"{self._pid_check(name)} && echo $pid", timeout=10)
+        r = self.output(f"{self._pid_check(name)} && echo $pid")
         return int(r.stdout.strip()) if r.ok and r.stdout.strip().isdigit() else None
 
     def stop_daemon(self, name: str, sig: str = "TERM", timeout: float = 10.0) -> None:

@@ -83,7 +83,7 @@ def node_ip(node: Node) -> str:
     ip = getattr(node, "ip", None)
     if ip:
         return ip
-    res = node.run(["hostname", "-i"], timeout=10)
+    res = node.output(["hostname", "-i"])
     for tok in res.stdout.split():
         if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", tok) and not tok.startswith("127."):
             return tok

@@ -292,3 +292,32 @@ def test_cli_up_status_logs_down_local(tmp_path):
         time.sleep(0.05)
     assert not any(alive(p) for p in pids)
     assert "no clusters" in acked("status").stdout
+
+
+class LossyNode(LocalNode):
+    """A node whose transport loses the output of the next `lose` commands that succeed, as docker exec
+    can under load (moby/moby#27289): the command runs, its exit code arrives, its output does not."""
+
+    lose = 0
+
+    def run(self, cmd, timeout: float = 30.0, check: bool = False, input: str | None = None):
+        result = super().run(cmd, timeout, check, input)
+        if self.lose and result.ok:
+            self.lose -= 1
+            return type(result)(result.status, "", "")
+        return result
+
+
+def test_lost_command_output_does_not_lose_a_daemon_or_its_pid(tmp_path):
+    node = LossyNode("n1", 1, tmp_path / "n1", "lossy-test")
+    try:
+        node.lose = 1
+        pid = node.start_daemon("sleeper", ["sleep", "60"], str(tmp_path / "n1" / "sleeper.log"))
+        assert pid == int((tmp_path / "n1" / "run" / "sleeper.pid").read_text())
+        node.lose = 2                       # two lost answers in a row are asked again
+        assert node.pid("sleeper") == pid
+        node.lose = 3                       # three: given up on, as an absent answer
+        assert node.pid("sleeper") is None
+        assert node.output(["hostname", "-i"]).stdout.strip()
+    finally:
+        node.stop_daemon("sleeper", "KILL")
