@@ -90,10 +90,10 @@ class StandaloneBroker(Cluster):
             self.log.close()
 
 
-def one_node(tmp_path, **fields) -> TestDescription:
+def one_node(tmp_path, broker: dict | None = None, **fields) -> TestDescription:
     return TestDescription(name="standalone", backend="local", nodes=1, results_dir=str(tmp_path / "results"),
                            topic={"replication.factor": "1", "min.insync.replicas": "1"},
-                           broker={"default.replication.factor": "1", "min.insync.replicas": "1"},
+                           broker={"default.replication.factor": "1", "min.insync.replicas": "1", **(broker or {})},
                            final_time_limit=20, **fields)
 
 
@@ -146,7 +146,9 @@ def test_a_run_records_a_checkable_history_and_drains_every_key(tmp_path, client
 
 
 def test_subscribe_mode_reads_through_a_consumer_group(tmp_path):
-    result = run(tmp_path, time_limit=6, rate=100, concurrency="3", seed=5, sub_via="subscribe")
+    # the processes share one group; its first rebalance would wait Kafka's 3 s delay, half of a 6 s run
+    result = run(tmp_path, time_limit=6, rate=100, concurrency="3", seed=5, sub_via="subscribe",
+                 broker={"group.initial.rebalance.delay.ms": "0"})
     assert result.error is None, result.error
     assert result.valid is True, result.results["bad-anomaly-types"]
     history = list(read_history(result.run_dir / "history.jsonl"))
