@@ -691,12 +691,12 @@ def plot_latency(perf: dict, intervals: list[dict], end: float | None, nemesis_f
     order = sorted(panels, key=lambda p: (p not in F_STYLES, list(F_STYLES).index(p) if p in F_STYLES else 0, p))
     fig = _figure(2.3 * len(order) + 0.5)
     axes = fig.subplots(len(order), 1, sharex=True, squeeze=False)[:, 0]
+    bucket = perf.get("bucket-seconds") or 0
     for n, (ax, panel) in enumerate(zip(axes, order)):
         shade = _shade(ax, intervals)
         for name in sorted(panels[panel]):
             pts = series[name]
             f, color, ls = _series_style(name)
-            bucket = perf.get("bucket-seconds") or 0
             label = name if panel not in F_STYLES else name.rpartition(" ")[2]
             if _dense(pts, bucket):
                 ax.plot(*_broken_at_gaps(pts, bucket, 1), "-", color=color, linewidth=1.3, label=f"{label} p50")
