@@ -48,3 +48,14 @@ def local_cluster_factory(request):
     finally:
         for cluster in made:
             cluster.teardown()
+
+
+def wait_until(pred, timeout: float = 10.0, every: float = 0.1) -> bool:
+    """Poll `pred` until it is true or `timeout` seconds pass; the last answer (tests assert on it)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(every)
+    return bool(pred())

@@ -1,13 +1,26 @@
-"""The kill fault on real broker processes of the local backend."""
+"""The kill and pause nemeses on real broker processes of the local backend."""
 import random
-import time
 
 import pytest
 
 from clusters import create_cluster
 from clusters.base import ClusterSpec
-from nemesis.faults import KillFault
-from nemesis.schedule import Nemesis
+from nemesis.core import Context
+from nemesis.faults import ProcessNemesis
+from nemesis.packages import PACKAGES
+from nemesis.schedule import NemesisRunner
+from conftest import wait_until
+
+
+class OneKeyRoles:
+    """Key "4" is led by broker 2."""
+
+    def leader_of(self, key): return {"4": 2}.get(key)
+    def replicas_of(self, key): return [1, 2, 3]
+    def isr_of(self, key): return [1, 2, 3]
+    def controller(self): return 1
+    def coordinator_of(self, group=None): return 1
+    def hot_keys(self): return ["4"]
 
 
 @pytest.fixture
@@ -23,38 +36,51 @@ def local_cluster(tmp_path):
         cluster.teardown()
 
 
-def wait_until(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
+def process_state(node) -> str:
+    pid = node.pid("broker")
+    return node.run(f"grep ^State: /proc/{pid}/status").stdout.split()[1]
 
 
-def test_kill_the_leader_of_a_key_then_restart_it(local_cluster):
+def test_kill_the_leader_of_a_hot_key_then_restart_it(local_cluster):
     n = {node.name: node for node in local_cluster.nodes}
     assert wait_until(lambda: all(node.is_running("broker") for node in n.values()))
-    fault = KillFault(local_cluster, "leader", leader_of=lambda key: {"4": 2}.get(key), active_keys=lambda: ["4"])
-    value = fault.start(random.Random(0))
-    assert value == {"nodes": ["n2"], "key": "4", "leader": 2}
+    ctx = Context(local_cluster, random.Random(0), OneKeyRoles())
+    kill = ProcessNemesis("kill", "start", "broker", "kill")
+    value = kill.invoke(ctx, {"f": "kill", "value": "leader"})
+    assert value == {"target": "leader", "nodes": ["n2"], "key": "4", "leader": 2, "isr": [1, 2, 3]}
     assert wait_until(lambda: not n["n2"].is_running("broker"))
     assert n["n1"].is_running("broker") and n["n3"].is_running("broker")
-    assert fault.stop() == {"nodes": ["n2"]}
+    assert kill.invoke(ctx, {"f": "start", "value": None}) == {"nodes": ["n2"]}
     assert wait_until(lambda: n["n2"].is_running("broker"))
 
 
-def test_nemesis_records_start_and_stop_and_heal_restarts_what_is_down(local_cluster):
+def test_pause_stops_the_broker_process_and_resume_continues_it(local_cluster):
+    ctx = Context(local_cluster, random.Random(0), OneKeyRoles())
+    pause = ProcessNemesis("pause", "resume", "broker", "pause")
+    value = pause.invoke(ctx, {"f": "pause", "value": "controller"})
+    assert value["nodes"] == ["n1"] and value["controller"] == 1
+    node = local_cluster.nodes[0]
+    assert wait_until(lambda: process_state(node) == "T")       # stopped, not dead
+    pause.teardown(ctx)                                          # the heal path of every exit
+    assert wait_until(lambda: process_state(node) in ("S", "R"))
+    assert node.is_running("broker")
+
+
+def test_the_runner_records_each_op_and_heal_restarts_what_is_down(local_cluster):
     events = []
-    fault = KillFault(local_cluster, "random")
-    nemesis = Nemesis({"kill": fault}, seed=3, interval=0.4, append=events.append)
-    nemesis.start()
-    assert wait_until(lambda: any(e["type"] == "info" and e["f"] == "kill" for e in events), 5)
-    nemesis.heal()
-    nemesis.stop()
+    ctx = Context(local_cluster, random.Random(0), OneKeyRoles())
+    runner = NemesisRunner([(PACKAGES["kill"], "one"), (PACKAGES["pause"], "leader")], ctx,
+                           [{"time": 0.0, "f": "kill", "value": "n3"}, {"time": 0.2, "f": "pause", "value": "leader"}],
+                           events.append)
+    runner.setup()
+    runner.start()
+    assert wait_until(lambda: len([e for e in events if e["type"] == "info"]) == 2, 10)
+    assert runner.active_names() == ["kill", "pause"]               # two faults at once
+    runner.heal()
     fs = [(e["type"], e["f"]) for e in events]
-    assert fs[:2] == [("invoke", "kill"), ("info", "kill")]
-    assert fs[-2:] == [("invoke", "start"), ("info", "start")]  # the last fault was healed
+    assert fs[:4] == [("invoke", "kill"), ("info", "kill"), ("invoke", "pause"), ("info", "pause")]
+    assert sorted(fs[4:]) == sorted([("invoke", "start"), ("info", "start"), ("invoke", "resume"), ("info", "resume")])
     assert all(e["process"] == "nemesis" for e in events)
-    assert not fault.active
+    assert runner.active_names() == []
     assert wait_until(lambda: all(node.is_running("broker") for node in local_cluster.nodes))
+    assert process_state(local_cluster.nodes[1]) in ("S", "R")

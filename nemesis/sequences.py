@@ -1,0 +1,127 @@
+"""Multi-step faults that wait on a condition: the talk's failure path, staged on purpose.
+
+- `isolate-leader-then-kill` (KAFKA-RELIABILITY.md, slides 12-17): cut the leader of a hot key off from
+  its followers on the brokers' port only (it keeps its ZooKeeper session, so it can shrink the ISR),
+  wait until the key's ISR is the leader alone, let the clients write a little more (acknowledged by
+  that ISR of one), kill the leader, heal the followers so that one of them is elected while the old
+  leader is down (an unclean election when `unclean.leader.election.enable=true`), and on heal restart
+  the old leader, which truncates to the new leader's log.
+- `partition-then-kill-leader`: isolate the leader of a hot key, wait until the majority elects a new
+  one and it serves for a while, heal, and at once kill the leader that served during the partition,
+  so that a replica which was on the other side is the one elected.
+
+Each is one start op whose completion records what was seen at every step (ISR before and after, how
+long the shrink took, who was elected), and one stop op that restarts the killed broker.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nemesis.core import Context, Nemesis, hot_key
+from nemesis.faults import PartitionNemesis
+
+#: the sequences' own iptables chain, so that a partition nemesis running beside them heals only its own cuts
+SEQUENCE_CHAIN = "ACKED-SEQUENCE"
+
+
+def wait_for(ctx: Context, pred, deadline: float, every: float = 0.25) -> bool:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if pred():
+            return True
+        if ctx.wait(every):
+            return False
+    return bool(pred())
+
+
+class _Sequence(Nemesis):
+    name = "sequence"
+
+    def __init__(self):
+        self.fs = frozenset({self.name, f"heal-{self.name}"})
+        self.partition = PartitionNemesis(chain=SEQUENCE_CHAIN)
+        self.killed = []
+
+    def setup(self, ctx: Context) -> None:
+        self.partition.setup(ctx)
+
+    def invoke(self, ctx: Context, op: dict) -> Any:
+        if op["f"] == self.name:
+            out: dict[str, Any] = {}
+            try:
+                self.run(ctx, op.get("value") or {}, out)
+            finally:
+                self.partition.heal(ctx)
+            return out
+        killed, self.killed = self.killed, []
+        for node in killed:
+            if not node.is_running("broker"):
+                ctx.cluster.start_broker(node)
+        return {"restarted": sorted(n.name for n in killed)}
+
+    def _kill(self, ctx: Context, node) -> None:
+        self.killed.append(node)
+        ctx.cluster.stop_broker(node, "KILL")
+
+    def teardown(self, ctx: Context) -> None:
+        self.partition.teardown(ctx)
+        if self.killed:
+            self.invoke(ctx, {"f": f"heal-{self.name}"})
+
+    def run(self, ctx: Context, value: dict, out: dict) -> None:
+        raise NotImplementedError
+
+
+class IsolateLeaderThenKill(_Sequence):
+    name = "isolate-leader-then-kill"
+
+    def run(self, ctx: Context, value: dict, out: dict) -> None:
+        key = value.get("key") or hot_key(ctx)
+        leader = ctx.roles.leader_of(key) if key is not None else None
+        node = ctx.node_of(leader)
+        out.update({"key": key, "leader": leader, "isr-before": ctx.roles.isr_of(key) if key else []})
+        if node is None:
+            out["skipped"] = "no hot key with a known leader"
+            return
+        started = time.monotonic()
+        out["cut"] = self.partition.invoke(ctx, {"f": "start-partition", "value": {
+            "shape": "leader-from-followers", "key": key}}).get("cut")
+        shrunk = wait_for(ctx, lambda: ctx.roles.isr_of(key) == [leader], value.get("shrink-deadline", 40.0))
+        out["isr-shrunk-to-leader"] = shrunk
+        out["isr-before-kill"] = ctx.roles.isr_of(key)
+        out["shrink-seconds"] = round(time.monotonic() - started, 2)
+        ctx.wait(value.get("write-for", 2.0))   # writes acknowledged by the ISR of one
+        self._kill(ctx, node)
+        out["killed"] = node.name
+        self.partition.heal(ctx)
+        elected = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, leader), value.get("elect-deadline", 20.0))
+        out["elected"] = ctx.roles.leader_of(key) if elected else None
+        out["isr-after"] = ctx.roles.isr_of(key)
+
+
+class PartitionThenKillLeader(_Sequence):
+    name = "partition-then-kill-leader"
+
+    def run(self, ctx: Context, value: dict, out: dict) -> None:
+        key = value.get("key") or hot_key(ctx)
+        leader = ctx.roles.leader_of(key) if key is not None else None
+        old = ctx.node_of(leader)
+        out.update({"key": key, "leader": leader, "isr-before": ctx.roles.isr_of(key) if key else []})
+        if old is None:
+            out["skipped"] = "no hot key with a known leader"
+            return
+        out["cut"] = self.partition.invoke(ctx, {"f": "start-partition", "value": {"shape": "cut", "cut": [
+            [old.name, n.name] for n in ctx.nodes if n is not old]}}).get("cut")
+        moved = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, leader), value.get("elect-deadline", 30.0))
+        new = ctx.node_of(ctx.roles.leader_of(key)) if moved else None
+        out["served-during-partition"] = new.name if new else None
+        ctx.wait(value.get("serve-for", 2.0))
+        self.partition.heal(ctx)
+        if new is not None:
+            self._kill(ctx, new)          # at once: the replica that was cut off may be the one elected
+            out["killed"] = new.name
+            elected = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, new.broker_id),
+                               value.get("elect-deadline", 30.0))
+            out["elected"] = ctx.roles.leader_of(key) if elected else None
+        out["isr-after"] = ctx.roles.isr_of(key)
