@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from harness.config import NEMESES, PROFILES, ConfigError, TestDescription, from_dict, load_toml, parse_list, parse_setting
+from harness.config import PROFILES, ConfigError, TestDescription, from_dict, load_toml, parse_list, parse_setting
 
 EXIT_BAD_USAGE = 4
 
@@ -24,8 +24,14 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", type=float, help="seconds of workload under faults")
     p.add_argument("--rate", type=float, help="target ops/s over all processes (0: unlimited)")
     p.add_argument("--concurrency", help="client processes: a number (6) or a multiple of the nodes (2n)")
-    p.add_argument("--nemesis", help=f"comma-separated faults: {', '.join(NEMESES)}; 'none' for none")
-    p.add_argument("--nemesis-interval", type=float, help="seconds between fault start and stop")
+    from nemesis.packages import PACKAGES
+    p.add_argument("--nemesis", metavar="FAULTS",
+                   help=f"comma-separated fault packages, each optionally pinned to a choice (kill:controller, "
+                        f"partition:leader-from-followers): {', '.join(PACKAGES)}; 'none' (the default) for none. "
+                        f"`acked nemeses` lists them with their choices")
+    p.add_argument("--nemesis-interval", type=float, help="seconds between fault starts, and about how long each lasts")
+    p.add_argument("--replay", metavar="RUN_DIR", help="run the test of RUN_DIR again with the same fault ops at the "
+                   "same times (its nemesis.json); role targets are resolved afresh")
     p.add_argument("--kill-target", choices=["leader", "random"], help="which broker the kill fault kills")
     for kind in ("producer", "consumer", "topic", "broker"):
         p.add_argument(f"--{kind}", action="append", default=[], metavar="NAME=VALUE",
@@ -44,6 +50,13 @@ def register(subparsers) -> None:
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     p.set_defaults(func=cmd_run)
 
+    n = subparsers.add_parser("nemeses", help="list the fault packages: choices, capabilities, backends, claims",
+                              description="List the nemesis packages of nemesis/packages.py: what each fault does "
+                                          "on the node, the choices it can be pinned to (--nemesis NAME:CHOICE), "
+                                          "the capabilities and backends it needs, and the claim it tests.")
+    n.add_argument("--json", action="store_true", help="print as JSON")
+    n.set_defaults(func=cmd_nemeses)
+
     q = subparsers.add_parser("profiles", help="list the reliability profiles and their settings",
                               description="List the profiles of KAFKA-RELIABILITY.md with their Kafka settings.")
     q.add_argument("--json", action="store_true", help="print as JSON")
@@ -61,6 +74,8 @@ def register(subparsers) -> None:
 
 def description_from_args(args: argparse.Namespace) -> TestDescription:
     desc = load_toml(args.test_file) if args.test_file else TestDescription()
+    if getattr(args, "replay", None):
+        desc = replayed_description(args.replay)
     overrides = {}
     for field in ("name", "profile", "backend", "nodes", "time_limit", "rate", "concurrency", "nemesis_interval",
                   "kill_target", "sub_via", "delivery", "client", "seed", "results_dir", "final_time_limit",
@@ -78,6 +93,43 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
     if args.name is None and not args.test_file and args.profile:
         desc.name = f"queue-{args.profile}"
     return desc.validate()
+
+
+def replayed_description(run_dir: str) -> TestDescription:
+    """The test of a recorded run (its test.json, seed included), set to replay its fault schedule."""
+    import json
+    from pathlib import Path
+    path = Path(run_dir) / "test.json"
+    try:
+        test = dict(json.loads(path.read_text())["test"])
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"--replay {run_dir}: no readable test.json there; give a run directory "
+                          f"(results/<name>/<timestamp>)") from None
+    for derived in ("effective", "replay"):
+        test.pop(derived, None)
+    desc = from_dict(test, where=str(path))
+    desc.replay = str(run_dir)
+    return desc
+
+
+def cmd_nemeses(args: argparse.Namespace) -> int:
+    from nemesis.packages import PACKAGES
+    if args.json:
+        import json
+        print(json.dumps({p.name: {"summary": p.summary, "ops": list(p.fs), "choices": list(p.choices),
+                                   "defaults": sorted(set(p.defaults)), "capabilities": sorted(p.capabilities),
+                                   "backends": sorted(p.backends), "claim": p.claim, "label": p.label,
+                                   "color": p.color} for p in PACKAGES.values()}, indent=2))
+        return 0
+    for p in PACKAGES.values():
+        print(f"{p.name}: {p.summary}")
+        print(f"  ops: {' / '.join(p.fs)}   choices: {', '.join(p.choices)}")
+        print(f"  needs: {', '.join(sorted(p.capabilities)) or 'nothing'}   backends: {', '.join(sorted(p.backends))}")
+        print(f"  tests: {p.claim}")
+        print()
+    print("Combine with commas (--nemesis kill,pause,partition); pin a choice with a colon (--nemesis "
+          "partition:leader-from-followers). docs/nemesis.md explains each.")
+    return 0
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
@@ -106,6 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"acked run: {e}", file=sys.stderr)
         return EXIT_BAD_USAGE
+    # SIGTERM (a CI job's timeout, `kill`) takes the same path as Ctrl-C: heal, drain, tear down
+    import signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     live = sys.stdout.isatty() and not args.plain
     lines: list[str] = []
     runner = Runner(desc, log=lines.append if live else (lambda m: print(m, flush=True)))

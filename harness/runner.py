@@ -232,8 +232,7 @@ class Runner:
         self.history.__enter__()
         spec = ClusterSpec(backend=d.backend, nodes=d.nodes, broker_config=d.broker_config(),
                            work_dir=Path(d.results_dir) / ".clusters" / self.run_dir.name,
-                           run_id=f"{d.name}-{self.run_dir.name}",
-                           capabilities=frozenset({"net"}) if "partition" in d.nemeses else frozenset())
+                           run_id=f"{d.name}-{self.run_dir.name}", capabilities=d.capabilities())
         factory = self.cluster_factory or clusters.create_cluster
         self.cluster = factory(spec)
         self.cluster.start()
@@ -253,27 +252,34 @@ class Runner:
         self.nemesis = self._make_nemesis()
 
     def _make_nemesis(self):
-        from nemesis.faults import KillFault, PartitionFault
-        from nemesis.schedule import Nemesis
+        from nemesis.core import Context
+        from nemesis.schedule import NemesisRunner, plan, replay_plan
+        from workloads.queue import QueueRoles
         d = self.desc
-        faults = {}
-        if "kill" in d.nemeses:
-            def active_keys():
-                # keys acknowledged within the last second first: their leader has fresh writes that a
-                # kill may catch before the followers fetch them (the acks=1 loss window)
-                with self._gen_lock:
-                    active = list(self.gen.active)
-                now = time.monotonic()
-                with self._offset_lock:
-                    hot = [k for k in active if now - self._last_acked.get(k, -1e9) < 1.0]
-                return hot or active
-            faults["kill"] = KillFault(self.cluster, d.kill_target, self.topics.leader_of, active_keys)
-        if "partition" in d.nemeses:
-            faults["partition"] = PartitionFault(self.cluster)
+        chosen = d.packages()
+        if d.replay:
+            ops = replay_plan(Path(d.replay) / "nemesis.json")
+        else:
+            ops = plan(chosen, d.seed, d.nemesis_interval, d.time_limit)
+
+        def hot_keys():
+            # keys acknowledged within the last second first: their leader has fresh writes that a
+            # fault may catch before the followers fetch them (the acks=1 loss window)
+            with self._gen_lock:
+                active = list(self.gen.active)
+            now = time.monotonic()
+            with self._offset_lock:
+                hot = [k for k in active if now - self._last_acked.get(k, -1e9) < 1.0]
+            return hot or active
+
+        roles = QueueRoles(self.topics, f"acked-{d.name}", hot_keys)
+        ctx = Context(self.cluster, random.Random(d.seed + 1), roles, log=self.log)
 
         def on_change(active):
             self.stats.faults = active
-        return Nemesis(faults, d.seed, d.nemesis_interval, self._append, on_change)
+        runner = NemesisRunner(chosen, ctx, ops, self._append, on_change)
+        runner.setup()
+        return runner
 
     def _worker(self, slot: int) -> None:
         client = None
@@ -345,8 +351,12 @@ class Runner:
 
     def _heal(self) -> None:
         if self.nemesis:
-            self.nemesis.heal()
-            self.stats.faults = []
+            try:
+                self.nemesis.heal()
+            finally:
+                self.stats.faults = []
+                self.nemesis.write(self.run_dir / "nemesis.json", self.desc.seed, self.desc.nemesis_interval,
+                                   self.desc.replay)
 
     def _recover(self) -> None:
         if self.topics:

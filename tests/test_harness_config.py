@@ -1,4 +1,6 @@
 """Test descriptions and profiles: TOML, CLI overrides, Kafka names verbatim, clear errors."""
+import json
+
 import pytest
 
 from harness.cli import main as acked_main
@@ -71,8 +73,14 @@ def test_bad_descriptions_get_one_line_errors(tmp_path, capsys):
         TestDescription(profile="fast").validate()
     with pytest.raises(ConfigError, match="needs at least 3 nodes"):
         TestDescription(nodes=1).validate()
-    with pytest.raises(ConfigError, match="partition nemesis needs iptables"):
+    with pytest.raises(ConfigError, match="partition nemesis does not run on the local backend .* use --backend docker"):
         TestDescription(backend="local", nemeses=["partition"]).validate()
+    with pytest.raises(ConfigError, match="partition: unknown choice 'sideways'; use one of one, halves"):
+        TestDescription(nemeses=["partition:sideways"]).validate()
+    with pytest.raises(ConfigError, match="nemesis kill is named twice"):
+        TestDescription(nemeses=["kill", "kill:controller"]).validate()
+    with pytest.raises(ConfigError, match="--replay .*: no nemesis.json there"):
+        TestDescription(replay=str(tmp_path)).validate()
     with pytest.raises(ConfigError, match="unknown nemesis"):
         TestDescription(nemeses=["meteor"]).validate()
     status = acked_main(["run", "--nemesis", "meteor"])
@@ -80,6 +88,23 @@ def test_bad_descriptions_get_one_line_errors(tmp_path, capsys):
     assert status == 4 and err.count("\n") == 1 and "unknown nemesis 'meteor'" in err
     status = acked_main(["run", "--producer", "acks"])
     assert status == 4 and "NAME=VALUE" in capsys.readouterr().err
+
+
+def test_acked_nemeses_lists_every_package_from_the_registry(capsys):
+    from nemesis.packages import PACKAGES
+    assert acked_main(["nemeses"]) == 0
+    out = capsys.readouterr().out
+    for pkg in PACKAGES.values():
+        assert f"{pkg.name}: " in out and pkg.claim in out
+    assert acked_main(["nemeses", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["partition"]["capabilities"] == ["net"] and "leader-from-followers" in listed["partition"]["choices"]
+
+
+def test_the_enabled_packages_decide_the_node_capabilities():
+    assert TestDescription(nemeses=["kill", "pause"]).capabilities() == frozenset()
+    assert TestDescription(nemeses=["partition:leader", "clock"]).capabilities() == {"net", "clock"}
+    assert TestDescription(nemeses=["kill"], kill_target="random").packages()[0][1] == "one"
 
 
 def test_acked_profiles_lists_every_profile_with_settings(capsys):

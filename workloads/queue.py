@@ -172,15 +172,66 @@ class Topics:
     def created_topics(self) -> list[str]:
         return [self.keymap.topic(i) for i in sorted(self._created)]
 
-    def leader_of(self, key: str) -> int | None:
-        """broker.id of the key's partition leader, from a fresh metadata request; None if unknown."""
+    def _partition_metadata(self, key: str):
         topic, partition = self.keymap.topic_partition(key)
         try:
             md = self.admin.list_topics(topic=topic, timeout=5)
-            p = md.topics[topic].partitions.get(partition)
-            return p.leader if p is not None and p.leader >= 0 else None
+            return md.topics[topic].partitions.get(partition)
         except Exception:
             return None
+
+    def leader_of(self, key: str) -> int | None:
+        """broker.id of the key's partition leader, from a fresh metadata request; None if unknown."""
+        p = self._partition_metadata(key)
+        return p.leader if p is not None and p.leader >= 0 else None
+
+    def replicas_of(self, key: str) -> list[int]:
+        p = self._partition_metadata(key)
+        return list(p.replicas) if p is not None else []
+
+    def isr_of(self, key: str) -> list[int]:
+        p = self._partition_metadata(key)
+        return sorted(p.isrs) if p is not None else []
+
+    def controller(self) -> int | None:
+        try:
+            cid = self.admin.list_topics(timeout=5).controller_id
+            return cid if cid is not None and cid >= 0 else None
+        except Exception:
+            return None
+
+    def coordinator_of(self, group: str) -> int | None:
+        try:
+            fut = self.admin.describe_consumer_groups([group], request_timeout=5)[group]
+            return fut.result().coordinator.id
+        except Exception:
+            return None
+
+
+class QueueRoles:
+    """The queue workload's answers to the nemesis's role questions (nemesis.core.Roles): leaders, ISRs and
+    the controller from fresh metadata requests, the group's coordinator, and the keys being written now."""
+
+    def __init__(self, topics: Topics, group: str, hot_keys):
+        self.topics, self.group, self._hot_keys = topics, group, hot_keys
+
+    def leader_of(self, key: str) -> int | None:
+        return self.topics.leader_of(key)
+
+    def replicas_of(self, key: str) -> list[int]:
+        return self.topics.replicas_of(key)
+
+    def isr_of(self, key: str) -> list[int]:
+        return self.topics.isr_of(key)
+
+    def controller(self) -> int | None:
+        return self.topics.controller()
+
+    def coordinator_of(self, group: str | None = None) -> int | None:
+        return self.topics.coordinator_of(group or self.group)
+
+    def hot_keys(self) -> list[str]:
+        return self._hot_keys()
 
 
 def confluent_producer(bootstrap: str, producer_config: dict[str, str], client_id: str, logger=None):
