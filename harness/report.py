@@ -2,9 +2,11 @@
 
 `render(path)` takes a run directory (results/<name>/<timestamp>/) or a results
 directory. For a run it writes the run's index.html -- verdict, test
-description, totals, anomalies with their explanations and history lines,
-Jepsen-style perf plots with the fault intervals shaded, links to the logs --
-and then regenerates the results directory's index.html. Everything is
+description, totals, anomalies with their explanations, history lines and the
+fault each one followed, Jepsen-style perf plots with the fault intervals drawn
+one lane per concurrent fault, the faults table, links to the logs -- and then
+regenerates the results directory's index.html. Faults are paired, labelled and
+coloured through the nemesis registry (nemesis/packages.py). Everything is
 embedded (CSS inline, plots as data: URIs), so the file can be mailed or
 archived by CI on its own; links to logs and raw files are relative.
 
@@ -36,9 +38,6 @@ MAX_OFFSET_KEYS = 6
 RUN_FILES = ("history.jsonl", "results.json", "test.json")
 TIMESTAMP = re.compile(r"^\d{8}T\d{6}")
 
-# Which nemesis op ends the fault another one started (nemesis/faults.py: start_f -> stop_f).
-FAULT_STOP = {"kill": "start", "start-partition": "stop-partition", "pause": "resume"}
-FAULT_COLORS = {"kill": "#e4572e", "partition": "#7b5ea7", "pause": "#2e86ab"}
 OUTCOME_COLORS = {"ok": "#2b9348", "info": "#f4a300", "fail": "#d62828"}
 F_STYLES = {"send": "-", "poll": "--", "txn": "-."}
 
@@ -226,40 +225,280 @@ class HistoryScan:
         self.open_at_end = len(open_invoke)
 
 
-def _fault_name(f: str) -> str:
-    return f[len("start-"):] if f.startswith("start-") else f
+# ---- faults: intervals from the nemesis registry, and the fault an anomaly followed -------------------------------
+
+UNKNOWN_FAULT_COLOR = "#888888"
+#: what each package did to the nodes it hit, for sentences ("killed n2")
+FAULT_VERBS = {"kill": "killed", "pause": "paused", "kill-zookeeper": "killed ZooKeeper on",
+               "pause-zookeeper": "paused ZooKeeper on", "clock": "skewed the clock of",
+               "packet": "slowed packets from"}
+_REGISTRY: dict | None = None
+
+
+def _registry() -> dict:
+    """nemesis.packages.display(): {package: {"label", "color", "start": [fs], "stop": f}}, plus the f -> package
+    index; empty (every fault grey) if the registry cannot be imported, so an odd tree still gets its report."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        try:
+            from nemesis.packages import PACKAGES, display
+            shown = display()
+            sequences = {name for name, p in PACKAGES.items() if p.sequence}
+        except Exception:  # noqa: BLE001 -- a report without colours beats no report
+            shown, sequences = {}, set()
+        by_f: dict[str, tuple[str, str]] = {}
+        for name, d in shown.items():
+            by_f.setdefault(d["stop"], (name, "stop"))
+            for f in d["start"]:
+                by_f.setdefault(f, (name, "start"))
+        _REGISTRY = {"packages": shown, "by_f": by_f, "sequences": sequences}
+    return _REGISTRY
+
+
+def _role_of(value: dict) -> str | None:
+    """What the nodes hit were, when the op aimed at a role: 'leader of key 6', 'the controller'."""
+    target = str(value.get("target") or "")
+    shape = str(value.get("shape") or "")
+    kind, _, arg = target.partition(":")
+    key = value.get("key", arg or None)
+    if kind in ("leader", "leader-of") or shape in ("leader", "leader-from-followers"):
+        return f"leader of key {key}" if key is not None else "the leader"
+    if kind == "followers-of":
+        return f"followers of key {key}" if key is not None else "the followers"
+    if kind == "primaries" and value.get("leaders") is not None:
+        return "leaders of the hot keys"
+    if "controller" in (kind, shape):
+        return "the controller"
+    if "coordinator" in (kind, shape):
+        return "the group coordinator"
+    return None
+
+
+def _names(nodes: Any) -> str:
+    if isinstance(nodes, (list, tuple)):
+        return " ".join(str(n) for n in nodes)
+    return str(nodes)
+
+
+def _signed_ms(ms: Any) -> str:
+    return f"{ms:+g} ms" if isinstance(ms, (int, float)) else f"{ms} ms"
+
+
+def _describe(fault: str, f: str, asked: Any, value: Any, error: Any, sequence: bool = False) -> dict:
+    """A start op's completion -> {"choice", "targets", "phrase"}: what was asked in a word, the nodes hit in short
+    ("n2 (leader of key 6)", "n1 | n2 n3"), and a verb phrase for a sentence ("killed n2, leader of key 6")."""
+    asked_d = asked if isinstance(asked, dict) else {}
+    choice = asked if isinstance(asked, str) else asked_d.get("drawn") or asked_d.get("shape") \
+        or asked_d.get("behaviour") or asked_d.get("target")
+    if isinstance(value, dict):
+        choice = value.get("drawn") or value.get("shape") or value.get("behaviour") or choice
+    if f == "strobe-clock":
+        choice = "strobe"
+    if not isinstance(value, dict):
+        what = choice if isinstance(choice, str) and choice else _short(asked, 60) if asked is not None else f
+        if error:
+            return {"choice": choice, "targets": f"asked {what}; failed", "phrase": f"(asked {what}, failed: "
+                    f"{_short(error, 80)})"}
+        if value is None:
+            return {"choice": choice, "targets": f"asked {what}" if asked is not None else "",
+                    "phrase": f"(asked {what})" if asked is not None else ""}
+        return {"choice": choice, "targets": _short(value, 60), "phrase": _short(value, 60)}
+    if value.get("skipped"):
+        return {"choice": choice, "targets": f"skipped: {value['skipped']}",
+                "phrase": f"did nothing ({value['skipped']})"}
+    role = _role_of({**asked_d, **value})
+    if sequence or any(k in value for k in ("killed", "isr-before", "restarted")):
+        return {"choice": choice, **_describe_sequence(value)}
+    if "groups" in value or "cut" in value:
+        return {"choice": choice, **_describe_partition(value, role)}
+    nodes = _names(value.get("nodes") or [])
+    if "delta-ms" in value:
+        amount = value["delta-ms"]
+        amount = f"±{abs(amount):g} ms" if isinstance(amount, (int, float)) else f"{amount} ms"
+        return {"choice": choice, "targets": f"{nodes} {amount} (strobe)",
+                "phrase": f"strobed the clock of {nodes} by {amount}"}
+    if "ms" in value:
+        return {"choice": choice, "targets": f"{nodes} {_signed_ms(value['ms'])}",
+                "phrase": f"skewed {nodes} by {_signed_ms(value['ms'])}"}
+    if "behaviour" in value:
+        return {"choice": choice, "targets": f"{nodes} ({value['behaviour']})",
+                "phrase": f"{value['behaviour']} on packets leaving {nodes}"}
+    if value.get("fallback"):
+        role = f"{value.get('target', 'the role')} not found, a random node"
+    if not nodes:
+        return {"choice": choice, "targets": _short(value, 80), "phrase": f"{_short(value, 80)}"}
+    verb = FAULT_VERBS.get(fault, "hit")
+    return {"choice": choice, "targets": f"{nodes} ({role})" if role else nodes,
+            "phrase": f"{verb} {nodes}, {role}" if role else f"{verb} {nodes}"}
+
+
+def _describe_partition(value: dict, role: str | None) -> dict:
+    groups = value.get("groups")
+    if isinstance(groups, list) and groups:
+        grouped = " | ".join(_names(g) for g in groups)
+    elif isinstance(value.get("cut"), list):
+        grouped = "links " + ", ".join("–".join(str(x) for x in e) for e in value["cut"][:6] if isinstance(e, list))
+    else:
+        grouped = "?"
+    lone = value.get("isolated")
+    if lone is None and role and isinstance(groups, list) and len(groups) == 2 and len(groups[0]) == 1:
+        lone = groups[0][0]  # a role shape isolates one node: the smaller group
+    clients = value.get("clients-cut-from")
+    extra = f"; clients cut off {_names(clients)}" if clients else ""
+    if lone is not None and role:
+        how = ", from its followers" if value.get("shape") == "leader-from-followers" else ""
+        return {"targets": f"{grouped} ({lone}: {role}){extra}", "phrase": f"isolated {lone}, {role}{how}{extra}"}
+    return {"targets": grouped + extra, "phrase": f"cut {grouped}{extra}"}
+
+
+def _describe_sequence(value: dict) -> dict:
+    """A sequence's completion records each step: who was cut and killed, the ISR on the way, who was elected."""
+    key = value.get("key")
+    parts: list[str] = []
+    short: list[str] = []
+    of_key = f", leader of key {key}" if key is not None else ""
+    if value.get("killed"):
+        verb = "isolated and killed" if "isr-before-kill" in value else "killed"
+        who = value.get("served-during-partition") or value["killed"]
+        if value.get("served-during-partition"):
+            parts.append(f"isolated broker {value.get('leader')}, leader of key {key}, until {who} led, then killed it")
+        else:
+            parts.append(f"{verb} {who}{of_key}")
+        short.append(f"killed {value['killed']}")
+    elif key is not None:
+        parts.append(f"aimed at key {key}")
+        short.append(f"key {key}")
+    if "isr-before" in value and "isr-before-kill" in value:
+        isr = f"ISR {_short(value['isr-before'], 30)} → {_short(value['isr-before-kill'], 30)}"
+        parts.append(isr)
+        short.append(isr)
+    if "elected" in value:
+        elected = value["elected"]
+        parts.append(f"broker {elected} elected" if elected is not None else "no leader elected")
+        short.append(f"elected {elected}")
+    if value.get("restarted"):
+        short.append(f"restarted {_names(value['restarted'])}")
+    return {"targets": ", ".join(short), "phrase": ", ".join(parts)}
+
+
+def _title(label: str, choice: Any, sequence: bool) -> str:
+    """'partition leader', 'kill controller', 'packet loss': the package's label and what its op asked for, when
+    that says more than a random pick of nodes does."""
+    if sequence or not isinstance(choice, str) or not choice:
+        return label
+    if choice in ("one", "minority", "majority", "all", "cut") or re.fullmatch(r"[\w-]*\d+(\+[\w-]*\d+)*", choice):
+        return label
+    return f"{label} {choice}"
+
+
+def _lanes(intervals: list[dict]) -> None:
+    """Give each interval the lowest lane no other interval occupies while it is active (0 when none is)."""
+    lane_ends: list[float] = []
+    for iv in sorted(intervals, key=lambda iv: (iv["start"], iv["end"])):
+        for lane, busy_until in enumerate(lane_ends):
+            if busy_until <= iv["start"]:
+                break
+        else:
+            lane = len(lane_ends)
+            lane_ends.append(0.0)
+        lane_ends[lane] = max(iv["end"], iv["start"])
+        iv["lane"] = lane
 
 
 def fault_intervals(nemesis_events: list[dict], end: float | None) -> list[dict]:
-    """Nemesis ops -> [{"fault", "start", "end", "open", "value"}] in seconds; a fault never stopped runs to `end`.
+    """Nemesis ops -> fault intervals in seconds, ordered by start, paired through the nemesis registry.
 
-    An interval spans the start op's invocation to the stop op's completion, as Jepsen shades them.
+    An interval spans a package's start op (its invocation) to its stop op's completion, as Jepsen shades them;
+    a fault never stopped runs to `end` and is "open". Each is {"fault" (package name), "label", "color", "f",
+    "start", "end", "open", "asked" (the start invocation's value), "value" (its completion's), "error",
+    "heal_error", "title" ("partition leader"), "targets" ("n1 | n2 n3"), "phrase" ("isolated n1, leader of
+    key 6"), "lane", "id"}. Faults of different packages may overlap: overlapping intervals get different lanes.
+    An f the registry does not know (a foreign history) is grey and labelled with its f; its `start-X` pairs with
+    `stop-X`, and any other such op is an interval from its invocation to its completion.
     """
+    reg = _registry()
     intervals: list[dict] = []
-    active: dict[str, dict] = {}  # stop f -> interval
-    pending: dict[str, float] = {}  # f -> invocation time
+    active: dict[str, list[dict]] = {}   # package (or unknown start f) -> its open intervals
+    pending: dict[str, tuple[float, Any]] = {}  # f -> (invocation time, invocation value)
     for ev in nemesis_events:
         f, t = str(ev.get("f")), ev.get("time")
         if not isinstance(t, (int, float)):
             continue
         s = t / 1e9
         if ev.get("type") == "invoke":
-            pending[f] = s
+            pending[f] = (s, ev.get("value"))
             continue
-        started = pending.pop(f, s)
-        stop_f = FAULT_STOP.get(f) or (("stop-" + f[len("start-"):]) if f.startswith("start-") else None)
-        if stop_f is not None and stop_f not in active:
-            iv = {"fault": _fault_name(f), "start": started, "end": None, "open": True,
-                  "value": ev.get("value"), "error": ev.get("error")}
-            active[stop_f] = iv
-            intervals.append(iv)
-        elif f in active:
-            iv = active.pop(f)
-            iv["end"], iv["open"] = s, False
+        started, asked = pending.pop(f, (s, None))
+        owner = reg["by_f"].get(f)
+        if owner is None:  # not in the registry
+            if f.startswith("stop-") and active.get("start-" + f[5:]):
+                owner = ("start-" + f[5:], "stop")
+            else:
+                owner = (f, "start")
+        name, role = owner
+        if role == "stop":
+            for iv in active.pop(name, []):
+                iv["end"], iv["open"] = s, False
+                iv["heal_error"] = ev.get("error")
+            continue
+        d = reg["packages"].get(name)
+        iv = {"fault": name, "f": f, "label": d["label"] if d else f, "color": d["color"] if d else UNKNOWN_FAULT_COLOR,
+              "known": d is not None, "start": started, "end": None, "open": True, "asked": asked,
+              "value": ev.get("value"), "error": ev.get("error"), "heal_error": None}
+        iv.update(_describe(name, f, asked, iv["value"], iv["error"], name in reg["sequences"]))
+        iv["title"] = _title(iv["label"], iv.pop("choice"), name in reg["sequences"])
+        intervals.append(iv)
+        if d is None and not f.startswith("start-"):
+            iv["end"], iv["open"] = s, False  # an unknown one-shot op: its own duration
+        else:
+            active.setdefault(name, []).append(iv)
     for iv in intervals:
         if iv["end"] is None:
-            iv["end"] = end if end is not None else iv["start"]
+            iv["end"] = max(end, iv["start"]) if end is not None else iv["start"]
+    intervals.sort(key=lambda iv: iv["start"])
+    for n, iv in enumerate(intervals):
+        iv["id"] = n
+    _lanes(intervals)
     return intervals
+
+
+def attribute(anomaly_time: float | None, intervals: list[dict]) -> dict | None:
+    """The fault an anomaly at `anomaly_time` (seconds) followed: the one active then (the latest started, if
+    several are, preferring those whose start did not fail), else the one healed most recently before it; None
+    if no fault had started by then.
+
+    Returns {"interval", "state" ("active" | "healed"), "since" (seconds since its start, or since its heal),
+    "also" (the other faults active then)}.
+    """
+    if anomaly_time is None:
+        return None
+    t = anomaly_time
+    active = [iv for iv in intervals if iv["start"] <= t <= iv["end"]]
+    if active:  # a fault that did take effect before one whose start failed, then the latest started
+        iv = max(active, key=lambda iv: (not iv.get("error"), iv["start"]))
+        return {"interval": iv, "state": "active", "since": t - iv["start"],
+                "also": [o for o in active if o is not iv]}
+    healed = [iv for iv in intervals if iv["end"] <= t and not iv["open"]]
+    if healed:
+        iv = max(healed, key=lambda iv: (iv["end"], iv["start"]))
+        return {"interval": iv, "state": "healed", "since": t - iv["end"], "also": []}
+    return None
+
+
+def attribution_sentence(what: str, anomaly_time: float, attr: dict | None, any_faults: bool = True) -> str:
+    """'lost-write of key 6 at 62.2 s, 1.8 s after `partition leader` isolated n1, leader of key 6'."""
+    head = f"{what} at {anomaly_time:.1f} s"
+    if attr is None:
+        return f"{head}, before any fault" if any_faults else f"{head}; the run had no fault"
+    iv = attr["interval"]
+    phrase = f" {iv['phrase']}" if iv.get("phrase") else ""
+    if attr["state"] == "active":
+        text = f"{head}, {attr['since']:.1f} s after `{iv['title']}`{phrase}"
+        if attr["also"]:
+            text += " (also active: " + ", ".join(f"`{o['title']}`" for o in attr["also"]) + ")"
+        return text
+    return (f"{head}, {attr['since']:.1f} s after the heal of `{iv['title']}`"
+            + (f", which{phrase}" if phrase else "") + f" ({iv['start']:.1f}–{iv['end']:.1f} s)")
 
 
 def _anomaly_ops(results: dict) -> set[int]:
@@ -302,7 +541,7 @@ def load_run(run_dir: Path) -> dict:
     if scan is not None and scan.last_time is not None:
         end = scan.last_time
     intervals = fault_intervals(scan.nemesis, end) if scan else []
-    anomalies = _anomaly_sections(res, scan)
+    anomalies = _anomaly_sections(res, scan, intervals)
     stats = res.get("stats") or {}
     by_f = stats.get("by-f") or (scan.counts if scan else {})
     nemesis_fs = {str(e.get("f")) for e in scan.nemesis} if scan else set()
@@ -325,9 +564,11 @@ def load_run(run_dir: Path) -> dict:
         "by_f": {f: by_f[f] for f in sorted(by_f)},
         "options": res.get("options") or {},
         "anomalies": anomalies,
+        "anomaly_faults": _anomaly_fault_summary(anomalies),
         "problems": (res.get("history-problems") or [])[:MAX_PROBLEMS],
         "problem_count": res.get("history-problem-count", 0),
-        "faults": _fault_rows(intervals),
+        "faults": _fault_rows(intervals, anomalies),
+        "fault_legend": _fault_legend(intervals),
         "fault_count": len(intervals),
         "plots": plots,
         "files": _files(run_dir),
@@ -355,7 +596,8 @@ def _test_view(test: dict | None) -> dict | None:
         ("concurrency", f"{eff['concurrency']} processes" if "concurrency" in eff else d.get("concurrency")),
         ("nemeses", ", ".join(nemeses) if nemeses else "none" if nemeses is not None else None),
         ("nemesis interval", _secs(d.get("nemesis_interval"))),
-        ("kill target", d.get("kill_target") if nemeses and "kill" in nemeses else None),
+        ("kill target", d.get("kill_target") if nemeses and any(str(n).partition(":")[0] == "kill"
+                                                                for n in nemeses) else None),
         ("time limit", _secs(d.get("time_limit"))), ("rate", f"{d['rate']} ops/s" if d.get("rate") else
                                                      "unlimited" if d.get("rate") == 0 else None),
         ("sub-via", eff.get("sub_via") or d.get("sub_via")), ("delivery", eff.get("delivery") or d.get("delivery")),
@@ -437,7 +679,50 @@ def _severity(kind: str) -> int:
     return SEVERITY.index(base) if base in SEVERITY else len(SEVERITY)
 
 
-def _anomaly_sections(res: dict, scan: HistoryScan | None) -> list[dict]:
+def _op_time(scan: HistoryScan | None, ops: list) -> float | None:
+    """The time (seconds) of the first cited op whose history line was read."""
+    for i in ops:
+        ev = scan.rows.get(i) if scan is not None and isinstance(i, int) else None
+        if ev is not None and isinstance(ev.get("time"), (int, float)):
+            return ev["time"] / 1e9
+    return None
+
+
+def _cause(kind: str, rec: dict, t: float | None, intervals: list[dict]) -> dict | None:
+    """What the report shows of the fault an anomaly record followed (see `attribute`)."""
+    if t is None or not intervals:
+        return None
+    what = f"{kind} of key {rec['key']}" if rec.get("key") is not None else kind
+    attr = attribute(t, intervals)
+    sentence = attribution_sentence(what, t, attr)
+    # the sentence in pieces, so the template can set the fault titles (between backticks) as code
+    pieces = [(text, n % 2 == 1) for n, text in enumerate(sentence.split("`")) if text]
+    iv = attr["interval"] if attr else None
+    return {"sentence": sentence, "pieces": pieces, "state": attr["state"] if attr else "none",
+            "fault": iv["fault"] if iv else None, "label": iv["label"] if iv else "no fault yet",
+            "color": iv["color"] if iv else "#cccccc", "id": iv["id"] if iv else None}
+
+
+def _anomaly_fault_summary(sections: list[dict]) -> list[dict]:
+    """Per anomaly type, the faults its shown records followed: [{"type", "count", "shown", "faults": [...]}]."""
+    out = []
+    for s in sections:
+        by: dict[str, dict] = {}
+        for r in s["records"]:
+            c = r.get("cause")
+            if c is None:
+                continue
+            e = by.setdefault(c["label"], {"label": c["label"], "color": c["color"], "n": 0, "active": 0,
+                                           "healed": 0})
+            e["n"] += 1
+            e["active"] += c["state"] == "active"
+            e["healed"] += c["state"] == "healed"
+        out.append({"type": s["type"], "bad": s["bad"], "count": s["count"], "shown": len(s["records"]),
+                    "faults": sorted(by.values(), key=lambda e: (-e["n"], e["label"]))})
+    return out
+
+
+def _anomaly_sections(res: dict, scan: HistoryScan | None, intervals: list[dict] = ()) -> list[dict]:
     anomalies = res.get("anomalies") or {}
     counts = res.get("anomaly-counts") or {}
     bad = set(res.get("bad-anomaly-types") or [])
@@ -452,8 +737,9 @@ def _anomaly_sections(res: dict, scan: HistoryScan | None) -> list[dict]:
             fields = [(k, _short(v, 160)) for k, v in rec.items()
                       if k not in ("ops", "explanation", "steps", "cycle")]
             steps = [s.get("explanation") or _short(s, 200) for s in rec.get("steps") or []]
+            t = _op_time(scan, rec.get("ops") or [])
             shown.append({"explanation": _paragraphs(rec.get("explanation")), "ops": rec.get("ops") or [],
-                          "fields": fields, "steps": steps})
+                          "fields": fields, "steps": steps, "cause": _cause(kind, rec, t, list(intervals))})
             for i in rec.get("ops") or []:
                 if "key" in rec and op_keys.get(i, set()) is not None:
                     op_keys.setdefault(i, set()).add(str(rec["key"]))
@@ -481,14 +767,35 @@ def _paragraphs(text: Any) -> list[str]:
     return [p.strip() for p in str(text).split("\n\n") if p.strip()]
 
 
-def _fault_rows(intervals: list[dict]) -> list[dict]:
+def _fault_rows(intervals: list[dict], sections: list[dict] = ()) -> list[dict]:
+    followed: dict[int, int] = {}
+    for s in sections:
+        for rec in s["records"]:
+            c = rec.get("cause")
+            if c and c["id"] is not None:
+                followed[c["id"]] = followed.get(c["id"], 0) + 1
     rows = []
     for iv in intervals[:MAX_FAULT_ROWS]:
-        rows.append({"fault": iv["fault"], "start": f"{iv['start']:.2f}",
+        rows.append({"id": iv["id"], "fault": iv["fault"], "label": iv["label"], "title": iv["title"],
+                     "color": iv["color"], "lane": iv["lane"], "start": f"{iv['start']:.2f}",
                      "end": "not stopped" if iv["open"] else f"{iv['end']:.2f}",
-                     "value": _short(iv["value"], 200) if iv["value"] is not None else "",
-                     "error": iv.get("error") or ""})
+                     "duration": f"{iv['end'] - iv['start']:.1f} s" + (" +" if iv["open"] else ""),
+                     "targets": iv["targets"],
+                     "value": _short(iv["value"], 400) if iv["value"] is not None else "",
+                     "asked": _short(iv["asked"], 200) if iv["asked"] is not None else "",
+                     "error": _short(iv["error"], 300) if iv.get("error") else "",
+                     "heal_error": _short(iv["heal_error"], 300) if iv.get("heal_error") else "",
+                     "anomalies": followed.get(iv["id"], 0)})
     return rows
+
+
+def _fault_legend(intervals: list[dict]) -> list[dict]:
+    """Each package once, in order of first appearance, with how many times its fault was started."""
+    seen: dict[str, dict] = {}
+    for iv in intervals:
+        e = seen.setdefault(iv["fault"], {"fault": iv["fault"], "label": iv["label"], "color": iv["color"], "n": 0})
+        e["n"] += 1
+    return list(seen.values())
 
 
 def _files(run_dir: Path) -> list[dict]:
@@ -570,15 +877,55 @@ def _plain_log_ticks(ax):
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _shade(ax, intervals: list[dict]) -> list:
-    from matplotlib.patches import Patch
+LANE_INCHES = 0.12      # height of one lane of fault bars above a plot
+LANE_GAP_INCHES = 0.035
+
+
+def _strip_inches(intervals: list[dict]) -> float:
+    """The height of the fault bars above a plot: one lane per fault active at the same time."""
+    lanes = 1 + max((iv.get("lane", 0) for iv in intervals), default=-1)
+    return lanes * (LANE_INCHES + LANE_GAP_INCHES) + 0.05 if lanes else 0.0
+
+
+def _plot_title(ax, text: str, intervals: list[dict], fontsize: float = 10) -> None:
+    """A plot's title, raised above its fault bars."""
+    ax.set_title(text, fontsize=fontsize, loc="left", pad=6 + 72 * _strip_inches(intervals))
+
+
+def _shade(ax, intervals: list[dict], bars: bool = True) -> list:
+    """Shade each fault interval faintly behind the data and, with `bars`, draw it as a bar in its lane just above
+    the plot (lane 0 nearest), labelled when it is wide enough, so faults active at the same time are each visible.
+    Call after the x limits are set; returns one legend handle per package."""
+    from matplotlib.patches import Patch, Rectangle
+    from matplotlib.transforms import blended_transform_factory
     handles, seen = [], set()
+    fig = ax.figure
+    pos = ax.get_position()
+    ax_h = max(pos.height * fig.get_figheight(), 0.1)  # inches
+    ax_w = max(pos.width * fig.get_figwidth(), 0.1)
+    lo, hi = ax.get_xlim()
+    span = max(hi - lo, 1e-9)
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
     for iv in intervals:
-        color = FAULT_COLORS.get(iv["fault"], "#888888")
-        ax.axvspan(iv["start"], max(iv["end"], iv["start"]), color=color, alpha=0.13, linewidth=0, zorder=0)
+        color = iv.get("color") or UNKNOWN_FAULT_COLOR
+        start, stop = iv["start"], max(iv["end"], iv["start"])
+        ax.axvspan(start, stop, color=color, alpha=0.10, linewidth=0, zorder=0)
+        if bars:
+            width = max(stop - start, span * 0.004)  # an instant still shows
+            y = 1 + (0.05 + iv.get("lane", 0) * (LANE_INCHES + LANE_GAP_INCHES)) / ax_h
+            failed = bool(iv.get("error"))  # a start that failed may have done nothing: hatched, not solid
+            ax.add_patch(Rectangle((start, y), width, LANE_INCHES / ax_h, transform=trans, clip_on=False,
+                                   facecolor="white" if failed else color, edgecolor=color, linewidth=0.8,
+                                   hatch="/////" if failed else None, alpha=0.85, zorder=3))
+            inches = width / span * ax_w
+            text = next((t for t in (iv.get("title"), iv.get("label")) if t and len(t) * 0.055 + 0.08 < inches), None)
+            if text:
+                ax.text(start + width / 2, y + LANE_INCHES / ax_h / 2, text, transform=trans, ha="center",
+                        va="center", fontsize=6.5, color=color if failed else "white", clip_on=False, zorder=4,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.6} if failed else None)
         if iv["fault"] not in seen:
             seen.add(iv["fault"])
-            handles.append(Patch(facecolor=color, alpha=0.3, label=f"{iv['fault']} (fault)"))
+            handles.append(Patch(facecolor=color, alpha=0.85, label=f"{iv.get('label', iv['fault'])} (fault)"))
     return handles
 
 
@@ -655,7 +1002,8 @@ def plot_throughput(perf: dict, intervals: list[dict], end: float | None,
     series = _client_series(perf.get("throughput") or {}, set(nemesis_fs))
     if not any(series.values()):
         return None
-    fig = _figure(3.2)
+    strip = _strip_inches(intervals)
+    fig = _figure(3.2 + strip, top_inches=0.35 + strip)
     ax = fig.add_subplot()
     bucket = perf.get("bucket-seconds") or 0
     width = _display_bucket(series, bucket)
@@ -670,7 +1018,7 @@ def plot_throughput(perf: dict, intervals: list[dict], end: float | None,
     ax.set_ylim(bottom=0)
     _xlim(ax, end)
     _legend(ax, _shade(ax, intervals))
-    ax.set_title(f"Throughput (completions per second, averaged over {width:.3g} s)", fontsize=10, loc="left")
+    _plot_title(ax, f"Throughput (completions per second, averaged over {width:.3g} s)", intervals)
     return _data_uri(fig)
 
 
@@ -689,15 +1037,19 @@ def plot_latency(perf: dict, intervals: list[dict], end: float | None, nemesis_f
         f = name.rpartition(" ")[0]
         panels.setdefault(f if f in F_STYLES else "assign / subscribe", []).append(name)
     order = sorted(panels, key=lambda p: (p not in F_STYLES, list(F_STYLES).index(p) if p in F_STYLES else 0, p))
-    fig = _figure(2.3 * len(order) + 0.5)
-    axes = fig.subplots(len(order), 1, sharex=True, squeeze=False)[:, 0]
+    n_panels = len(order)
+    strip = _strip_inches(intervals)
+    # each panel keeps its height and the gap above it grows by the fault bars' height
+    panel = (2.3 * n_panels - 0.35) / (n_panels + (n_panels - 1) * 0.35)
+    fig = _figure(2.3 * n_panels + 0.5 + strip * n_panels, top_inches=0.35 + strip,
+                  hspace=(0.35 * panel + strip) / panel)
+    axes = fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0]
     bucket = perf.get("bucket-seconds") or 0
-    for n, (ax, panel) in enumerate(zip(axes, order)):
-        shade = _shade(ax, intervals)
-        for name in sorted(panels[panel]):
+    for n, (ax, kind) in enumerate(zip(axes, order)):
+        for name in sorted(panels[kind]):
             pts = series[name]
             f, color, ls = _series_style(name)
-            label = name if panel not in F_STYLES else name.rpartition(" ")[2]
+            label = name if kind not in F_STYLES else name.rpartition(" ")[2]
             if _dense(pts, bucket):
                 ax.plot(*_broken_at_gaps(pts, bucket, 1), "-", color=color, linewidth=1.3, label=f"{label} p50")
                 ax.plot(*_broken_at_gaps(pts, bucket, 3), ":", color=color, linewidth=1.1, label=f"{label} p99")
@@ -709,9 +1061,10 @@ def plot_latency(perf: dict, intervals: list[dict], end: float | None, nemesis_f
         ax.set_yscale("log")
         _plain_log_ticks(ax)
         _style(ax, xlabel="seconds since the run started" if n == len(order) - 1 else "", ylabel="latency (ms)")
-        ax.set_title(f"{panel} latency", fontsize=10, loc="left")
+        _plot_title(ax, f"{kind} latency", intervals)
         _xlim(ax, end)
-        _legend(ax, shade)
+        shade = _shade(ax, intervals)
+        _legend(ax, shade if n == 0 else ())  # the faults are the same in every panel: listed once, at the top
     return _data_uri(fig)
 
 
@@ -719,7 +1072,8 @@ def plot_unseen(perf: dict, intervals: list[dict], end: float | None) -> str | N
     samples = perf.get("unseen") or []
     if not samples:
         return None
-    fig = _figure(2.6)
+    strip = _strip_inches(intervals)
+    fig = _figure(2.6 + strip, top_inches=0.35 + strip)
     ax = fig.add_subplot()
     ax.step([s["time"] for s in samples], [s["total"] for s in samples], where="post", color="#1d4e89",
             linewidth=1.4, label="acknowledged,\nnot yet read")
@@ -727,7 +1081,7 @@ def plot_unseen(perf: dict, intervals: list[dict], end: float | None) -> str | N
     ax.set_ylim(bottom=0)
     _xlim(ax, end)
     _legend(ax, _shade(ax, intervals))
-    ax.set_title("Unseen over time (should fall to 0 after the final drain)", fontsize=10, loc="left")
+    _plot_title(ax, "Unseen over time (should fall to 0 after the final drain)", intervals)
     return _data_uri(fig)
 
 
@@ -772,7 +1126,6 @@ def plot_offsets(res: dict, intervals: list[dict], end: float | None) -> tuple[s
             continue
         k = keys[n]
         pts = offsets[k]
-        _shade(ax, intervals)
         for col, label, color, ls in ((1, "max acknowledged offset", "#2b9348", "-"),
                                       (2, "max read offset", "#1d4e89", "--")):
             xs = [p[0] for p in pts if p[col] is not None]
@@ -781,6 +1134,7 @@ def plot_offsets(res: dict, intervals: list[dict], end: float | None) -> tuple[s
         _style(ax, xlabel="seconds" if n >= len(keys) - cols else "", ylabel="offset" if n % cols == 0 else "")
         ax.set_title(f"key {k}", fontsize=9, loc="left")
         _xlim(ax, end)
+        _shade(ax, intervals, bars=False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, fontsize=8, frameon=False, loc="upper left",
@@ -871,4 +1225,5 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["render", "render_run", "render_index", "load_run", "fault_intervals", "find_runs"]
+__all__ = ["render", "render_run", "render_index", "load_run", "fault_intervals", "attribute", "attribution_sentence",
+           "find_runs"]

@@ -24,22 +24,37 @@ from harness.runner import _write_json, make_run_dir
 
 # ---- run directories from generated histories -----------------------------------------------------------------
 
-def _history(seed: int, n_ops: int, lose_offsets=(), lose_keys=3, faults=True, scale=40) -> list[dict]:
-    """A correct log-model history (checkers.synth), stretched to tens of seconds, with a kill and a partition
-    fault, and optionally offsets removed from every read of the first keys (-> lost-write and friends)."""
+#: (start, stop as fractions of the run, start f, what its invocation asks, what its completion records, stop f)
+KILL_THEN_PARTITION = (
+    (0.2, 0.35, "kill", "leader", {"target": "leader", "nodes": ["n2"], "key": "5", "leader": 2, "isr": [1, 2, 3]},
+     "start"),
+    (0.5, 0.7, "start-partition", {"shape": "halves", "clients": "all"},
+     {"shape": "halves", "clients": "all", "cut": [["n1", "n2"], ["n1", "n3"]], "groups": [["n1"], ["n2", "n3"]]},
+     "stop-partition"),
+)
+#: a kill of key 1's leader, and while n2 is down a partition that isolates key 0's leader n1
+OVERLAPPING = (
+    (0.15, 0.45, "kill", "leader", {"target": "leader", "nodes": ["n2"], "key": "1", "leader": 2, "isr": [1, 2, 3]},
+     "start"),
+    (0.3, 0.6, "start-partition", {"shape": "leader", "clients": "all"},
+     {"shape": "leader", "clients": "all", "cut": [["n1", "n2"], ["n1", "n3"]], "groups": [["n1"], ["n2", "n3"]],
+      "key": "0", "leader": 1, "isolated": "n1"}, "stop-partition"),
+)
+
+
+def _history(seed: int, n_ops: int, lose_offsets=(), lose_keys=3, faults=KILL_THEN_PARTITION, scale=40) -> list[dict]:
+    """A correct log-model history (checkers.synth), stretched to tens of seconds, with faults as the nemesis
+    runner records them (an invoke and an info completion of process "nemesis" per op; by default a kill, then a
+    partition), and optionally offsets removed from every read of the first keys (-> lost-write and friends)."""
     ev = synth.generate(seed, n_ops=n_ops, threads=6, active_keys=12)
     for e in ev:
         e["time"] *= scale
     end = ev[-1]["time"]
-    if faults:
-        for a, b, f1, f2, value in ((0.2, 0.35, "kill", "start", {"nodes": ["n2"], "key": "5", "leader": 2}),
-                                    (0.5, 0.7, "start-partition", "stop-partition",
-                                     {"groups": [["n1"], ["n2", "n3"]]})):
-            for at, f, v in ((a, f1, value), (b, f2, None)):
-                ev.append({"time": int(at * end), "process": "nemesis", "type": "invoke", "f": f, "value": None})
-                ev.append({"time": int(at * end) + 10_000_000, "process": "nemesis", "type": "info", "f": f,
-                           "value": v})
-        ev.sort(key=lambda e: e["time"])
+    for a, b, f1, asked, value, f2 in faults or ():
+        for at, f, inv, v in ((a, f1, asked, value), (b, f2, None, {"nodes": value.get("nodes", [])})):
+            ev.append({"time": int(at * end), "process": "nemesis", "type": "invoke", "f": f, "value": inv})
+            ev.append({"time": int(at * end) + 10_000_000, "process": "nemesis", "type": "info", "f": f, "value": v})
+    ev.sort(key=lambda e: e["time"])
     victims = {str(k) for k in range(lose_keys)}
     for e in ev:
         if lose_offsets and e["f"] == "poll" and e["type"] == "ok" and e["value"]:
@@ -123,6 +138,9 @@ def assert_self_contained_with_relative_links(path: Path, page: Page) -> None:
     for src in page.srcs:
         assert src.startswith("data:image/svg+xml;base64,"), src[:60]
     for href in page.hrefs:
+        if href.startswith("#"):  # a link within the page: to an anomaly, to a fault of the faults table
+            assert href[1:] in page.ids, f"{href} from {path} points at no element"
+            continue
         assert "://" not in href and not href.startswith("/"), href
         target = (path.parent / unquote(href)).resolve()
         assert target.exists(), f"{href} from {path} points at nothing"
@@ -214,7 +232,8 @@ def test_crashed_run_without_results_and_with_a_truncated_history_still_renders(
     assert "harness-error.txt" in page.hrefs
     # what the history holds is still shown: completions per function counted from it, and the faults
     assert re.search(r"\d+ ok, \d+ fail, \d+ info client ops completed", page.text)
-    assert re.search(r"Faults \([12]\) fault from \(s\) to \(s\) what error kill ", page.text)
+    assert re.search(r"Faults \([12]\) kill × 1 .*# fault from \(s\) to \(s\) duration targets anomalies after error "
+                     r"1 kill leader [\d.]+ [\d.]+ [\d.]+ s n2 \(leader of key 5\)", page.text)
     assert_self_contained_with_relative_links(out, page)
     index = read_page(tmp_path / "index.html")
     assert "crashed" in index.text and "no results.json" in index.text
@@ -279,6 +298,168 @@ def test_fault_intervals_pair_starts_with_stops_and_leave_unhealed_faults_open()
     ivs = report.fault_intervals(ev, end=20.0)
     assert [(iv["fault"], iv["start"], iv["end"], iv["open"]) for iv in ivs] == [
         ("kill", 1.0, 5.0, False), ("partition", 7.0, 20.0, True)]
+
+
+def _nemesis_ops(*ops) -> list[dict]:
+    """(invoked at, completed at, f, asked, recorded[, error]) -> the invoke and info events the nemesis runner
+    writes."""
+    ev = []
+    for t0, t1, f, asked, value, *error in ops:
+        ev.append({"process": "nemesis", "type": "invoke", "f": f, "time": int(t0 * 1e9), "value": asked})
+        done = {"process": "nemesis", "type": "info", "f": f, "time": int(t1 * 1e9), "value": value}
+        if error:
+            done["error"] = error[0]
+        ev.append(done)
+    return ev
+
+
+KILL_LEADER = {"target": "leader", "nodes": ["n2"], "key": "6", "leader": 2, "isr": [1, 2, 3]}
+PARTITION_LEADER = {"shape": "leader", "clients": "all", "cut": [["n1", "n2"], ["n1", "n3"]],
+                    "groups": [["n1"], ["n2", "n3"]], "key": "6", "leader": 1, "isolated": "n1"}
+
+
+def test_intervals_come_from_the_registry_and_overlapping_kill_and_partition_get_two_lanes():
+    from nemesis.packages import display
+    shown = display()
+    ev = _nemesis_ops((1, 1.2, "kill", "leader", KILL_LEADER),
+                      (3, 3.1, "start-partition", {"shape": "leader", "clients": "all"}, PARTITION_LEADER),
+                      (5, 6, "start", None, {"nodes": ["n2"]}),
+                      (7, 7.1, "strobe-clock", {"target": "one", "delta-ms": 5000, "period-ms": 1000, "duration": 8},
+                       {"target": "one", "delta-ms": 5000, "nodes": ["n3"]}),
+                      (8, 8.5, "stop-partition", None, {"healed": ["n1", "n2", "n3"]}),
+                      (9, 9.2, "reset-clock", None, {"nodes": ["n3"]}),
+                      (10, 30, "isolate-leader-then-kill", {"target": "leader"},
+                       {"key": "6", "leader": 2, "isr-before": [1, 2, 3], "isr-shrunk-to-leader": True,
+                        "isr-before-kill": [2], "killed": "n2", "elected": 3}))
+    kill, partition, clock, trap = report.fault_intervals(ev, end=40.0)
+    # the start op's invocation to the stop op's completion; label and colour from the registry
+    assert (kill["fault"], kill["start"], kill["end"], kill["open"]) == ("kill", 1.0, 6.0, False)
+    assert (partition["fault"], partition["start"], partition["end"]) == ("partition", 3.0, 8.5)
+    assert (clock["fault"], clock["start"], clock["end"]) == ("clock", 7.0, 9.2)  # strobe-clock starts clock too
+    assert (trap["fault"], trap["start"], trap["end"], trap["open"]) == ("isolate-leader-then-kill", 10.0, 40.0, True)
+    for iv in (kill, partition, clock, trap):
+        assert (iv["label"], iv["color"]) == (shown[iv["fault"]]["label"], shown[iv["fault"]]["color"])
+        assert iv["error"] is None
+    # overlapping faults on different lanes; lane 0 when nothing else is active
+    assert [iv["lane"] for iv in (kill, partition, clock, trap)] == [0, 1, 0, 0]
+    # what was hit, from the completion value
+    assert kill["value"] == KILL_LEADER and kill["targets"] == "n2 (leader of key 6)"
+    assert kill["title"] == "kill leader" and kill["phrase"] == "killed n2, leader of key 6"
+    assert partition["targets"].startswith("n1 | n2 n3") and partition["title"] == "partition leader"
+    assert partition["phrase"] == "isolated n1, leader of key 6"
+    assert clock["targets"].startswith("n3 ±5000 ms") and clock["title"] == "clock strobe"
+    assert "killed n2" in trap["phrase"] and "broker 3 elected" in trap["phrase"]
+
+
+def test_a_fault_the_registry_does_not_know_is_grey_and_labelled_with_its_f():
+    ev = _nemesis_ops((1, 1.5, "frobnicate", "x", {"nodes": ["n1"]}),
+                      (2, 2.1, "start-gremlin", None, None),
+                      (4, 4.2, "stop-gremlin", None, None),
+                      (5, 5.1, "kill", "one", None, "ssh: connection refused"))
+    frob, gremlin, kill = report.fault_intervals(ev, end=10.0)
+    assert (frob["label"], frob["color"], frob["start"], frob["end"]) == \
+        ("frobnicate", report.UNKNOWN_FAULT_COLOR, 1.0, 1.5)
+    assert (gremlin["label"], gremlin["color"], gremlin["end"], gremlin["open"]) == \
+        ("start-gremlin", report.UNKNOWN_FAULT_COLOR, 4.2, False)
+    # a registry fault whose start failed is still shown (it may be half done), with its error
+    assert kill["error"] == "ssh: connection refused" and kill["open"] and kill["end"] == 10.0
+    assert kill["color"] != report.UNKNOWN_FAULT_COLOR and "failed" in kill["targets"]
+    # and the plots draw the unknown ones grey, with their f in the legend
+    svg = base64.b64decode(report.plot_throughput(
+        {"bucket-seconds": 0.5, "throughput": {"send ok": [[t / 2, 10.0] for t in range(20)]}},
+        [frob, gremlin, kill], 10.0).split(",", 1)[1]).decode()
+    assert "frobnicate (fault)" in svg and "start-gremlin (fault)" in svg and report.UNKNOWN_FAULT_COLOR in svg
+
+
+def test_attribution_picks_the_active_fault_else_the_last_healed_one_else_none():
+    ivs = report.fault_intervals(_nemesis_ops(
+        (10, 10.1, "kill", "leader", KILL_LEADER),
+        (20, 20.1, "start-partition", {"shape": "leader", "clients": "all"}, PARTITION_LEADER),
+        (25, 26, "start", None, {"nodes": ["n2"]}),
+        (30, 30.5, "stop-partition", None, {}),
+        (40, 40.2, "pause", "n3", {"target": "n3", "nodes": ["n3"]}),
+        (45, 45.2, "resume", None, {"nodes": ["n3"]})), end=60.0)
+    assert report.attribute(5.0, ivs) is None and report.attribute(None, ivs) is None
+    a = report.attribute(12.0, ivs)  # only the kill is active
+    assert (a["state"], a["interval"]["fault"], round(a["since"], 3), a["also"]) == ("active", "kill", 2.0, [])
+    a = report.attribute(22.0, ivs)  # kill and partition: the one started last, and the other one noted
+    assert (a["state"], a["interval"]["fault"]) == ("active", "partition")
+    assert [o["fault"] for o in a["also"]] == ["kill"]
+    assert report.attribution_sentence("lost-write of key 6", 22.0, a) == (
+        "lost-write of key 6 at 22.0 s, 2.0 s after `partition leader` isolated n1, leader of key 6 "
+        "(also active: `kill leader`)")
+    a = report.attribute(35.0, ivs)  # both healed: the partition most recently
+    assert (a["state"], a["interval"]["fault"], round(a["since"], 3)) == ("healed", "partition", 4.5)
+    assert report.attribution_sentence("poll-skip", 35.0, a).startswith(
+        "poll-skip at 35.0 s, 4.5 s after the heal of `partition leader`, which isolated n1, leader of key 6")
+    a = report.attribute(50.0, ivs)
+    assert (a["interval"]["fault"], a["interval"]["phrase"]) == ("pause", "paused n3")
+    assert report.attribution_sentence("G0", 3.0, None) == "G0 at 3.0 s, before any fault"
+
+
+def _lose_sends_at(ev: list[dict], fractions, keys) -> list[tuple[str, int, float]]:
+    """Remove from every read the write to each key acknowledged first after each fraction of the run: lost writes
+    sent at known times. Returns (key, offset, time in seconds) of each."""
+    end = max(e["time"] for e in ev)
+    lost = []
+    for frac, key in zip(fractions, keys):
+        for e in ev:
+            if e["f"] == "send" and e["type"] == "ok" and e["time"] >= frac * end and e["value"][0][1] == key:
+                lost.append((key, e["value"][0][2][0], e["time"] / 1e9))
+                break
+    gone = {(key, off) for key, off, _ in lost}
+    for e in ev:
+        if e["f"] == "poll" and e["type"] == "ok" and e["value"]:
+            for k, recs in e["value"][0][1].items():
+                recs[:] = [r for r in recs if (k, r[0]) not in gone]
+    return lost
+
+
+def test_the_run_report_names_the_fault_each_anomaly_followed(tmp_path):
+    ev = _history(3, 1500, faults=OVERLAPPING)
+    lost = _lose_sends_at(ev, (0.35, 0.5, 0.75), ("0", "1", "2"))
+    run_dir, results = make_run(tmp_path, "overlap", ev)
+    assert results["valid"] is False and results["anomaly-counts"]["lost-write"] == 3
+    out = report.render(run_dir)
+    page = read_page(out)
+    # the page's text, with the spaces the parser puts around the code elements of fault titles taken out
+    section = re.sub(r" ([),])", r"\1", section_text(out, "anomaly-lost-write"))
+    # while both faults are active: the partition (started last), with the kill noted
+    assert re.search(r"lost-write of key 0 at [\d.]+ s, [\d.]+ s after partition leader isolated n1, leader of key 0 "
+                     r"\(also active: kill leader\)", section), section[:600]
+    # while only the partition is active
+    assert re.search(r"lost-write of key 1 at [\d.]+ s, [\d.]+ s after partition leader isolated n1, leader of key 0"
+                     r"(?! \(also)", section)
+    # after both healed: the one healed last
+    assert re.search(r"lost-write of key 2 at [\d.]+ s, [\d.]+ s after the heal of partition leader, which isolated "
+                     r"n1, leader of key 0", section)
+    t = next(t for key, _, t in lost if key == "0")
+    assert f"lost-write of key 0 at {t:.1f} s" in section
+    # at a glance: which faults each type of anomaly followed
+    glance = Page(out.read_text().split('id="anomaly-faults"', 1)[1].split("</table>", 1)[0]).text
+    assert re.search(r"lost-write invalid 3 partition × 3 \(2 while active, 1 after the heal\)", glance), glance
+    # both faults in the faults table, with their labels, targets and the anomalies that followed them
+    faults = Page(out.read_text().split('id="faults"', 1)[1].split("<h2", 1)[0]).text
+    assert re.search(r"1 kill leader [\d.]+ [\d.]+ [\d.]+ s n2 \(leader of key 1\)", faults), faults
+    assert re.search(r"2 partition leader [\d.]+ [\d.]+ [\d.]+ s n1 \| n2 n3 \(n1: leader of key 0\) recorded .* \d+$",
+                     faults)
+    throughput = base64.b64decode([s for s in page.srcs if s.startswith("data:image/svg")][0].split(",", 1)[1]).decode()
+    assert throughput.count("kill (fault)") == 1 and throughput.count("partition (fault)") == 1  # each package once
+    assert_self_contained_with_relative_links(out, page)
+
+
+def test_values_from_the_history_are_escaped_in_the_fault_table_and_the_sentences(tmp_path):
+    evil = "<script>alert(1)</script>"
+    faults = ((0.1, 0.9, "start-partition", {"shape": evil}, {"shape": evil, "groups": [[evil], ["n2", "n3"]]},
+               "stop-partition"),
+              (0.2, 0.3, f"x{evil}", evil, {"nodes": [evil]}, "stop-x"))
+    ev = _history(3, 800, faults=faults)
+    _lose_sends_at(ev, (0.5,), ("0",))
+    run_dir, _ = make_run(tmp_path, "evil", ev)
+    out = report.render(run_dir)
+    html = out.read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert f"after partition {evil} cut {evil} | n2 n3" in section_text(out, "anomaly-lost-write")
 
 
 def test_latency_lines_break_where_nothing_completed_instead_of_drawing_across():
