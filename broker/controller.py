@@ -32,7 +32,7 @@ import time
 from typing import Callable, Iterable, Mapping, Sequence
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError
+from kazoo.exceptions import BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError, RolledBackError
 from kazoo.handlers.threading import KazooTimeoutError
 
 from .replication import ElectionKind, choose_leader
@@ -270,7 +270,7 @@ class ZkBroker:
             raise ControllerError(f"cannot reach ZooKeeper at {self.connect} within {timeout:.0f}s; "
                                   "check zookeeper.connect") from None
         for path in (BROKER_IDS, BROKER_TOPICS, CONFIG_TOPICS, CONTROLLED_SHUTDOWN):
-            self.zk.ensure_path(path)
+            self.zk.retry(self.zk.ensure_path, path)
         self.zk.add_listener(self._on_state_change)
         self.register(timeout)
         self._worker.start()
@@ -292,7 +292,10 @@ class ZkBroker:
 
     def register(self, timeout: float) -> None:
         """Create /brokers/ids/<id>. A node left by this broker's previous (crashed) session is
-        waited out until ZooKeeper expires it, as it still belongs to a live session."""
+        waited out until ZooKeeper expires it, as it still belongs to a live session. A connection lost
+        meanwhile (a stalled ZooKeeper member: found by the pause-zookeeper nemesis, which once left a
+        restarted broker dead and its partitions offline) is waited out too: kazoo reconnects, and a create
+        that was applied before the loss shows up as a node this session owns."""
         path = f"{BROKER_IDS}/{self.broker_id}"
         data = json.dumps({"listener_security_protocol_map": {"PLAINTEXT": "PLAINTEXT"},
                            "endpoints": [f"PLAINTEXT://{self.host}:{self.port}"], "jmx_port": -1,
@@ -303,6 +306,11 @@ class ZkBroker:
             try:
                 self.zk.create(path, data, ephemeral=True)
                 break
+            except ConnectionLoss:
+                if time.monotonic() > deadline:
+                    raise ControllerError(f"lost the connection to ZooKeeper at {self.connect} while registering "
+                                          f"and could not get it back within {timeout:.0f}s") from None
+                time.sleep(0.2)
             except NodeExistsError:
                 try:
                     _, stat = self.zk.get(path)

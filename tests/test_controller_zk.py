@@ -261,3 +261,33 @@ def test_restarted_leader_gets_a_new_epoch(brokers, zookeeper, zk_client):
     wait_for("b2 sees the new epoch", lambda: any(vs is not None and vs.state.leader_epoch == s.leader_epoch
                                                   for _, _, vs, _ in seen2))
     assert b2.registration_zxid > 0 and zk_client.get("/brokers/ids/2")[1].czxid == b2.registration_zxid
+
+
+def test_registration_survives_a_connection_lost_to_a_stalled_zookeeper(zookeeper, brokers, zk_client):
+    """A ZooKeeper member stalled (SIGSTOP) while a broker registers: the create fails with ConnectionLoss,
+    kazoo reconnects after SIGCONT, and the broker registers instead of dying at start."""
+    import threading
+    from kazoo.exceptions import ConnectionLoss
+    zk_node = zookeeper.nodes[0]
+    losses = []
+    real_create = KazooClient.create
+
+    def create(self, path, *a, **kw):
+        if path == "/brokers/ids/7" and not losses:
+            zk_node.signal("zookeeper", "STOP")
+            threading.Timer(4.0, lambda: zk_node.signal("zookeeper", "CONT")).start()
+            try:
+                return real_create(self, path, *a, **kw)
+            except ConnectionLoss:
+                losses.append(path)
+                raise
+        return real_create(self, path, *a, **kw)
+    KazooClient.create = create
+    try:
+        b = brokers(7)
+    finally:
+        KazooClient.create = real_create
+        zk_node.signal("zookeeper", "CONT")
+    assert losses == ["/brokers/ids/7"]          # the stall really cost the connection
+    data, stat = zk_client.get("/brokers/ids/7")
+    assert stat.ephemeralOwner == b.zk.client_id[0] and json.loads(data)["port"] == 9007
