@@ -32,12 +32,17 @@ import time
 from typing import Callable, Iterable, Mapping, Sequence
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError, RolledBackError
+from kazoo.exceptions import (
+    BadVersionError, ConnectionLoss, NodeExistsError, NoNodeError, RolledBackError, SessionExpiredError,
+)
 from kazoo.handlers.threading import KazooTimeoutError
 
 from .replication import ElectionKind, choose_leader
 
 log = logging.getLogger("acked.broker.controller")
+#: how long a starting broker waits for ZooKeeper to come back while it registers (faults last seconds;
+#: a sequence of the nemesis up to a minute)
+RECONNECT_WAIT = 120.0
 
 BROKER_IDS = "/brokers/ids"
 BROKER_TOPICS = "/brokers/topics"
@@ -292,24 +297,28 @@ class ZkBroker:
 
     def register(self, timeout: float) -> None:
         """Create /brokers/ids/<id>. A node left by this broker's previous (crashed) session is
-        waited out until ZooKeeper expires it, as it still belongs to a live session. A connection lost
-        meanwhile (a stalled ZooKeeper member: found by the pause-zookeeper nemesis, which once left a
-        restarted broker dead and its partitions offline) is waited out too: kazoo reconnects, and a create
-        that was applied before the loss shows up as a node this session owns."""
+        waited out until ZooKeeper expires it, as it still belongs to a live session. A connection or a
+        session lost meanwhile (a stalled ZooKeeper member, a partition: found by the nemesis, which twice
+        left a restarted broker dead and its partitions offline) is waited out too, for up to
+        RECONNECT_WAIT seconds: kazoo reconnects, and a create that was applied before the loss shows up as
+        a node this session owns."""
         path = f"{BROKER_IDS}/{self.broker_id}"
         data = json.dumps({"listener_security_protocol_map": {"PLAINTEXT": "PLAINTEXT"},
                            "endpoints": [f"PLAINTEXT://{self.host}:{self.port}"], "jmx_port": -1,
                            "host": self.host, "port": self.port, "timestamp": str(int(time.time() * 1000)),
                            "version": 4}).encode()
         deadline = time.monotonic() + timeout
+        reconnect_deadline = time.monotonic() + max(timeout, RECONNECT_WAIT)
         while True:
             try:
                 self.zk.create(path, data, ephemeral=True)
                 break
-            except ConnectionLoss:
-                if time.monotonic() > deadline:
+            except (ConnectionLoss, SessionExpiredError):
+                # kazoo reconnects, with a new session after an expiry (a restarted broker cut off while it
+                # waited out its old session's node: seen under kill then partition); Kafka's broker waits too
+                if time.monotonic() > reconnect_deadline:
                     raise ControllerError(f"lost the connection to ZooKeeper at {self.connect} while registering "
-                                          f"and could not get it back within {timeout:.0f}s") from None
+                                          f"and could not get it back within {RECONNECT_WAIT:.0f}s") from None
                 time.sleep(0.2)
             except NodeExistsError:
                 try:

@@ -291,3 +291,31 @@ def test_registration_survives_a_connection_lost_to_a_stalled_zookeeper(zookeepe
     assert losses == ["/brokers/ids/7"]          # the stall really cost the connection
     data, stat = zk_client.get("/brokers/ids/7")
     assert stat.ephemeralOwner == b.zk.client_id[0] and json.loads(data)["port"] == 9007
+
+
+def test_a_restarted_broker_whose_session_expires_while_it_waits_for_its_old_node_still_registers(zookeeper, zk_client):
+    """A broker restarted right after a crash waits for its old session's /brokers/ids node to expire; if
+    its own new session expires meanwhile (it was cut off), it registers with the next session, not dies."""
+    import threading
+    old = KazooClient(hosts=zookeeper.connect_string, timeout=30)
+    old.start(timeout=15)
+    old.ensure_path("/brokers/ids")
+    old.create("/brokers/ids/8", b"{}", ephemeral=True)        # the crashed predecessor's node
+    b = ZkBroker(zookeeper.connect_string, 8, "127.0.0.1", 9008, session_timeout_ms=4000)
+    started = threading.Thread(target=b.start, kwargs={"timeout": 30})
+    try:
+        started.start()
+        wait_for("the new broker to connect", lambda: b.zk.connected and b.zk.client_id is not None)
+        first_session = b.zk.client_id[0]
+        time.sleep(0.5)                                          # it is waiting on NodeExists now
+        expire_session(zookeeper.connect_string, b)              # its own session is gone
+        wait_for("a new session", lambda: b.zk.client_id is not None and b.zk.client_id[0] != first_session)
+        old.stop()                                               # the old node goes at last
+        old.close()
+        started.join(30)
+        assert not started.is_alive()
+        _, stat = zk_client.get("/brokers/ids/8")
+        assert stat.ephemeralOwner == b.zk.client_id[0] != first_session
+    finally:
+        started.join(30)
+        b.stop()
