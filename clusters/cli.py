@@ -1,4 +1,4 @@
-"""Subcommands of `acked` (see harness/cli.py): image build, cluster up|down|status|logs, doctor."""
+"""Subcommands of `acked` (see harness/cli.py): image build, cluster up|down|status|logs."""
 from __future__ import annotations
 
 import json
@@ -71,14 +71,6 @@ def register(subparsers) -> None:
     logs.add_argument("--name", help="cluster name (default: the only one running)")
     logs.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     logs.set_defaults(func=cmd_logs)
-
-    # ---- acked doctor
-    doctor = subparsers.add_parser("doctor", help="check what works here (docker, image, faults, sshd)",
-                                   description="A table of the prerequisites of each backend and fault, with "
-                                               "the fix for every failing row. Takes a few seconds.")
-    doctor.add_argument("--skip-node", action="store_true", help="do not start a test container")
-    doctor.set_defaults(func=cmd_doctor)
-
 
 def _help(parser) -> int:
     parser.print_help()
@@ -299,85 +291,3 @@ def cmd_logs(args) -> int:
 
 
 # ------------------------------------------------------------ doctor
-
-def doctor_rows(start_node: bool = True) -> list[tuple[str, bool, str, str]]:
-    """(check, ok, detail, fix) rows."""
-    rows = []
-
-    def add(check, ok, detail="", fix=""):
-        rows.append((check, bool(ok), detail, "" if ok else fix))
-
-    java = shutil.which("java")
-    add("host: java", java, java or "not found", "apt-get install default-jre-headless")
-    zk_jar = Path("/usr/share/java/zookeeper.jar").exists()
-    add("host: zookeeper (local backend)", zk_jar, "/usr/share/java/zookeeper.jar" if zk_jar else "not found",
-        "apt-get install zookeeper")
-    add("host: debootstrap", shutil.which("debootstrap"), "", "apt-get install debootstrap")
-    try:
-        from clusters.docker import docker_client
-        client = docker_client()
-        add("docker reachable", True, client.version().get("Version", ""))
-    except ClusterError as e:
-        add("docker reachable", False, str(e), "install docker.io and start the daemon (or set DOCKER_HOST)")
-        return rows
-    from clusters.image import docker_image_exists, image_tag
-    tag = image_tag()
-    current = docker_image_exists(tag)
-    stale = [t for img in client.images.list(name="acked-node") for t in img.tags if t != f"acked-node:latest"]
-    add("node image present and current", current, tag if current else f"{tag} missing (have: {stale or 'none'})",
-        "acked image build")
-    if not current or not start_node:
-        return rows
-    from clusters.docker import DockerCluster
-    from clusters.ssh import SSHNode, cluster_key
-    spec = ClusterSpec(backend="docker", nodes=1, brokers=False, capabilities=frozenset({"net", "disk"}),
-                       run_id="doctor", work_dir=DEFAULT_WORK_DIR)
-    cluster = DockerCluster(spec)
-    try:
-        cluster.create()
-        node = cluster.nodes[0]
-        r = node.run("iptables -A OUTPUT -d 192.0.2.1 -j DROP && iptables -D OUTPUT -d 192.0.2.1 -j DROP")
-        add("iptables in a node (NET_ADMIN)", r.ok, r.stderr.strip()[:80],
-            "the docker daemon must allow NET_ADMIN; on the host: modprobe ip_tables iptable_filter")
-        r = node.run("tc qdisc add dev eth0 root netem delay 5ms && tc qdisc del dev eth0 root")
-        add("tc netem in a node", r.ok, r.stderr.strip()[:80], "the host kernel lacks sch_netem: modprobe sch_netem, "
-            "or run on a kernel with CONFIG_NET_SCH_NETEM (slow-network faults need it)")
-        r = node.run(["python3", "-c", "import os; os.close(os.open('/dev/fuse', os.O_RDWR))"])
-        add("FUSE in a node (/dev/fuse, SYS_ADMIN)", r.ok, r.stderr.strip().splitlines()[-1][:80] if r.stderr else "",
-            "on the host: modprobe fuse, and let docker pass /dev/fuse")
-        node.start_daemon("doctor-sleep", ["sleep", "30"], "/var/log/acked/doctor.log")
-        node.signal("doctor-sleep", "STOP")
-        pid = node.pid("doctor-sleep")
-        state = node.run(f"grep ^State: /proc/{pid}/status").stdout.strip()
-        add("SIGSTOP pauses a process", "stopped" in state, state, "the container runtime must deliver signals")
-        node.signal("doctor-sleep", "KILL")
-        r = node.run("FAKETIME='@2000-01-01 00:00:00' LD_PRELOAD=$(ls /usr/lib/*/faketime/libfaketime.so.1) date +%Y")
-        add("libfaketime shifts the clock", r.stdout.strip() == "2000", r.stdout.strip() or r.stderr.strip()[:80],
-            "acked image build --force (the image needs libfaketime)")
-        try:
-            cluster._start_sshd(node)
-            time.sleep(0.3)
-            ssh = SSHNode(node.name, 1, node.ip, "root", cluster_key(cluster.dir).path, cluster.write_known_hosts())
-            ok = ssh.run("hostname").stdout.strip() == node.name
-            ssh.close()
-            add("sshd in a node (SSH transport)", ok, f"root@{node.ip}")
-        except ClusterError as e:
-            add("sshd in a node (SSH transport)", False, str(e)[:80], "acked image build --force (needs openssh-server)")
-    except ClusterError as e:
-        add("start a node container", False, str(e)[:120], "see `docker ps -a`; run acked image build --force")
-    finally:
-        cluster.teardown()
-    return rows
-
-
-def cmd_doctor(args) -> int:
-    started = time.monotonic()
-    rows = doctor_rows(start_node=not args.skip_node)
-    width = max(len(r[0]) for r in rows)
-    for check, ok, detail, fix in rows:
-        print(f"{'ok  ' if ok else 'FAIL'}  {check:{width}}  {detail}")
-        if not ok and fix:
-            print(f"      {'':{width}}  fix: {fix}")
-    failed = sum(not r[1] for r in rows)
-    print(f"{len(rows) - failed}/{len(rows)} checks passed in {time.monotonic() - started:.1f}s")
-    return 0 if not failed else 1

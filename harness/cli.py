@@ -14,8 +14,9 @@ import sys
 
 COMMAND_MODULES = [
     "checkers.cli",   # check, export
-    "clusters.cli",   # image, cluster, doctor
-    "harness.run_cli",  # run, profiles
+    "clusters.cli",   # image, cluster
+    "harness.run_cli",  # run, profiles, nemeses, report
+    "harness.doctor",   # doctor
 ]
 
 # Commands whose module alone is imported when one of them is run: `acked
