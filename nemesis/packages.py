@@ -14,7 +14,7 @@ package's default choices with the schedule's seeded random generator, so `--see
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from nemesis.core import RANDOM_TARGETS, Nemesis, check_target

@@ -72,18 +72,27 @@ class _Sequence(Nemesis):
     def run(self, ctx: Context, value: dict, out: dict) -> None:
         raise NotImplementedError
 
-
-class IsolateLeaderThenKill(_Sequence):
-    name = "isolate-leader-then-kill"
-
-    def run(self, ctx: Context, value: dict, out: dict) -> None:
+    @staticmethod
+    def _aim(ctx: Context, value: dict, out: dict):
+        """(key, leader id, leader node) of the key asked for or a hot key, recorded in `out`; None if none."""
         key = value.get("key") or hot_key(ctx)
         leader = ctx.roles.leader_of(key) if key is not None else None
         node = ctx.node_of(leader)
         out.update({"key": key, "leader": leader, "isr-before": ctx.roles.isr_of(key) if key else []})
         if node is None:
             out["skipped"] = "no hot key with a known leader"
+            return None
+        return key, leader, node
+
+
+class IsolateLeaderThenKill(_Sequence):
+    name = "isolate-leader-then-kill"
+
+    def run(self, ctx: Context, value: dict, out: dict) -> None:
+        aimed = self._aim(ctx, value, out)
+        if aimed is None:
             return
+        key, leader, node = aimed
         started = time.monotonic()
         out["cut"] = self.partition.invoke(ctx, {"f": "start-partition", "value": {
             "shape": "leader-from-followers", "key": key}}).get("cut")
@@ -104,13 +113,10 @@ class PartitionThenKillLeader(_Sequence):
     name = "partition-then-kill-leader"
 
     def run(self, ctx: Context, value: dict, out: dict) -> None:
-        key = value.get("key") or hot_key(ctx)
-        leader = ctx.roles.leader_of(key) if key is not None else None
-        old = ctx.node_of(leader)
-        out.update({"key": key, "leader": leader, "isr-before": ctx.roles.isr_of(key) if key else []})
-        if old is None:
-            out["skipped"] = "no hot key with a known leader"
+        aimed = self._aim(ctx, value, out)
+        if aimed is None:
             return
+        key, leader, old = aimed
         out["cut"] = self.partition.invoke(ctx, {"f": "start-partition", "value": {"shape": "cut", "cut": [
             [old.name, n.name] for n in ctx.nodes if n is not old]}}).get("cut")
         moved = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, leader), value.get("elect-deadline", 30.0))

@@ -84,3 +84,11 @@ def test_the_runner_records_each_op_and_heal_restarts_what_is_down(local_cluster
     assert runner.active_names() == []
     assert wait_until(lambda: all(node.is_running("broker") for node in local_cluster.nodes))
     assert process_state(local_cluster.nodes[1]) in ("S", "R")
+
+
+def test_a_fault_this_environment_cannot_do_fails_setup_with_the_fix(local_cluster):
+    from nemesis.core import NemesisUnavailable
+    from nemesis.faults import ClockNemesis
+    ctx = Context(local_cluster, random.Random(0), OneKeyRoles())
+    with pytest.raises(NemesisUnavailable, match="acked doctor"):
+        ClockNemesis().setup(ctx)   # local brokers run without libfaketime (and the clock capability)
