@@ -104,7 +104,9 @@ class IsolateLeaderThenKill(_Sequence):
         self._kill(ctx, node)
         out["killed"] = node.name
         self.partition.heal(ctx)
-        elected = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, leader), value.get("elect-deadline", 20.0))
+        # the old leader's session expires after zookeeper.session.timeout.ms (6 s), then the controller elects;
+        # with unclean election off nobody can be, and the partition waits offline for the restart on heal
+        elected = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, leader), value.get("elect-deadline", 12.0))
         out["elected"] = ctx.roles.leader_of(key) if elected else None
         out["isr-after"] = ctx.roles.isr_of(key)
 
