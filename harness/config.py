@@ -128,6 +128,8 @@ class TestDescription:
     #: seconds between fault start and stop, and between faults (about as long as the brokers'
     #: zookeeper.session.timeout.ms, so a killed leader is usually replaced before it comes back)
     nemesis_interval: float = 6.0
+    #: "mix" (faults of different packages may overlap) or "alternate" (one at a time)
+    nemesis_schedule: str = "mix"
     #: kill: "leader" (the leader of a random active key, found via metadata) or "random"
     kill_target: str = "leader"
     #: Kafka settings verbatim; merged over the profile's settings
@@ -207,6 +209,9 @@ class TestDescription:
                 raise ConfigError(f"the {pkg.name} nemesis does not run on the {self.backend} backend "
                                   f"(it needs {', '.join(sorted(pkg.capabilities)) or 'its nodes'}): use --backend "
                                   f"{' or '.join(sorted(pkg.backends))}")
+        from nemesis.schedule import SCHEDULES
+        if self.nemesis_schedule not in SCHEDULES:
+            raise ConfigError(f"nemesis-schedule must be one of {', '.join(SCHEDULES)}, not {self.nemesis_schedule!r}")
         if self.replay is not None and not (Path(self.replay) / "nemesis.json").is_file():
             raise ConfigError(f"--replay {self.replay}: no nemesis.json there; give a run directory of a run "
                               f"that had a nemesis (results/<name>/<timestamp>)")

@@ -30,6 +30,8 @@ def register(subparsers) -> None:
                         f"partition:leader-from-followers): {', '.join(PACKAGES)}; 'none' (the default) for none. "
                         f"`acked nemeses` lists them with their choices")
     p.add_argument("--nemesis-interval", type=float, help="seconds between fault starts, and about how long each lasts")
+    p.add_argument("--nemesis-schedule", choices=["mix", "alternate"],
+                   help="mix (default): faults of different packages may overlap; alternate: one at a time")
     p.add_argument("--replay", metavar="RUN_DIR", help="run the test of RUN_DIR again with the same fault ops at the "
                    "same times (its nemesis.json); role targets are resolved afresh")
     p.add_argument("--kill-target", choices=["leader", "random"], help="which broker the kill fault kills")
@@ -78,6 +80,7 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
         desc = replayed_description(args.replay)
     overrides = {}
     for field in ("name", "profile", "backend", "nodes", "time_limit", "rate", "concurrency", "nemesis_interval",
+                  "nemesis_schedule",
                   "kill_target", "sub_via", "delivery", "client", "seed", "results_dir", "final_time_limit",
                   "key_count", "max_writes_per_key", "op_timeout", "crash_client_interval"):
         v = getattr(args, field, None)

@@ -260,7 +260,7 @@ class Runner:
         if d.replay:
             ops = replay_plan(Path(d.replay) / "nemesis.json")
         else:
-            ops = plan(chosen, d.seed, d.nemesis_interval, d.time_limit)
+            ops = plan(chosen, d.seed, d.nemesis_interval, d.time_limit, d.nemesis_schedule)
 
         def hot_keys():
             # keys acknowledged within the last second first: their leader has fresh writes that a

@@ -4,8 +4,9 @@ The plan is data: `[{"time": seconds after the main phase began, "f", "value"}]`
 from the enabled packages with a seeded generator (Jepsen's `gen/mix` of per-package start/stop
 cycles): a start every `interval` seconds or so (uniform over [interval/2, 3*interval/2]), each from
 a package whose fault is not active, drawn from a shuffled bag so a short run sees every package; each
-fault stopped about `interval` seconds after it started. Faults of different packages overlap when a
-start comes before the previous stop. The same seed gives the same plan.
+fault stopped about `interval` seconds after it started. Under the `mix` schedule faults of different
+packages overlap when a start comes before the previous stop; under `alternate` a start waits for the
+previous stop. The same seed gives the same plan.
 
 `NemesisRunner` executes a plan on a thread, records each op as an invoke and an info completion of
 process "nemesis" in the history, and keeps the realized schedule (the ops, their resolved targets and
@@ -29,8 +30,15 @@ from nemesis.core import RANDOM_TARGETS, Compose, Context
 from nemesis.packages import Package, package_of_f
 
 
-def plan(packages: list[tuple[Package, str | None]], seed: int, interval: float, horizon: float) -> list[dict]:
-    """Timed start/stop ops over [0, horizon) seconds."""
+SCHEDULES = ("mix", "alternate")
+
+
+def plan(packages: list[tuple[Package, str | None]], seed: int, interval: float, horizon: float,
+         schedule: str = "mix") -> list[dict]:
+    """Timed start/stop ops over [0, horizon) seconds. `mix`: faults of different packages may overlap;
+    `alternate`: one fault at a time, each start waiting for the previous stop (the old nemesis's way)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
     rng = random.Random(seed)
     ops: list[dict] = []
     stops: list[tuple[float, int, str]] = []      # (time, tiebreak, package name)
@@ -52,7 +60,7 @@ def plan(packages: list[tuple[Package, str | None]], seed: int, interval: float,
             bag = sorted(by_name)
             rng.shuffle(bag)
         free = [name for name in bag if name not in active]
-        if not free:
+        if not free or (schedule == "alternate" and active):
             continue
         name = free[0]
         bag.remove(name)

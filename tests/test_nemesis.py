@@ -93,6 +93,18 @@ def test_plan_is_seeded_and_every_stop_follows_its_start():
     assert set(started[:3]) == {"kill", "partition", "pause"}  # a shuffled bag: each package in the first round
 
 
+def test_the_alternate_schedule_never_has_two_faults_at_once():
+    pkgs = [(PACKAGES["kill"], None), (PACKAGES["partition"], None), (PACKAGES["pause"], None)]
+    active = 0
+    ops = plan(pkgs, 5, 6.0, 120.0, "alternate")
+    for op in ops:
+        active += 1 if package_of_f(op["f"])[1] == "start" else -1
+        assert active in (0, 1)
+    assert len(ops) >= 10
+    with pytest.raises(ValueError, match="unknown schedule"):
+        plan(pkgs, 5, 6.0, 10.0, "sometimes")
+
+
 def test_a_pinned_package_asks_for_its_pin_every_time():
     ops = plan([(PACKAGES["partition"], "leader-from-followers")], 1, 6.0, 60.0)
     starts = [op for op in ops if op["f"] == "start-partition"]
