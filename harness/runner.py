@@ -12,6 +12,7 @@ per slot keeps many ops in flight for little CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import datetime as dt
@@ -278,7 +279,13 @@ class Runner:
         def on_change(active):
             self.stats.faults = active
         runner = NemesisRunner(chosen, ctx, ops, self._append, on_change)
-        runner.setup()
+        try:
+            runner.setup()
+        except BaseException:
+            # a nemesis that cannot work here fails the run at setup; undo what the others prepared
+            with contextlib.suppress(Exception):
+                runner.nemesis.teardown(ctx)
+            raise
         return runner
 
     def _worker(self, slot: int) -> None:
