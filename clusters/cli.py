@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from clusters import BACKENDS
 from clusters.base import ClusterError, ClusterSpec
 
 EXIT_FAILED = 3
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
 
     up = cluster_sub.add_parser("up", help="start ZooKeeper and brokers; print the bootstrap servers",
                                 description="Start a cluster and leave it running; prints bootstrap.servers.")
-    up.add_argument("--backend", choices=["local", "docker", "ssh"], default="docker",
+    up.add_argument("--backend", choices=BACKENDS, default="docker",
                     help="local: processes on 127.0.0.1; docker: containers; ssh: the hosts of --cluster")
     up.add_argument("--nodes", type=int, default=3, help="number of brokers (not for ssh: the file names them)")
     up.add_argument("--cluster", type=Path, metavar="HOSTS.TOML", help="ssh backend: the cluster file")

@@ -15,6 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from clusters import BACKENDS  # the one list of backends
+
 
 class ConfigError(ValueError):
     """A test description is wrong; the message says what to fix."""
@@ -102,7 +104,6 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
              sub_via="subscribe", delivery="at-least-once"),
 ]}
 
-BACKENDS = ("docker", "local", "ssh")
 CLIENTS = ("confluent-kafka", "kafka-python")
 
 

@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from harness.config import PROFILES, ConfigError, TestDescription, from_dict, load_toml, parse_list, parse_setting
+from harness.config import BACKENDS, PROFILES, ConfigError, TestDescription, from_dict, load_toml, parse_list, parse_setting
 
 EXIT_BAD_USAGE = 4
 
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("test_file", nargs="?", help="a TOML test description; flags override its settings")
     p.add_argument("--name", help="test name (the run directory is results/<name>/<timestamp>)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="reliability profile (see `acked profiles`)")
-    p.add_argument("--backend", choices=["docker", "local", "ssh"], help="where the cluster runs")
+    p.add_argument("--backend", choices=BACKENDS, help="where the cluster runs")
     p.add_argument("--nodes", type=int, help="number of nodes (brokers)")
     p.add_argument("--time-limit", type=float, help="seconds of workload under faults")
     p.add_argument("--rate", type=float, help="target ops/s over all processes (0: unlimited)")

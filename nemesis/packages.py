@@ -17,9 +17,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from clusters import BACKENDS
 from nemesis.core import RANDOM_TARGETS, Nemesis, check_target
 
-ALL_BACKENDS = frozenset({"docker", "ssh", "local"})
+ALL_BACKENDS = frozenset(BACKENDS)
 REMOTE = frozenset({"docker", "ssh"})
 
 
