@@ -20,7 +20,7 @@ from pathlib import Path
 
 from clusters.base import ClusterError, ClusterSpec, CommandResult
 from clusters.image import build_image, docker_image_exists, image_tag
-from clusters.local import REPO_ROOT, _start_time, new_name
+from clusters.local import REPO_ROOT, new_name, process_start_time
 from clusters.node import ShellNode, raise_for
 from clusters.remote import DATA, LOGS, RemoteCluster
 
@@ -44,7 +44,7 @@ def docker_client():
 
 def owner_token() -> str:
     pid = os.getpid()
-    return f"{pid}:{_start_time(pid)}"
+    return f"{pid}:{process_start_time(pid)}"
 
 
 def owner_alive(token: str) -> bool:
@@ -52,7 +52,7 @@ def owner_alive(token: str) -> bool:
         return True
     try:
         pid, started = token.split(":", 1)
-        return _start_time(int(pid)) == started
+        return process_start_time(int(pid)) == started
     except ValueError:
         return False
 

@@ -72,7 +72,7 @@ def _text(b) -> str:
 
 # ------------------------------------------------------------------ owners and the reaper
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -84,7 +84,7 @@ def write_owner(cluster_dir: Path, manual: bool = False) -> None:
     cluster_dir.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
     (cluster_dir / "owner.json").write_text(json.dumps(
-        {"pid": pid, "start_time": _start_time(pid), "manual": manual}))
+        {"pid": pid, "start_time": process_start_time(pid), "manual": manual}))
 
 
 def owner_alive(cluster_dir: Path) -> bool:
@@ -95,7 +95,7 @@ def owner_alive(cluster_dir: Path) -> bool:
     if owner.get("manual"):
         return True  # kept until `acked cluster down`
     started = owner.get("start_time")
-    return started is not None and _start_time(owner["pid"]) == started
+    return started is not None and process_start_time(owner["pid"]) == started
 
 
 def kill_marked_processes(cluster_dir: Path) -> int:
