@@ -88,3 +88,45 @@ def test_a_replayed_run_repeats_the_same_fault_ops_on_the_same_nodes_at_the_same
         if a["f"] in ("kill", "pause"):
             assert a["resolved"]["nodes"] == b["resolved"]["nodes"], (a, b)   # random targets: the same nodes
     assert orjson.loads((again.run_dir / "nemesis.json").read_bytes())["replayed-from"] == str(first.run_dir)
+
+
+def test_sigterm_mid_run_heals_the_faults_drains_and_tears_down(tmp_path):
+    """A CI job's timeout sends SIGTERM: the run heals (a paused broker is continued, a killed one restarted,
+    both recorded), still drains and checks, and leaves no broker or ZooKeeper process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import orjson
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--backend", "local", "--nodes", "3",
+                             "--nemesis", "kill:one,pause:one", "--nemesis-interval", "2", "--time-limit", "60",
+                             "--rate", "100", "--seed", "9", "--results-dir", str(tmp_path), "--name", "term",
+                             "--plain"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        history = None
+        while time.monotonic() < deadline:
+            runs = list((tmp_path / "term").glob("*/history.jsonl"))
+            if runs and b'"nemesis","type":"info"' in runs[0].read_bytes():
+                history = runs[0]
+                break
+            time.sleep(0.5)
+        assert history is not None, "no fault was recorded in time"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, out          # interrupted: a harness failure, not a verdict on the history
+    results = orjson.loads((history.parent / "results.json").read_bytes())
+    assert results["harness"]["interrupted"] is True and results["valid"] is True, out
+    ops = orjson.loads((history.parent / "nemesis.json").read_bytes())["ops"]
+    starts = {"kill": "start", "pause": "resume"}
+    for f, stop in starts.items():
+        if any(o["f"] == f for o in ops):
+            assert [o["f"] for o in ops if o["f"] in (f, stop)][-1] == stop, ops   # the last one was healed
+    cluster_dirs = list((tmp_path / ".clusters").glob("*"))
+    assert cluster_dirs == [] or all(not any(d.iterdir()) for d in cluster_dirs)
+    pids = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert pids == [], pids                   # every broker and ZooKeeper of the run is gone
