@@ -48,9 +48,12 @@ class _Sequence(Nemesis):
 
     def invoke(self, ctx: Context, op: dict) -> Any:
         if op["f"] == self.name:
-            out: dict[str, Any] = {}
+            value, out = op.get("value") or {}, {}
+            aimed = self._aim(ctx, value, out)
+            if aimed is None:
+                return out
             try:
-                self.run(ctx, op.get("value") or {}, out)
+                self.run(ctx, value, out, *aimed)
             finally:
                 self.partition.heal(ctx)
             return out
@@ -69,7 +72,8 @@ class _Sequence(Nemesis):
         if self.killed:
             self.invoke(ctx, {"f": f"heal-{self.name}"})
 
-    def run(self, ctx: Context, value: dict, out: dict) -> None:
+    def run(self, ctx: Context, value: dict, out: dict, key: str, leader: int, node) -> None:
+        """The steps, aimed at `key` whose leader `leader` runs on `node`; what is seen goes into `out`."""
         raise NotImplementedError
 
     @staticmethod
@@ -88,11 +92,7 @@ class _Sequence(Nemesis):
 class IsolateLeaderThenKill(_Sequence):
     name = "isolate-leader-then-kill"
 
-    def run(self, ctx: Context, value: dict, out: dict) -> None:
-        aimed = self._aim(ctx, value, out)
-        if aimed is None:
-            return
-        key, leader, node = aimed
+    def run(self, ctx: Context, value: dict, out: dict, key: str, leader: int, node) -> None:
         started = time.monotonic()
         out["cut"] = self.partition.invoke(ctx, {"f": "start-partition", "value": {
             "shape": "leader-from-followers", "key": key}}).get("cut")
@@ -114,11 +114,7 @@ class IsolateLeaderThenKill(_Sequence):
 class PartitionThenKillLeader(_Sequence):
     name = "partition-then-kill-leader"
 
-    def run(self, ctx: Context, value: dict, out: dict) -> None:
-        aimed = self._aim(ctx, value, out)
-        if aimed is None:
-            return
-        key, leader, old = aimed
+    def run(self, ctx: Context, value: dict, out: dict, key: str, leader: int, old) -> None:
         out["cut"] = self.partition.invoke(ctx, {"f": "start-partition", "value": {"shape": "cut", "cut": [
             [old.name, n.name] for n in ctx.nodes if n is not old]}}).get("cut")
         moved = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, leader), value.get("elect-deadline", 30.0))
