@@ -223,7 +223,7 @@ class ClockNemesis(Nemesis):
 
     def setup(self, ctx: Context) -> None:
         for node in ctx.nodes:
-            res = node.run(f"ls /usr/lib/*/faketime/libfaketime.so.1 && test -w $(dirname {FAKETIME_FILE})",
+            res = node.run(f"ls /usr/lib/*/faketime/libfaketimeMT.so.1 && test -w $(dirname {FAKETIME_FILE})",
                            timeout=10)
             if not res.ok:
                 raise NemesisUnavailable(f"clock: libfaketime is missing on {node.name}: rebuild the node image "

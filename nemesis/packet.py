@@ -321,9 +321,8 @@ class PacketNemesis:
         label = value.pop("behaviour", None)
         behaviour = PacketBehaviour.from_dict(value)
         nodes, seen = resolve(ctx, target)
-        applied = {}
         for node in nodes:
-            applied[node.name] = apply(node, behaviour, seed=ctx.rng.randrange(2**31))
+            apply(node, behaviour, seed=ctx.rng.randrange(2**31))
             if node not in self.affected:
                 self.affected.append(node)
         return {"behaviour": label, "target": target, **behaviour.to_dict(), "nodes": names(nodes), **seen}
