@@ -110,10 +110,11 @@ def summary(res: dict, path: str) -> str:
         first = res["history-problems"][0]
         lines.append(f"history problems: {res['history-problem-count']} "
                      f"(first: line {first['line']}: {first['message']})")
-    allowed = set(res["anomaly-types"]) - set(res["bad-anomaly-types"])
+    allowed = res.get("allowed-anomalies") or dict.fromkeys(set(res["anomaly-types"]) - set(res["bad-anomaly-types"]),
+                                                            "the declared settings")
     for t in res["anomaly-types"]:
         n = res["anomaly-counts"][t]
-        tag = " (allowed by the declared settings)" if t in allowed else ""
+        tag = f" (allowed: {allowed[t]})" if t in allowed else ""
         lines.append(f"  {t}: {n}{tag}")
         ex = res["anomalies"][t][0]
         lines.append(f"    e.g. {ex['explanation']}")

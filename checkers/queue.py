@@ -1051,14 +1051,20 @@ class QueueChecker:
                                  "ops": ops, "explanation": text})
 
     def allowed_types(self) -> set:
-        allowed = set(ALWAYS_ALLOWED)
+        return set(self.allowed_reasons())
+
+    def allowed_reasons(self) -> dict[str, str]:
+        """Anomaly types that do not make the run invalid, each with the setting that allows it. They are
+        still counted and listed: a finding the user declared acceptable is shown, never dropped."""
+        why = dict.fromkeys(ALWAYS_ALLOWED, "not an anomaly of Kafka's model (Jepsen reports it for reference)")
         if self.opts["sub-via"] == "subscribe":
-            allowed |= {"poll-skip", "nonmonotonic-poll"}
+            why.update(dict.fromkeys(("poll-skip", "nonmonotonic-poll"),
+                                     "sub-via=subscribe: a rebalance may move a consumer's position"))
         if self.opts["ww-deps"]:
-            allowed |= {"G1c", "G1c-process", "G1c-realtime"}
+            why.update(dict.fromkeys(("G1c", "G1c-process", "G1c-realtime"), "ww-deps: write-write edges are inferred"))
         if self.opts["delivery"] == "at-least-once":
-            allowed.add("duplicate")
-        return allowed
+            why["duplicate"] = "delivery=at-least-once was declared for this run"
+        return why
 
     def _results(self, totals=None) -> dict:
         types = sorted(self.counts)
@@ -1079,6 +1085,7 @@ class QueueChecker:
             "valid": valid,
             "anomaly-types": types,
             "bad-anomaly-types": bad,
+            "allowed-anomalies": {t: r for t, r in self.allowed_reasons().items() if t in self.counts},
             "anomaly-counts": dict(sorted(self.counts.items())),
             "anomalies": {t: self.anoms[t] for t in types},
             "options": dict(self.opts),

@@ -205,6 +205,10 @@ def _summary(runner, result) -> list[str]:
     faults = _fault_counts(runner)
     out = [f"{verdict}" + (f" ({counts})" if counts else "")
            + f": {s.ok} ok, {s.fail} fail, {s.info} info" + (f"; faults: {faults}" if faults else "")]
+    # findings the run's settings allow are listed, never dropped: a VALID run can still carry them
+    allowed = res.get("allowed-anomalies") or {}
+    for a, why in allowed.items():
+        out.append(f"  allowed: {a} x{(res.get('anomaly-counts') or {}).get(a, len(anomalies.get(a) or []))} ({why})")
     for a in bad:
         first = (anomalies.get(a) or [{}])[0]
         if isinstance(first, dict) and first.get("explanation"):

@@ -175,6 +175,9 @@ def test_duplicate_and_at_least_once():
     res2 = h.check(delivery="at-least-once")
     assert "duplicate" in res2["anomaly-types"] and res2["valid"] is True
     assert "duplicate" not in res2["bad-anomaly-types"]
+    # allowed, and still listed with the setting that allows it
+    assert res2["allowed-anomalies"] == {"duplicate": "delivery=at-least-once was declared for this run"}
+    assert res["allowed-anomalies"] == {}
 
 
 def test_g1a():
