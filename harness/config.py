@@ -155,6 +155,11 @@ class TestDescription:
     max_writes_per_key: int = 1024
     zipf_exponent: float = 1.0
     partitions_per_topic: int = 8
+    #: sends per send op, uniform over 1..max_sends_per_op, all to one key and produced without waiting for
+    #: each other's acknowledgement (Jepsen's queue workload writes several values per op): a producer then has
+    #: several ProduceRequests in flight to one partition, so `max.in.flight.requests.per.connection` and
+    #: retries can reorder and duplicate (KAFKA-RELIABILITY.md, "in-flight requests")
+    max_sends_per_op: int = 4
     #: seconds a single send or poll may take before it is recorded as info
     op_timeout: float = 10.0
     #: roughly how many seconds a single client runs before a crash op abandons it (Jepsen's
@@ -232,8 +237,9 @@ class TestDescription:
         if self.crash_client_interval < 0:
             raise ConfigError(f"crash_client_interval must be 0 (no client crashes) or positive seconds, "
                               f"not {self.crash_client_interval}")
-        if self.key_count < 1 or self.max_writes_per_key < 1 or self.partitions_per_topic < 1:
-            raise ConfigError("key_count, max_writes_per_key and partitions_per_topic must be at least 1")
+        if min(self.key_count, self.max_writes_per_key, self.partitions_per_topic, self.max_sends_per_op) < 1:
+            raise ConfigError("key_count, max_writes_per_key, partitions_per_topic and max_sends_per_op must be at "
+                              "least 1")
         rf = self.replication_factor()
         if rf > self.nodes:
             raise ConfigError(f"replication factor {rf} needs at least {rf} nodes, the test has {self.nodes}: "

@@ -46,6 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--final-time-limit", type=float, help="seconds the final drain may take")
     p.add_argument("--key-count", type=int, help="keys written at once")
     p.add_argument("--max-writes-per-key", type=int, help="upper bound of the Zipf write count per key")
+    p.add_argument("--max-sends-per-op", type=int, help="sends per send op (1..N, one key, several requests in "
+                   "flight; default 4)")
     p.add_argument("--op-timeout", type=float, help="seconds before a send or poll is recorded as info")
     p.add_argument("--crash-client-interval", type=float, metavar="SECONDS",
                    help="roughly how long a single client runs before it is crashed (default 10; 0: never)")
@@ -82,7 +84,7 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
     for field in ("name", "profile", "backend", "nodes", "time_limit", "rate", "concurrency", "nemesis_interval",
                   "nemesis_schedule",
                   "kill_target", "sub_via", "delivery", "client", "seed", "results_dir", "final_time_limit",
-                  "key_count", "max_writes_per_key", "op_timeout", "crash_client_interval"):
+                  "key_count", "max_writes_per_key", "max_sends_per_op", "op_timeout", "crash_client_interval"):
         v = getattr(args, field, None)
         if v is not None:
             overrides[field] = v
@@ -206,7 +208,8 @@ def _summary(runner, result) -> list[str]:
     out = [f"{verdict}" + (f" ({counts})" if counts else "")
            + f": {s.ok} ok, {s.fail} fail, {s.info} info" + (f"; faults: {faults}" if faults else "")]
     # findings the run's settings allow are listed, never dropped: a VALID run can still carry them
-    allowed = res.get("allowed-anomalies") or {}
+    from checkers.queue import ALWAYS_ALLOWED   # Jepsen's reference-only types stay in results.json
+    allowed = {a: why for a, why in (res.get("allowed-anomalies") or {}).items() if a not in ALWAYS_ALLOWED}
     for a, why in allowed.items():
         out.append(f"  allowed: {a} x{(res.get('anomaly-counts') or {}).get(a, len(anomalies.get(a) or []))} ({why})")
     for a in bad:

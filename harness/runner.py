@@ -247,7 +247,7 @@ class Runner:
         self.gen = QueueGenerator(GeneratorSpec(
             seed=d.seed, concurrency=d.concurrency_count(), rate=d.rate, key_count=d.key_count,
             max_writes_per_key=d.max_writes_per_key, zipf_exponent=d.zipf_exponent, sub_via=d.effective_sub_via(),
-            crash_client_interval=d.crash_client_interval))
+            max_sends_per_op=d.max_sends_per_op, crash_client_interval=d.crash_client_interval))
         for key in list(self.gen.active):
             self.topics.ensure(key)
         self.nemesis = self._make_nemesis()

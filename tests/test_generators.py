@@ -106,3 +106,15 @@ def test_process_replaced_after_info_and_crash_but_not_after_ok_or_fail():
     assert consumer_ops[0]["f"] == "assign"
     crash = {"process": 4, "f": "crash", "value": None}
     assert gen.complete(1, crash, "info") == 7
+
+
+def test_a_send_op_carries_up_to_max_sends_per_op_values_all_to_one_key():
+    gen = QueueGenerator(GeneratorSpec(seed=11, concurrency=3, max_sends_per_op=4, max_writes_per_key=30))
+    sends = [op["value"] for op in take(gen, 5000) if op["f"] == "send"]
+    sizes = collections.Counter(len(v) for v in sends)
+    assert set(sizes) <= {1, 2, 3, 4} and sizes[4] > 0 and sizes[1] > 0
+    assert all(len({k for _, k, _ in v}) == 1 for v in sends)   # one key per op
+    values = [x for v in sends for _, _, x in v]
+    assert len(values) == len(set(values))
+    # within an op, the values are consecutive and increasing: the order they are produced in
+    assert all([x for _, _, x in v] == list(range(v[0][2], v[0][2] + len(v))) for v in sends)

@@ -43,7 +43,7 @@ class GeneratorSpec:
     zipf_exponent: float = 1.0
     #: "assign" or "subscribe": which op a consumer uses to pick its keys
     sub_via: str = "assign"
-    #: send micro-ops per send op: uniform over 1..max_sends_per_op
+    #: send micro-ops per send op, uniform over 1..max_sends_per_op, all to one key
     max_sends_per_op: int = 1
     #: keys per assign/subscribe: uniform over 1..max_keys_per_assign (bounded by the active keys)
     max_keys_per_assign: int = 4
@@ -129,12 +129,16 @@ class QueueGenerator:
         if f == "poll" and not self._assigned.get(process):
             f = "reassign"  # a consumer must pick its keys before a poll can return anything
         if f == "send":
+            # one key per op: its sends leave as consecutive requests to one partition, the case
+            # max.in.flight.requests.per.connection is about
             sends = []
+            key = self._rng.choice(self.active)
             for _ in range(self._rng.randint(1, self.spec.max_sends_per_op)):
-                key = self._rng.choice(self.active)
                 sends.append(["send", key, self._next_value])
                 self._next_value += 1
                 self._spend(key)
+                if key not in self.active:   # the key's writes are spent: the rest of the op goes nowhere
+                    break
             return {"process": process, "f": "send", "value": sends}
         if f == "poll":
             return {"process": process, "f": "poll", "value": [["poll"]]}

@@ -36,6 +36,13 @@ _BROKER_REJECTIONS = {
 }
 
 
+#: seconds between the sends of one op. Each then leaves in its own ProduceRequest without waiting for the
+#: previous one's response, so several are in flight to one partition at once. Measured (librdkafka
+#: statistics, linger.ms=0, 200 ops of 4 sends to one partition, local broker): 1.6 requests per op
+#: back to back, 4.0 with a 1 ms gap.
+SEND_GAP = 0.001
+
+
 def classify_send_error(name: str, retries: int) -> str:
     """`fail` when the error proves the record was never appended, else `info`."""
     name = name.upper()
@@ -468,6 +475,8 @@ class ConfluentClient(Client):
         from confluent_kafka import KafkaException
         for i, (_, key, value) in enumerate(sends):
             topic, partition = self.keymap.topic_partition(key)
+            if i:
+                time.sleep(SEND_GAP)
             try:
                 producer.produce(topic, value=str(value).encode(), key=key.encode(), partition=partition,
                                  on_delivery=on_delivery(i))
@@ -599,8 +608,10 @@ class KafkaPythonClient(Client):
         import kafka.errors as ke
         producer = self._get_producer()
         futures = []
-        for _, key, value in sends:
+        for i, (_, key, value) in enumerate(sends):
             topic, partition = self.keymap.topic_partition(key)
+            if i:
+                time.sleep(SEND_GAP)
             futures.append(producer.send(topic, value=str(value).encode(), key=key.encode(), partition=partition))
         deadline = time.monotonic() + self.op_timeout
         outcomes = []
