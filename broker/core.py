@@ -17,7 +17,7 @@ import uuid
 from typing import Callable
 
 from .config import BrokerConfig, TopicConfig, parse_listener
-from .log import Log, read_checkpoint, write_checkpoint
+from .log import Log, log_dir_io, read_checkpoint, write_checkpoint
 from .metadata import LocalMetadataStore, MetadataError, TopicInfo
 from .fetch_sessions import FetchSessionCache
 from .partition import EPOCH_CHECKPOINT, Partition
@@ -240,7 +240,8 @@ class Broker:
     def checkpoint_high_watermarks(self) -> None:
         entries = {k: p.high_watermark for k, p in self.partitions.items()}
         if entries != self._hw_checkpoint:
-            write_checkpoint(os.path.join(self.log_dir, HW_CHECKPOINT), entries)
+            with log_dir_io(self.log_dir, "writing the high watermark checkpoint"):
+                write_checkpoint(os.path.join(self.log_dir, HW_CHECKPOINT), entries)
             self._hw_checkpoint = entries
 
     def close(self) -> None:

@@ -11,11 +11,19 @@ file at the first bad one: a torn or corrupt tail is cut, never served.
 The log knows nothing about leaders or high watermarks: ``append``,
 ``read(from_offset, max_bytes, max_offset)``, ``truncate_to(offset)`` and
 ``log_end_offset`` are the whole interface the partition roles use.
+
+An I/O error of the log (EIO from a failing disk, ENOSPC) is not an error of
+one request: as Kafka's ``LogDirFailureChannel`` does, it is reported once for
+the log directory to the handlers registered with ``on_log_dir_failure`` (the
+broker halts, as Kafka does when its last live log directory fails) and raised
+as ``LogDirFailure``, which no network error handler mistakes for a lost socket.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import functools
 import logging
 import mmap
 import os
@@ -35,6 +43,43 @@ _PEEK_SIZE = _PEEK.size
 
 class OffsetOutOfRange(Exception):
     pass
+
+
+class LogDirFailure(Exception):
+    """An I/O error in a log directory (Kafka: KafkaStorageException, error code 56)."""
+
+    def __init__(self, directory: str, what: str, cause: OSError):
+        super().__init__(f"error while {what} in dir {directory}: {cause}")
+        self.directory, self.what, self.cause = directory, what, cause
+
+
+#: called with (directory, what, OSError) on each log I/O error, before LogDirFailure is raised
+_failure_handlers: list = []
+
+
+def on_log_dir_failure(handler) -> None:
+    _failure_handlers.append(handler)
+
+
+@contextlib.contextmanager
+def log_dir_io(directory: str, what: str):
+    """Turn an OSError of the block into a reported LogDirFailure of `directory`."""
+    try:
+        yield
+    except OSError as e:
+        for handler in list(_failure_handlers):
+            handler(directory, what, e)
+        raise LogDirFailure(directory, what, e) from e
+
+
+def _guard(what: str):
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            with log_dir_io(os.path.dirname(self.dir.rstrip("/")) or self.dir, what):
+                return method(self, *args, **kwargs)
+        return guarded
+    return wrap
 
 
 class Segment:
@@ -246,6 +291,7 @@ class Log:
         return sum(s.size for s in self.segments)
 
     # -- append ----------------------------------------------------------------------
+    @_guard("appending to the log")
     def append(self, data, next_offset: int, batch_positions: list[tuple[int, int, int]],
                message_count: int) -> None:
         """Append already-stamped batches.  batch_positions: (position in data,
@@ -260,6 +306,7 @@ class Log:
         if self.unflushed_messages >= self.flush_messages:
             self.flush()
 
+    @_guard("rolling a segment")
     def roll(self, base_offset: int) -> Segment:
         old = self.segments[-1]
         old.flush()  # a sealed segment and its index are durable, like Kafka's roll
@@ -272,6 +319,7 @@ class Log:
         self._bases.append(base_offset)
         return seg
 
+    @_guard("flushing the log")
     def flush(self) -> None:
         self.segments[-1].flush()
         self.unflushed_messages = 0
@@ -287,6 +335,7 @@ class Log:
         return False
 
     # -- read ------------------------------------------------------------------------
+    @_guard("reading the log")
     def read(self, from_offset: int, max_bytes: int, max_offset: int | None = None,
              must_return_one: bool = True) -> bytes:
         """Whole batches starting with the one that holds from_offset, up to max_bytes
@@ -334,6 +383,7 @@ class Log:
         return best
 
     # -- truncation (for the follower role) -------------------------------------------
+    @_guard("truncating the log")
     def truncate_to(self, offset: int) -> int:
         """Remove every batch that holds an offset >= offset.  A batch straddling
         offset is removed whole.  Returns the new log end offset."""

@@ -23,6 +23,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _halt_on_log_dir_failure(directory: str, what: str, error: OSError) -> None:
+    """Kafka's answer to an I/O error when the failed directory was the last live one (this broker has one):
+    log the failure and halt at once, without a controlled shutdown or a clean-shutdown marker, so that the
+    controller moves its partitions and the next start recovers the log (ReplicaManager.handleLogDirFailure)."""
+    import os
+    log = logging.getLogger("acked.broker")
+    log.error("Error while %s in dir %s: %s", what, directory, error)
+    log.error("Shutdown broker because all log dirs in %s have failed", directory)
+    logging.shutdown()
+    os._exit(1)
+
+
 async def _serve(config: BrokerConfig) -> None:
     from .core import Broker
     from .server import BrokerServer
@@ -41,6 +53,8 @@ async def _serve(config: BrokerConfig) -> None:
                       session_timeout_ms=config["zookeeper.session.timeout.ms"],
                       unclean_default=config["unclean.leader.election.enable"])
         store = ZkMetadataStore(zk)
+    from .log import on_log_dir_failure
+    on_log_dir_failure(_halt_on_log_dir_failure)
     broker = Broker(config, metadata_store=store)
     server = BrokerServer(broker)
     stop = asyncio.Event()

@@ -10,13 +10,14 @@ sockets, no event loop; waiters learn about appends through ``listeners``.
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import records
 from .config import TopicConfig
-from .log import Log, OffsetOutOfRange
+from .log import Log, OffsetOutOfRange, log_dir_io
 from .records import InvalidBatch
 from .replication import LeaderEpochCache
 
@@ -205,7 +206,8 @@ class Partition:
 
     def save_epoch_cache(self) -> None:
         if self.epoch_cache_path is not None:
-            self.epoch_cache.save(self.epoch_cache_path)
+            with log_dir_io(os.path.dirname(os.path.dirname(self.epoch_cache_path)), "writing the leader epoch cache"):
+                self.epoch_cache.save(self.epoch_cache_path)
 
     # -- follower role (driven by broker/replication.py) ------------------------------------
     def append_as_follower(self, data: bytes) -> int:

@@ -8,7 +8,8 @@ import pytest
 
 from broker import records
 from broker.config import BrokerConfig, ConfigError, TopicConfig, parse_properties
-from broker.log import Log, OffsetOutOfRange, read_checkpoint, write_checkpoint
+from broker import log as broker_log
+from broker.log import Log, LogDirFailure, OffsetOutOfRange, read_checkpoint, write_checkpoint
 from broker.partition import Partition
 from broker.protocol import MalformedRequest, UnsupportedVersion, decode_request
 from broker.records import InvalidBatch, build_batch
@@ -114,6 +115,29 @@ def test_log_append_read_roll_and_reopen(tmp_path):
     assert lg2.log_end_offset == 200 and lg2.recovered_bytes_cut == 0
     assert lg2.read(0, 10**6) == whole
     lg2.close()
+
+
+def test_an_io_error_of_the_log_is_reported_once_for_its_log_dir_and_raised_as_log_dir_failure(tmp_path, monkeypatch):
+    """Kafka's LogDirFailureChannel: the error names the log directory, not the partition; the broker's handler
+    (broker/main.py) halts. The disk is faked here by an EIO from pwrite; tests/test_nemesis_disk.py does it
+    with a real failing filesystem."""
+    import errno
+    lg = Log(str(tmp_path / "logs" / "t-0"))
+    _append(lg, [b"before"])
+    seen = []
+    monkeypatch.setattr(broker_log, "_failure_handlers", [lambda d, what, e: seen.append((d, what, e.errno))])
+
+    def eio(*_a):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(broker_log.os, "pwrite", eio)
+    with pytest.raises(LogDirFailure) as info:
+        _append(lg, [b"after"])
+    assert seen == [(str(tmp_path / "logs"), "appending to the log", errno.EIO)]
+    assert "in dir " + str(tmp_path / "logs") in str(info.value)
+    assert not isinstance(info.value, OSError)   # a network handler must not take it for a lost socket
+    monkeypatch.undo()
+    assert _offsets(lg.read(0, 10**6)) == [0]    # what was written before is intact
+    lg.close()
 
 
 def test_recovery_cuts_torn_tail(tmp_path):
