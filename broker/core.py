@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -24,6 +25,8 @@ from .partition import EPOCH_CHECKPOINT, Partition
 
 log = logging.getLogger("acked.broker")
 HW_CHECKPOINT = "replication-offset-checkpoint"
+#: the partition's topic id (Kafka's PartitionMetadataFile), which tells a deleted topic's leftovers apart
+PARTITION_METADATA = "partition.metadata"
 CLEAN_SHUTDOWN = ".kafka_cleanshutdown"
 
 
@@ -81,20 +84,16 @@ class Broker:
         epoch_path = None
         if not self.standalone:
             # A directory left by a deleted topic of the same name must not leak into this one.
-            id_file = os.path.join(directory, "partition.metadata")
-            try:
-                with open(id_file) as f:
-                    stored = f.read().split("topic_id:")[-1].strip()
-            except FileNotFoundError:
-                stored = None
+            id_file = os.path.join(directory, PARTITION_METADATA)
+            stored = read_topic_id(id_file)
             if stored is not None and stored != str(info.topic_id):
                 log.info("%s holds topic id %s, not %s: removing it", directory, stored, info.topic_id)
                 shutil.rmtree(directory, ignore_errors=True)
                 stored = None
             os.makedirs(directory, exist_ok=True)
             if stored is None:
-                with open(id_file, "w") as f:
-                    f.write(f"version: 0\ntopic_id: {info.topic_id}\n")
+                with log_dir_io(self.log_dir, "writing a partition's topic id"):
+                    write_durably(id_file, f"version: 0\ntopic_id: {info.topic_id}\n")
             epoch_path = os.path.join(directory, EPOCH_CHECKPOINT)
         lg = Log(directory,
                  segment_bytes=tc["segment.bytes"],
@@ -251,3 +250,37 @@ class Broker:
         with open(os.path.join(self.log_dir, CLEAN_SHUTDOWN), "w"):
             pass
         log.info("log dir %s closed cleanly", self.log_dir)
+
+
+def read_topic_id(path: str) -> str | None:
+    """The topic id a partition.metadata file holds; None when there is none or it cannot be read whole.
+
+    A torn or empty file (a power loss before it reached the disk) names no topic: it must not make the
+    broker delete the partition's log, which may be intact (found by the lose-unfsynced fault: an unfsynced
+    partition.metadata came back empty and the broker removed a directory of fsynced records)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    m = re.search(r"^topic_id:\s*([0-9a-fA-F-]{36})\s*$", text, re.MULTILINE)
+    if m is None:
+        log.warning("%s names no topic id (%r): rewriting it", path, text[:60])
+        return None
+    return m.group(1)
+
+
+def write_durably(path: str, text: str) -> None:
+    """Write a small file so that a crash leaves the old or the new one, and the new one is on disk when this
+    returns: a temporary file, fsync, rename, fsync of the directory (as Kafka's PartitionMetadataFile)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -289,3 +289,31 @@ def test_leader_epochs_are_stamped_recorded_persisted_and_truncated(tmp_path):
     assert reopened.log_end_offset == 2
     leader.close()
     reopened.close()
+
+
+def test_a_partition_whose_topic_id_file_came_back_empty_keeps_its_log(tmp_path):
+    """A power loss can empty an unfsynced partition.metadata (found by the lose-unfsynced fault, which made
+    the broker delete a directory of fsynced records). An empty or torn file names no topic: the log stays and
+    the file is written again, durably; only another topic's id means a deleted topic's leftovers."""
+    import uuid
+    from broker.core import Broker, read_topic_id
+    from broker.metadata import TopicInfo
+    config = BrokerConfig(parse_properties(f"broker.id=1\nlog.dirs={tmp_path}\nzookeeper.connect=zk:2181\n"))
+    info = TopicInfo("t", uuid.uuid4(), 1, 1)
+    b = Broker(config, metadata_store=object())
+    p = b.open_partition(info, 0)
+    _append(p.log, [b"a", b"b"])
+    p.log.flush()
+    b.close()
+    id_file = tmp_path / "t-0" / "partition.metadata"
+    assert read_topic_id(str(id_file)) == str(info.topic_id)
+    for damaged in ("", "version: 0\ntopic_id: 1a2b"):
+        id_file.write_text(damaged)
+        b = Broker(config, metadata_store=object())
+        assert b.open_partition(info, 0).log_end_offset == 2
+        assert read_topic_id(str(id_file)) == str(info.topic_id)   # written again
+        b.close()
+    id_file.write_text(f"version: 0\ntopic_id: {uuid.uuid4()}\n")  # a deleted topic of the same name
+    b = Broker(config, metadata_store=object())
+    assert b.open_partition(info, 0).log_end_offset == 0
+    b.close()
