@@ -127,7 +127,8 @@ class ClusterSpec:
     run_id: str = "manual"
     #: "every-node" (one ZooKeeper member on every node, as Jepsen) or "dedicated" (one extra ZooKeeper node)
     zookeeper: str = "every-node"
-    #: capabilities the enabled faults need: "net" (NET_ADMIN: iptables, tc), "disk" (/dev/fuse, SYS_ADMIN), "clock"
+    #: capabilities the enabled faults need: "net" (NET_ADMIN: iptables, tc), "disk" (/dev/fuse, SYS_ADMIN: log.dirs
+    #: through nemesis/faultfs.py), "clock" (libfaketime), "acks" (clients through nemesis/ackproxy.py)
     capabilities: frozenset[str] = frozenset({"net"})
     #: ssh backend only: the TOML cluster file naming the hosts
     cluster_file: Path | None = None

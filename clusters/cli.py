@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     up.add_argument("--no-brokers", action="store_true", help="start ZooKeeper only")
     up.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="broker setting, Kafka's name (repeatable), e.g. --set min.insync.replicas=2")
-    up.add_argument("--capabilities", default="net", help="comma list of net,disk,clock (docker; default net)")
+    up.add_argument("--capabilities", default="net", help="comma list of net,disk,clock,acks (docker; default net)")
     up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where cluster state is kept")
     up.set_defaults(func=cmd_up)
 

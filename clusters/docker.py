@@ -145,9 +145,9 @@ class DockerCluster(RemoteCluster):
             raise ClusterError("--nodes must be at least 1")
         if spec.zookeeper not in ("every-node", "dedicated"):
             raise ClusterError(f"zookeeper layout {spec.zookeeper!r} is unknown; use every-node or dedicated")
-        unknown = set(spec.capabilities) - {"net", "disk", "clock"}
+        unknown = set(spec.capabilities) - {"net", "disk", "clock", "acks"}
         if unknown:
-            raise ClusterError(f"unknown capabilities {sorted(unknown)}; use net, disk, clock")
+            raise ClusterError(f"unknown capabilities {sorted(unknown)}; use net, disk, clock, acks")
         self.spec = spec
         self.name = name or new_name(spec.run_id)
         self.owner = MANUAL_OWNER if manual else owner_token()
@@ -183,7 +183,7 @@ class DockerCluster(RemoteCluster):
         if self.spec.zookeeper == "dedicated":
             names.append("zk")
         caps, devices = [], []
-        if "net" in self.spec.capabilities:
+        if {"net", "acks"} & set(self.spec.capabilities):   # acks: the nat rule in front of the proxy
             caps.append("NET_ADMIN")
         if "disk" in self.spec.capabilities:
             caps.append("SYS_ADMIN")

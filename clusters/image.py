@@ -36,7 +36,7 @@ DEBIAN_PACKAGES = [
 ]
 
 #: Python packages of the broker and the node-side helpers, installed with the host's pip
-NODE_PYTHON_PACKAGES = ["kio>=0.6", "crc32c>=2.4", "kazoo>=2.10", "orjson>=3.9", "uvloop>=0.19"]
+NODE_PYTHON_PACKAGES = ["kio>=0.6", "crc32c>=2.4", "kazoo>=2.10", "orjson>=3.9", "uvloop>=0.19", "mfusepy>=3.1"]
 
 #: pid 1 of a node: reaps the daemons started through `docker exec`, exits on TERM
 NODE_INIT = """\

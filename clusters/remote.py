@@ -20,6 +20,19 @@ LOGS = "/var/log/acked"
 ETC = "/etc/acked"
 #: the broker's clock offset under libfaketime (nemesis/faults.py ClockNemesis writes it; '+0' when unskewed)
 FAKETIME_FILE = f"{DATA}/faketime"
+#: the broker's log.dirs; with the "disk" capability a faultfs mount (nemesis/faultfs.py) over BROKER_BACKING
+BROKER_DIR = f"{DATA}/broker"
+BROKER_BACKING = f"{DATA}/broker.backing"
+FAULTFS = "acked-faultfs"
+FAULTFS_CONTROL = "/run/acked-faultfs.sock"
+#: with the "acks" capability the clients' connections to BROKER_PORT are redirected (iptables nat, our own
+#: chain) to nemesis/ackproxy.py on ACKPROXY_PORT, which forwards them to the broker and can lose its responses
+ACKPROXY = "acked-ackproxy"
+ACKPROXY_PORT = 9192
+ACKPROXY_CONTROL = "/run/acked-ackproxy.sock"
+ACKPROXY_CHAIN = "ACKED-ACKS"
+#: how long a node-side helper may take to print its ready line
+READY_TIMEOUT = 15.0
 
 
 class RemoteCluster(Cluster):
@@ -101,14 +114,64 @@ class RemoteCluster(Cluster):
 
     def start_broker(self, node: Node) -> None:
         props = services.server_properties(node.broker_id, "0.0.0.0", services.BROKER_PORT, node.ip,
-                                           f"{DATA}/broker", self.zookeeper_connect, self.spec.broker_config)
-        node.run(["mkdir", "-p", f"{DATA}/broker", LOGS, ETC], check=True)
+                                           BROKER_DIR, self.zookeeper_connect, self.spec.broker_config)
+        node.run(["mkdir", "-p", BROKER_DIR, LOGS, ETC], check=True)
         put_files(node, {f"{ETC}/server.properties": props})
+        if "disk" in self.spec.capabilities:
+            self._ensure_faultfs(node)
+        if "acks" in self.spec.capabilities:
+            self._ensure_ackproxy(node)
         env = {"PYTHONPATH": self.pythonpath, "PYTHONUNBUFFERED": "1"}
         if "clock" in self.spec.capabilities:
             env.update(self._faketime_env(node))
         node.start_daemon("broker", services.broker_command(f"{ETC}/server.properties", python=self.python),
                           f"{LOGS}/broker.log", env=env)
+
+    # ---- node-side fault helpers, started with the broker and kept across its restarts
+
+    def _start_helper(self, node: Node, name: str, cmd: list[str], ready: str) -> None:
+        """Start a node-side helper daemon and wait until its log shows the `ready` line."""
+        logfile = f"{LOGS}/{name}.log"
+        size = node.output(f"stat -c %s {logfile} 2>/dev/null || echo 0").stdout.strip()
+        offset = int(size) if size.isdigit() else 0
+        node.start_daemon(name, cmd, logfile, env={"PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            text = node.output(f"tail -c +{offset + 1} {logfile} 2>/dev/null", timeout=10).stdout
+            if any(line.startswith(ready) for line in text.splitlines()):
+                return
+            if not node.is_running(name) or time.monotonic() > deadline:
+                node.stop_daemon(name, "KILL", timeout=3)
+                tail = "\n".join(text.strip().splitlines()[-10:]) or "(empty)"
+                raise ClusterError(f"{node.name}: {name} did not start ({logfile}):\n{tail}")
+            time.sleep(0.1)
+
+    def _ensure_faultfs(self, node: Node) -> None:
+        """log.dirs through our FUSE filesystem, mounted before the broker first starts; a broker restart
+        (after a kill or a power loss) finds it mounted. A mount whose daemon died is unmounted first."""
+        if node.is_running(FAULTFS):
+            return
+        node.run(f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; mkdir -p {BROKER_DIR} {BROKER_BACKING}", check=True)
+        self._start_helper(node, FAULTFS, [self.python, f"{self.pythonpath}/nemesis/faultfs.py", "mount",
+                                           BROKER_BACKING, BROKER_DIR, "--control", FAULTFS_CONTROL], "mounted")
+
+    def _ensure_ackproxy(self, node: Node) -> None:
+        """The clients' connections to the broker through nemesis/ackproxy.py: an iptables nat chain redirects
+        what arrives on BROKER_PORT from any address but the nodes' to ACKPROXY_PORT. Set up before the clients
+        connect (connections made before the rule stay direct)."""
+        if not node.is_running(ACKPROXY):
+            self._start_helper(node, ACKPROXY, [self.python, f"{self.pythonpath}/nemesis/ackproxy.py", "serve",
+                                                "--listen", f"0.0.0.0:{ACKPROXY_PORT}",
+                                                "--upstream", f"127.0.0.1:{services.BROKER_PORT}",
+                                                "--control", ACKPROXY_CONTROL], "listening")
+        chain = ACKPROXY_CHAIN
+        rules = [f"iptables -t nat -N {chain} 2>/dev/null; iptables -t nat -F {chain}",
+                 *(f"iptables -t nat -A {chain} -s {n.ip} -j RETURN" for n in self.all_nodes),
+                 f"iptables -t nat -A {chain} -s 127.0.0.0/8 -j RETURN",
+                 f"iptables -t nat -A {chain} -p tcp -j REDIRECT --to-ports {ACKPROXY_PORT}",
+                 f"iptables -t nat -C PREROUTING -p tcp --dport {services.BROKER_PORT} -j {chain} 2>/dev/null || "
+                 f"iptables -t nat -A PREROUTING -p tcp --dport {services.BROKER_PORT} -j {chain}"]
+        node.run(" && ".join(f"{{ {r}; }}" for r in rules), check=True, timeout=20)
 
     def _faketime_env(self, node: Node) -> dict[str, str]:
         """The broker's clocks follow FAKETIME_FILE (the clock nemesis): libfaketime (its thread-safe build:
@@ -140,6 +203,10 @@ class RemoteCluster(Cluster):
         def stop(node) -> None:
             node.stop_daemon("broker", "KILL")
             node.stop_daemon("zookeeper", "KILL")
+            node.stop_daemon(ACKPROXY, "KILL")
+            if node.is_running(FAULTFS):
+                node.stop_daemon(FAULTFS, "TERM", timeout=10)   # it unmounts on TERM
+                node.run(f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; true")
         self._parallel(stop, self.all_nodes)
 
     def reset(self) -> None:
@@ -164,7 +231,12 @@ class RemoteCluster(Cluster):
                 "! grep -qs '^State:.*Z' /proc/$p/status || break; sleep 0.05; done; "
                 f"zk=$(cat {node.pidfile('zookeeper')} 2>/dev/null); [ -n \"$zk\" ] && kill -s CONT -- -$zk 2>/dev/null; "
                 f"q=$(cat {node.pidfile('acked-nfq')} 2>/dev/null); [ -n \"$q\" ] && kill -s KILL -- -$q 2>/dev/null; "
-                f"rm -rf {DATA}/broker {FAKETIME_FILE}; iptables -F 2>/dev/null; "
+                # the fault helpers go with the data: a fresh start mounts and redirects again
+                f"for d in {FAULTFS} {ACKPROXY}; do h=$(cat /var/run/acked/$d.pid 2>/dev/null); "
+                "[ -n \"$h\" ] && kill -s KILL -- -$h 2>/dev/null; done; "
+                f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; "
+                f"rm -rf {BROKER_DIR} {BROKER_BACKING} {FAKETIME_FILE}; iptables -F 2>/dev/null; "
+                f"iptables -t nat -F {ACKPROXY_CHAIN} 2>/dev/null; "
                 "tc qdisc del dev eth0 root 2>/dev/null; true")
             node.run(script, timeout=20)
         self._parallel(wipe, self.all_nodes)

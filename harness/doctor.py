@@ -17,8 +17,25 @@ CAPABILITY_ROWS = {
     "net": ("iptables in a node (NET_ADMIN)", "tc tbf in a node (packet rate)",
             "NFQUEUE + iptables statistic in a node (packet)"),
     "clock": ("libfaketime skews a process's clock (clock nemesis)",),
-    "disk": ("FUSE in a node (/dev/fuse, SYS_ADMIN)",),
+    "disk": ("FUSE in a node (/dev/fuse, SYS_ADMIN)", "faultfs mounts and loses unfsynced writes in a node (disk)"),
+    "acks": ("iptables nat REDIRECT in a node (NET_ADMIN)", "ackproxy listens in a node (lose-acks)"),
 }
+
+#: faultfs end to end on a node: mount, write without fsync, power loss, the write is gone, unmount
+FAULTFS_PROBE = (
+    "b=/var/tmp/doctor-fs.b m=/var/tmp/doctor-fs.m s=/run/doctor-fs.sock; mkdir -p $b $m; "
+    "python3 /src/nemesis/faultfs.py mount $b $m --control $s > /var/tmp/doctor-fs.log 2>&1 & pid=$!; "
+    "for i in $(seq 100); do grep -q ^mounted /var/tmp/doctor-fs.log && break; sleep 0.1; done; "
+    "echo unsynced > $m/probe && python3 /src/nemesis/faultfs.py ctl $s lose-unfsynced > /dev/null && "
+    "size=$(stat -c %s $m/probe); kill $pid; wait; fusermount3 -u -z $m 2>/dev/null; "
+    "echo size=$size; tail -3 /var/tmp/doctor-fs.log")
+#: ackproxy on a node: it listens and answers its control socket
+ACKPROXY_PROBE = (
+    "python3 /src/nemesis/ackproxy.py serve --listen 127.0.0.1:9193 --upstream 127.0.0.1:9 --control "
+    "/run/doctor-ap.sock > /var/tmp/doctor-ap.log 2>&1 & pid=$!; "
+    "for i in $(seq 100); do grep -q ^listening /var/tmp/doctor-ap.log && break; sleep 0.1; done; "
+    "python3 /src/nemesis/ackproxy.py ctl /run/doctor-ap.sock '{\"cmd\": \"status\"}'; r=$?; kill $pid; wait; "
+    "exit $r")
 
 
 def register(subparsers) -> None:
@@ -81,6 +98,17 @@ def doctor_rows(start_node: bool = True) -> list[tuple[str, bool, str, str]]:
         r = node.run(["python3", "-c", "import os; os.close(os.open('/dev/fuse', os.O_RDWR))"])
         add("FUSE in a node (/dev/fuse, SYS_ADMIN)", r.ok, r.stderr.strip().splitlines()[-1][:80] if r.stderr else "",
             "on the host: modprobe fuse, and let docker pass /dev/fuse")
+        r = node.run(FAULTFS_PROBE, timeout=30)
+        add("faultfs mounts and loses unfsynced writes in a node (disk)", "size=0" in r.stdout,
+            (r.stdout.strip().splitlines() or [r.stderr.strip()[:80]])[-1][:80],
+            "acked image build --force (the image needs fuse3 and mfusepy)")
+        r = node.run("iptables -t nat -A PREROUTING -p tcp --dport 9 -j REDIRECT --to-ports 9193 && "
+                     "iptables -t nat -D PREROUTING -p tcp --dport 9 -j REDIRECT --to-ports 9193")
+        add("iptables nat REDIRECT in a node (NET_ADMIN)", r.ok, r.stderr.strip()[:80],
+            "on the host: modprobe iptable_nat xt_REDIRECT")
+        r = node.run(ACKPROXY_PROBE, timeout=30)
+        add("ackproxy listens in a node (lose-acks)", r.ok and '"ok": true' in r.stdout,
+            (r.stdout or r.stderr).strip()[:80], "see /var/tmp/doctor-ap.log in the node")
         node.start_daemon("doctor-sleep", ["sleep", "30"], "/var/log/acked/doctor.log")
         node.signal("doctor-sleep", "STOP")
         pid = node.pid("doctor-sleep")

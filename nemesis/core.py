@@ -135,16 +135,17 @@ class Compose(Nemesis):
 #: targets that name a set of nodes without asking the system who plays what
 RANDOM_TARGETS = ("one", "minority", "majority", "all")
 #: targets resolved through Roles when the op runs
-ROLE_TARGETS = ("leader", "primaries", "controller", "coordinator", "leader-of:KEY", "followers-of:KEY")
+ROLE_TARGETS = ("leader", "primaries", "controller", "coordinator", "replicas", "leader-of:KEY", "followers-of:KEY",
+                "replicas-of:KEY")
 TARGETS = RANDOM_TARGETS + ROLE_TARGETS
 
 
 def check_target(target: str, node_names: Iterable[str] | None = None) -> None:
     """Raise ValueError with what to write instead when `target` is not a target."""
-    if target in RANDOM_TARGETS or target in ("leader", "primaries", "controller", "coordinator"):
+    if target in RANDOM_TARGETS or target in ("leader", "primaries", "controller", "coordinator", "replicas"):
         return
     kind, _, arg = target.partition(":")
-    if kind in ("leader-of", "followers-of") and arg:
+    if kind in ("leader-of", "followers-of", "replicas-of") and arg:
         return
     parts = target.split("+")
     known = set(node_names) if node_names is not None else None
@@ -154,8 +155,8 @@ def check_target(target: str, node_names: Iterable[str] | None = None) -> None:
 
 
 def is_role_target(target: str) -> bool:
-    return target.partition(":")[0] in ("leader", "primaries", "controller", "coordinator", "leader-of",
-                                         "followers-of")
+    return target.partition(":")[0] in ("leader", "primaries", "controller", "coordinator", "replicas", "leader-of",
+                                         "followers-of", "replicas-of")
 
 
 def hot_key(ctx: Context) -> str | None:
@@ -183,7 +184,7 @@ def resolve(ctx: Context, target: str, pool: list[Node] | None = None) -> tuple[
     seen: dict[str, Any] = {}
     chosen: list[Node] = []
     kind, _, arg = target.partition(":")
-    if kind in ("leader", "leader-of", "followers-of"):
+    if kind in ("leader", "leader-of", "followers-of", "replicas", "replicas-of"):
         key = arg or hot_key(ctx)
         seen["key"] = key
         if key is not None:
@@ -192,6 +193,9 @@ def resolve(ctx: Context, target: str, pool: list[Node] | None = None) -> tuple[
             seen["isr"] = ctx.roles.isr_of(key)
             if kind == "followers-of":
                 chosen = [x for x in (ctx.node_of(b) for b in ctx.roles.replicas_of(key)) if x and x.broker_id != leader]
+            elif kind in ("replicas", "replicas-of"):
+                seen["replicas"] = ctx.roles.replicas_of(key)
+                chosen = [x for x in (ctx.node_of(b) for b in seen["replicas"]) if x]
             else:
                 chosen = [x for x in [ctx.node_of(leader)] if x]
     elif kind == "primaries":

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from clusters.base import Node
-from clusters.remote import FAKETIME_FILE
+from clusters.remote import ACKPROXY_PORT, FAKETIME_FILE
 from clusters.services import BROKER_PORT
 from nemesis.core import Context, Nemesis, NemesisUnavailable, names, resolve
 
@@ -145,7 +145,8 @@ class PartitionNemesis(Nemesis):
             ports = grudge.edges[name, peer].get("ports")
             src = self._clients_ip if peer == CLIENTS else self._ips[peer]
             if peer == CLIENTS:
-                ports = ports or [BROKER_PORT]
+                # behind the ack proxy (the "acks" capability) the clients' packets reach INPUT redirected to it
+                ports = ports or [BROKER_PORT, ACKPROXY_PORT]
             if ports:
                 for port in ports:
                     rules.append(f"iptables -A {self.chain} -s {src} -p tcp --dport {port} -j DROP")

@@ -94,8 +94,43 @@ def _sequence(cls_name):
     return make
 
 
+def _disk(cls_name):
+    def make():
+        from nemesis import disk
+        return getattr(disk, cls_name)()
+    return make
+
+
+def _lose_acks():
+    from nemesis.acks import LoseAcksNemesis
+    return LoseAcksNemesis()
+
+
 def _target(choice: str, rng: random.Random) -> str:
     return choice
+
+
+def _disk_stall_value(choice: str, rng: random.Random) -> dict:
+    return {"target": choice, "ops": rng.choice(("all", "write", "fsync"))}
+
+
+def _disk_errors_value(choice: str, rng: random.Random) -> dict:
+    return {"target": choice, "ops": rng.choice(("write", "read", "fsync", "all")), "p": rng.choice((0.01, 0.1, 1.0))}
+
+
+#: what a lose-acks start op may ask for. "Delay" holds Produce responses past librdkafka's default
+#: request.timeout.ms (30 s): the client times the request out and retries it.
+LOSE_ACKS = {
+    "produce": {"apis": ["Produce"], "mode": "drop"},
+    "produce-delay": {"apis": ["Produce"], "mode": "delay", "delay_ms": 31_000},
+    "offset-commit": {"apis": ["OffsetCommit"], "mode": "drop"},
+    "all": {"apis": ["all"], "mode": "drop"},
+}
+
+
+def _lose_acks_value(choice: str, rng: random.Random) -> dict:
+    return {"behaviour": choice, **LOSE_ACKS[choice], "p": rng.choice((0.1, 0.3, 0.5)),
+            "target": rng.choice(("leader", "primaries", "all"))}
 
 
 def _partition_value(choice: str, rng: random.Random) -> dict:
@@ -134,6 +169,8 @@ def _packet_value(choice: str, rng: random.Random) -> dict:
 
 PROCESS_TARGETS = (*RANDOM_TARGETS, "leader", "primaries", "controller", "coordinator", "leader-of:KEY",
                    "followers-of:KEY")
+DISK_TARGETS = (*RANDOM_TARGETS, "leader", "primaries", "replicas", "leader-of:KEY", "followers-of:KEY",
+                "replicas-of:KEY")
 
 PACKAGES: dict[str, Package] = {p.name: p for p in [
     Package("kill", "SIGKILL brokers (by default the leader of a key being written) and restart them on heal",
@@ -183,12 +220,47 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             capabilities=frozenset({"net"}), backends=REMOTE, sequence=True,
             claim="slides 12-17: with unclean.leader.election.enable=true a stale follower is elected and "
                   "acknowledged writes are lost; with it off the partition waits offline for the old leader"),
+    Package("isolate-leader-then-lose-unfsynced", "the talk's trap ended by a power loss: cut a hot key's leader "
+            "from its followers until its ISR is the leader alone, keep writing, then drop the leader's unfsynced "
+            "writes and kill it; heal the followers; restart the old leader on heal",
+            "isolate-leader-then-lose-unfsynced", "heal-isolate-leader-then-lose-unfsynced",
+            "isolate+power-loss leader", "#922b21", _sequence("IsolateLeaderThenLoseUnfsynced"), ("leader",),
+            ("leader",), lambda c, r: {"target": c}, capabilities=frozenset({"net", "disk"}), backends=REMOTE,
+            sequence=True,
+            claim="min.insync.replicas=1: the ISR of one acknowledges alone, and its power loss takes those "
+                  "writes with it (Kafka acknowledges before fsync)"),
     Package("partition-then-kill-leader", "isolate a hot key's leader until the majority elects another, heal, and "
             "at once kill the leader that served during the partition", "partition-then-kill-leader",
             "heal-partition-then-kill-leader", "partition, then kill leader", "#6c3483",
             _sequence("PartitionThenKillLeader"), ("leader",), ("leader",), lambda c, r: {"target": c},
             capabilities=frozenset({"net"}), backends=REMOTE, sequence=True,
             claim="a replica that diverged while cut off truncates to the new leader's log before it serves"),
+    Package("disk-stall", "block the brokers' log.dirs (every operation, writes, or fsyncs) in our FUSE filesystem "
+            "until release: the broker keeps its ZooKeeper session and its partitions stall",
+            "stall-disk", "release-disk", "disk stall", "#5d6d7e", _disk("DiskStallNemesis"), DISK_TARGETS,
+            ("leader", "one", "leader"), _disk_stall_value, capabilities=frozenset({"disk"}), backends=REMOTE,
+            claim="a leader that cannot write holds acks=all writes unacknowledged; nothing acknowledged is lost"),
+    Package("disk-errors", "make a fraction (1%, 10%, all) of the reads, writes or fsyncs under log.dirs fail with "
+            "EIO; the broker reports the failed log dir and halts, as Kafka does; heal clears and restarts",
+            "start-disk-errors", "stop-disk-errors", "disk errors", "#943126", _disk("DiskErrorsNemesis"),
+            DISK_TARGETS, ("leader", "one"), _disk_errors_value, capabilities=frozenset({"disk"}), backends=REMOTE,
+            claim="a failed disk takes one replica out; the ISR keeps what it acknowledged"),
+    Package("lose-unfsynced", "power loss: freeze log.dirs, SIGKILL the broker and drop every write not yet fsynced, "
+            "on one node, several, or every replica of a key at the same instant; restart on heal",
+            "lose-unfsynced", "restart-after-power-loss", "lose unfsynced", "#17202a",
+            _disk("LoseUnfsyncedNemesis"), DISK_TARGETS, ("leader", "one", "replicas"), _target,
+            capabilities=frozenset({"disk"}), backends=REMOTE,
+            claim="Kafka acknowledges before fsync: durability rests on replication. One replica's power loss "
+                  "loses nothing under acks=all; every replica's at once loses acknowledged writes unless "
+                  "log.flush.interval.messages=1"),
+    Package("lose-acks", "lose responses on the way back: the broker applies the request and its Produce, "
+            "OffsetCommit or any response is dropped (the connection closes) or held past the client's "
+            "timeout, through a Kafka-aware proxy in front of each broker",
+            "start-lose-acks", "stop-lose-acks", "lose acks", "#d35400", _lose_acks, tuple(LOSE_ACKS),
+            ("produce", "produce", "produce-delay", "offset-commit", "all"), _lose_acks_value,
+            capabilities=frozenset({"acks"}), backends=REMOTE,
+            claim="data flow: a lost ack makes the producer retry a write that happened; without idempotence the "
+                  "retry duplicates, and with several requests in flight it reorders"),
 ]}
 
 

@@ -6,6 +6,9 @@
   that ISR of one), kill the leader, heal the followers so that one of them is elected while the old
   leader is down (an unclean election when `unclean.leader.election.enable=true`), and on heal restart
   the old leader, which truncates to the new leader's log.
+- `isolate-leader-then-lose-unfsynced`: the same, ended by a power loss of the leader (nemesis/disk.py):
+  under `min.insync.replicas=1` the old leader is the only replica that may lead again, and it comes back
+  without the writes it had not fsynced.
 - `partition-then-kill-leader`: isolate the leader of a hot key, wait until the majority elects a new
   one and it serves for a while, heal, and at once kill the leader that served during the partition,
   so that a replica which was on the other side is the one elected.
@@ -101,7 +104,7 @@ class IsolateLeaderThenKill(_Sequence):
         out["isr-before-kill"] = ctx.roles.isr_of(key)
         out["shrink-seconds"] = round(time.monotonic() - started, 2)
         ctx.wait(value.get("write-for", 2.0))   # writes acknowledged by the ISR of one
-        self._kill(ctx, node)
+        out.update(self.crash(ctx, node))
         out["killed"] = node.name
         self.partition.heal(ctx)
         # the old leader's session expires after zookeeper.session.timeout.ms (6 s), then the controller elects;
@@ -109,6 +112,31 @@ class IsolateLeaderThenKill(_Sequence):
         elected = wait_for(ctx, lambda: ctx.roles.leader_of(key) not in (None, leader), value.get("elect-deadline", 12.0))
         out["elected"] = ctx.roles.leader_of(key) if elected else None
         out["isr-after"] = ctx.roles.isr_of(key)
+
+
+    def crash(self, ctx: Context, node) -> dict:
+        self._kill(ctx, node)
+        return {}
+
+
+class IsolateLeaderThenLoseUnfsynced(IsolateLeaderThenKill):
+    """The same trap, ended by a power loss instead of a kill: the leader's writes since its last fsync vanish
+    with it. Under min.insync.replicas=1 the leader, the ISR of one, is the only replica that may be elected:
+    it comes back without what it acknowledged alone, and the followers truncate to it."""
+    name = "isolate-leader-then-lose-unfsynced"
+
+    def __init__(self):
+        super().__init__()
+        from nemesis.disk import LoseUnfsyncedNemesis
+        self.power = LoseUnfsyncedNemesis()
+
+    def setup(self, ctx: Context) -> None:
+        super().setup(ctx)
+        self.power.setup(ctx)
+
+    def crash(self, ctx: Context, node) -> dict:
+        self.killed.append(node)
+        return self.power.hit(ctx, [node], {})
 
 
 class PartitionThenKillLeader(_Sequence):
