@@ -25,6 +25,10 @@ BROKER_DIR = f"{DATA}/broker"
 BROKER_BACKING = f"{DATA}/broker.backing"
 FAULTFS = "acked-faultfs"
 FAULTFS_CONTROL = "/run/acked-faultfs.sock"
+#: seconds after which faultfs makes a file's unsynced writes durable, as the page cache's writeback does (Linux:
+#: vm.dirty_expire_centisecs, 30 s). Shorter than Linux's so that a power loss in a 60 s run takes the last
+#: seconds of each log, not the whole run: offsets then move past the lost ones and the loss shows as lost-write
+FAULTFS_WRITEBACK_S = 5.0
 #: with the "acks" capability the clients' connections to BROKER_PORT are redirected (iptables nat, our own
 #: chain) to nemesis/ackproxy.py on ACKPROXY_PORT, which forwards them to the broker and can lose its responses
 ACKPROXY = "acked-ackproxy"
@@ -153,7 +157,8 @@ class RemoteCluster(Cluster):
             return
         node.run(f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; mkdir -p {BROKER_DIR} {BROKER_BACKING}", check=True)
         self._start_helper(node, FAULTFS, [self.python, f"{self.pythonpath}/nemesis/faultfs.py", "mount",
-                                           BROKER_BACKING, BROKER_DIR, "--control", FAULTFS_CONTROL], "mounted")
+                                           BROKER_BACKING, BROKER_DIR, "--control", FAULTFS_CONTROL,
+                                           "--writeback", str(FAULTFS_WRITEBACK_S)], "mounted")
 
     def _ensure_ackproxy(self, node: Node) -> None:
         """The clients' connections to the broker through nemesis/ackproxy.py: an iptables nat chain redirects

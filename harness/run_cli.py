@@ -225,7 +225,7 @@ def _summary(runner, result) -> list[str]:
 
 def _fault_counts(runner) -> str:
     started = runner.nemesis.started if runner.nemesis else {}
-    return ", ".join(f"{n} {f}{'' if n == 1 else 's'}" for f, n in sorted(started.items()))
+    return ", ".join(f"{f} x{n}" for f, n in sorted(started.items()))
 
 
 class _Progress:

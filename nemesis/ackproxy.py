@@ -38,7 +38,9 @@ Proxy.command; ``python3 ackproxy.py ctl SOCKET '{"cmd": "status"}'`` sends one 
   as they would on a real connection loss.
 - ``lose`` with mode "delay": the matching response is held for delay_ms and then delivered if the client
   is still connected; later responses on that connection wait behind it (Kafka's in-order guarantee per
-  connection holds). With delay_ms past the client's request timeout the client gives the write up (or
+  connection holds). ``clear`` delivers what is held when its time comes; ``clear`` with
+  ``"held": "discard"`` cuts every connection that holds a delayed response instead, as if it had died with
+  the broker. With delay_ms past the client's request timeout the client gives the write up (or
   retries it) although the broker applied it.
 A fault matches responses of the given APIs (names or keys, or "all") with probability p each, optionally
 only for the first `limit` matches; `seed` makes the choices repeatable.
@@ -442,10 +444,21 @@ class Proxy:
             log(f"fault set: {json.dumps(fault.describe())}")
             return {"ok": True, "fault": fault.describe()}
         if cmd == "clear":
+            held = req.get("held", "deliver")
+            if held not in ("deliver", "discard"):
+                return {"ok": False, "error": f"held must be 'deliver' or 'discard', not {held!r}"}
             old, self.fault = self.fault, None
             if old is not None:
                 log(f"fault cleared: {json.dumps(old.describe())}")
-            return {"ok": True, "cleared": old.describe() if old is not None else None}
+            aborted = 0
+            if held == "discard":
+                # the held responses never left the broker's node: connections holding any are cut, as a dead
+                # broker's are (a sequence holds Fetch responses, then kills the broker)
+                for conn in list(self.conns):
+                    if any(delayed for _r, _f, delayed in conn.held):
+                        conn.close(abort=True)
+                        aborted += 1
+            return {"ok": True, "cleared": old.describe() if old is not None else None, "aborted": aborted}
         return {"ok": False, "error": f"unknown cmd {cmd!r} (known: status, lose, clear)"}
 
     def status(self) -> dict:

@@ -110,10 +110,11 @@ def _classes(value) -> set[str]:
 
 class FileState:
     """One file's durable state since its last fsync: what a power loss puts back."""
-    __slots__ = ("path", "durable", "size", "saved", "saved_bytes", "refs", "lock")
+    __slots__ = ("path", "durable", "size", "saved", "saved_bytes", "refs", "lock", "dirtied")
 
     def __init__(self, path: str, durable: int, size: int):
         self.path, self.durable, self.size = path, durable, size
+        self.dirtied: float | None = None           # monotonic time of the first change since durable
         self.saved: list[tuple[int, bytes]] = []   # (offset, durable bytes), sorted and disjoint
         self.saved_bytes = 0
         self.refs = 0
@@ -147,7 +148,12 @@ class FileState:
                 self.saved_bytes += len(data)
 
     def make_durable(self) -> None:
-        self.durable, self.saved, self.saved_bytes = self.size, [], 0
+        self.durable, self.saved, self.saved_bytes, self.dirtied = self.size, [], 0, None
+
+    def touched(self) -> None:
+        """Note the first change since the file was last durable (call with lock held, after the change)."""
+        if self.dirtied is None and self.dirty():
+            self.dirtied = time.monotonic()
 
 
 class Handle:
@@ -182,8 +188,12 @@ class FaultFS:
     """The mfusepy Operations object (duck-typed: no method or attribute name may shadow a FUSE callback)."""
     use_ns = True
 
-    def __init__(self, backing: str, mountpoint: str, control: str):
+    def __init__(self, backing: str, mountpoint: str, control: str, writeback: float = 0.0):
         self._root, self._mnt, self._control = backing.rstrip("/") or "/", mountpoint, control
+        #: seconds after its first change that a file's data becomes durable without fsync, as the kernel's
+        #: writeback makes dirty pages older than vm.dirty_expire_centisecs durable; 0: only fsync does
+        self._writeback = writeback
+        self._written_back = 0
         self._cv = threading.Condition()
         self._frozen, self._stalled, self._rule = False, set(), None
         self._epoch = self._ops = self._errors = self._inflight = self._blocked = self._losses = 0
@@ -275,6 +285,7 @@ class FaultFS:
                 st.save(fd, length, st.durable)
             os.ftruncate(fd, length)
             st.size = length
+            st.touched()
 
     @staticmethod
     def _open_flags(flags: int) -> int:
@@ -441,6 +452,8 @@ class FaultFS:
                 st.size = offset + n
             if h.sync:
                 st.make_durable()
+            else:
+                st.touched()
         return n
 
     @_op("write")
@@ -498,6 +511,26 @@ class FaultFS:
         os.close(h.fd)
         return 0
 
+    # ---- writeback -------------------------------------------------------------------------------------
+    def writeback_loop(self) -> None:
+        """The flusher thread: every period (a fifth of the expiry, as dirty_writeback_centisecs is a sixth of
+        dirty_expire_centisecs by default), files changed longer ago than the expiry become durable. Never while
+        frozen: a power loss in progress decides what survived."""
+        period = max(0.1, self._writeback / 5)
+        while True:
+            time.sleep(period)
+            with self._cv:
+                if self._frozen:
+                    continue
+                now = time.monotonic()
+                with self._reg:
+                    for st in list(self._files.values()):
+                        with st.lock:
+                            if st.dirtied is not None and now - st.dirtied >= self._writeback:
+                                st.make_durable()
+                                self._written_back += 1
+                        self._forget(st)
+
     # ---- power loss ----------------------------------------------------------------------------------
     def _restore(self) -> dict:
         files = cut = restored = 0
@@ -523,7 +556,7 @@ class FaultFS:
                     restored += st.saved_bytes
                     paths.append(path)
                     st.size = st.durable
-                    st.saved, st.saved_bytes = [], 0
+                    st.saved, st.saved_bytes, st.dirtied = [], 0, None
                 self._forget(st)
         return {"files": files, "bytes_cut": cut, "bytes_restored": restored, "bytes": cut + restored,
                 "paths": sorted(paths)}
@@ -576,7 +609,8 @@ class FaultFS:
                     "stalled": sorted(self._stalled), "errors": rule, "ops": self._ops,
                     "errors_injected": self._errors, "blocked": self._blocked, "inflight": self._inflight,
                     "pending_bytes": pending, "files_tracked": tracked, "open_handles": handles,
-                    "power_losses": self._losses}
+                    "power_losses": self._losses, "writeback_s": self._writeback,
+                    "written_back": self._written_back}
 
     def _cmd_stall(self, req) -> dict:
         classes = self._ops_of(req)
@@ -695,12 +729,14 @@ def mount(args) -> int:
     except OSError as e:                              # mfusepy found no libfuse
         raise SystemExit(f"faultfs: error: {e}") from None
     control = args.control or backing + ".ctl.sock"
-    fs = FaultFS(backing, mnt, control)
+    fs = FaultFS(backing, mnt, control, writeback=args.writeback)
     try:
         server = _bind(control, fs)
     except OSError as e:
         raise SystemExit(f"faultfs: error: cannot listen on {control}: {e}") from None
     threading.Thread(target=_serve, args=(server,), name="faultfs-control", daemon=True).start()
+    if args.writeback > 0:
+        threading.Thread(target=fs.writeback_loop, name="faultfs-writeback", daemon=True).start()
     opts = {"foreground": True, "fsname": f"faultfs:{backing}", "subtype": "faultfs", "debug": args.debug,
             "max_threads": 64}
     if args.allow_other:
@@ -760,6 +796,10 @@ def main(argv=None) -> int:
     m.add_argument("--control", help="the control socket (default: BACKING.ctl.sock)")
     m.add_argument("--allow-other", action="store_true", help="let other users than the mounting one in")
     m.add_argument("--debug", action="store_true", help="libfuse debug output on stderr")
+    m.add_argument("--writeback", type=float, default=0.0, metavar="SECONDS",
+                   help="a file's writes become durable this long after its first unsynced change, as the page "
+                        "cache's writeback does (Linux: vm.dirty_expire_centisecs=3000, 30 s); 0 (default): "
+                        "only fsync makes them durable, as LazyFS")
     c = sub.add_parser("ctl", help="send one JSON request to a control socket, print the reply; exit 0 if ok")
     c.add_argument("socket")
     c.add_argument("request", help='e.g. \'{"cmd": "status"}\' or just status')

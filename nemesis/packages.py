@@ -217,7 +217,7 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             "is the leader alone, keep writing, kill it, heal the followers so one is elected, restart the old "
             "leader on heal", "isolate-leader-then-kill", "heal-isolate-leader-then-kill", "isolate+kill leader",
             "#c0392b", _sequence("IsolateLeaderThenKill"), ("leader",), ("leader",), lambda c, r: {"target": c},
-            capabilities=frozenset({"net"}), backends=REMOTE, sequence=True,
+            capabilities=frozenset({"net", "acks"}), backends=REMOTE, sequence=True,
             claim="slides 12-17: with unclean.leader.election.enable=true a stale follower is elected and "
                   "acknowledged writes are lost; with it off the partition waits offline for the old leader"),
     Package("isolate-leader-then-lose-unfsynced", "the talk's trap ended by a power loss: cut a hot key's leader "
@@ -225,7 +225,7 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             "writes and kill it; heal the followers; restart the old leader on heal",
             "isolate-leader-then-lose-unfsynced", "heal-isolate-leader-then-lose-unfsynced",
             "isolate+power-loss leader", "#922b21", _sequence("IsolateLeaderThenLoseUnfsynced"), ("leader",),
-            ("leader",), lambda c, r: {"target": c}, capabilities=frozenset({"net", "disk"}), backends=REMOTE,
+            ("leader",), lambda c, r: {"target": c}, capabilities=frozenset({"net", "disk", "acks"}), backends=REMOTE,
             sequence=True,
             claim="min.insync.replicas=1: the ISR of one acknowledges alone, and its power loss takes those "
                   "writes with it (Kafka acknowledges before fsync)"),
@@ -248,7 +248,7 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
     Package("lose-unfsynced", "power loss: freeze log.dirs, SIGKILL the broker and drop every write not yet fsynced, "
             "on one node, several, or every replica of a key at the same instant; restart on heal",
             "lose-unfsynced", "restart-after-power-loss", "lose unfsynced", "#17202a",
-            _disk("LoseUnfsyncedNemesis"), DISK_TARGETS, ("leader", "one", "replicas"), _target,
+            _disk("LoseUnfsyncedNemesis"), DISK_TARGETS, ("leader", "one", "minority"), _target,
             capabilities=frozenset({"disk"}), backends=REMOTE,
             claim="Kafka acknowledges before fsync: durability rests on replication. One replica's power loss "
                   "loses nothing under acks=all; every replica's at once loses acknowledged writes unless "

@@ -239,6 +239,26 @@ def test_a_delayed_response_arrives_late_and_later_responses_on_the_connection_s
     assert proxy.status()["delayed"] == {"ApiVersions": 1}
 
 
+def test_clearing_with_held_discard_cuts_the_connections_that_hold_responses_and_delivers_none_of_them(proxied):
+    """What a sequence needs when it kills the broker whose responses it held: they never arrive."""
+    _b, proxy = proxied
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as other:
+        assert proxy.ctl(cmd="lose", apis=["ApiVersions"], mode="delay", delay_ms=60_000, limit=1, seed=3)["ok"]
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as held:
+            api_versions_v0(held, 1)
+            assert wait_until(lambda: proxy.status()["delayed"] == {"ApiVersions": 1}, 5)
+            reply = proxy.ctl(cmd="clear", held="discard")
+            assert reply["ok"] and reply["aborted"] == 1
+            try:
+                assert held.recv(100) == b""   # cut, and the held response never came
+            except ConnectionResetError:
+                pass
+        api_versions_v0(other, 2)           # a connection holding nothing is untouched
+        assert read_response(other) == (2, 0)
+    assert proxy.status()["delayed_discarded"] == {"ApiVersions": 1}
+    assert not proxy.ctl(cmd="clear", held="sometimes")["ok"]
+
+
 # -- 4. robustness and shutdown ------------------------------------------------------------------
 
 def test_a_garbage_client_stream_is_closed_without_hurting_a_live_connection_and_sigterm_exits_0(proxied):

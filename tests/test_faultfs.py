@@ -46,7 +46,7 @@ pytestmark = pytest.mark.skipif(_why_no_fuse() is not None, reason=str(_why_no_f
 class FaultFs:
     """faultfs.py as a subprocess over tmp_path/backing at tmp_path/mnt."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, *extra: str):
         self.backing, self.mnt = tmp_path / "backing", tmp_path / "mnt"
         self.backing.mkdir()
         self.mnt.mkdir()
@@ -54,7 +54,7 @@ class FaultFs:
         self.sock = os.path.join(self.sockdir, "ctl.sock")
         self.lines: list[str] = []
         self.proc = subprocess.Popen([sys.executable, SCRIPT, "mount", str(self.backing), str(self.mnt),
-                                      "--control", self.sock], stdout=subprocess.PIPE,
+                                      "--control", self.sock, *extra], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -96,8 +96,8 @@ class FaultFs:
 
 
 @pytest.fixture
-def faultfs(tmp_path):
-    fs = FaultFs(tmp_path)
+def faultfs(tmp_path, request):
+    fs = FaultFs(tmp_path, *getattr(request, "param", ()))
     try:
         wait_until(lambda: f"mounted {fs.mnt}" in fs.lines or fs.proc.poll() is not None, timeout=20)
         assert f"mounted {fs.mnt}" in fs.lines and fs.proc.poll() is None, "\n".join(fs.lines)
@@ -439,3 +439,16 @@ def test_concurrent_writers_each_get_back_exactly_what_their_last_fsync_saw(faul
     faultfs.ok("lose-unfsynced")
     for i, out in enumerate(results):
         assert (faultfs.mnt / f"w{i}").read_bytes() == out["value"], i
+
+
+@pytest.mark.parametrize("faultfs", [("--writeback", "0.5")], indirect=True)
+def test_with_writeback_a_write_older_than_the_expiry_survives_a_power_loss_and_a_newer_one_does_not(faultfs):
+    """The page cache's writeback: what has been dirty for longer than the expiry is durable without fsync."""
+    old, new = faultfs.mnt / "old", faultfs.mnt / "new"
+    write_file(old, b"written back", fsync=False)
+    assert wait_until(lambda: faultfs.ok("status")["written_back"] >= 1, 5)
+    write_file(new, b"still dirty", fsync=False)
+    faultfs.ok("lose-unfsynced")
+    assert old.read_bytes() == b"written back"
+    assert new.read_bytes() == b""
+    assert faultfs.ok("status")["writeback_s"] == 0.5

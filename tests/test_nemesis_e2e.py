@@ -10,8 +10,13 @@ from checkers.history import read_history
 from harness.config import from_dict
 from nemesis.packages import PACKAGES, package_of_f
 
+#: faults that `safe` does not claim to survive, staged on purpose: the power loss of every replica of a key, or
+#: of the last in-sync replica (the sequence shrinks the ISR to the leader, then cuts its power). Kafka before
+#: KIP-966 (Eligible Leader Replicas) re-elects that replica with whatever survived on its disk, and so does our
+#: broker; docs/nemesis.md has the runs.
+BEYOND_SAFE = {"isolate-leader-then-lose-unfsynced"}
 #: every fault family of the catalogue, mixed
-ALL_FAULTS = list(PACKAGES)
+ALL_FAULTS = [name for name in PACKAGES if name not in BEYOND_SAFE]
 
 
 def nemesis_ops(run_dir, kind="info"):
@@ -53,6 +58,30 @@ def test_acks_1_under_a_paused_leader_loses_acknowledged_writes(acked_run):
 
 
 @pytest.mark.docker
+def test_no_idempotence_under_lost_produce_acks_stores_retried_writes_twice(acked_run):
+    """The talk's return path: the broker applied the write, its ack was lost, the producer retried."""
+    result = acked_run(backend="docker", nodes=3, profile="no-idempotence", nemeses=["lose-acks:produce"],
+                       nemesis_interval=4, time_limit=25, rate=200, seed=10)
+    losses = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "stop-lose-acks"]
+    assert any(n["dropped"].get("Produce") for v in losses for n in v["responses-lost"].values()), losses
+    assert result.valid is False, result.run_dir
+    assert "duplicate" in result.results["bad-anomaly-types"], result.results["bad-anomaly-types"]
+
+
+@pytest.mark.docker
+def test_min_isr_1_loses_what_its_isr_of_one_acknowledged_when_that_replica_loses_power(acked_run):
+    # 50 s: the sequence takes ~25 s (shrink, writes, power loss, a 12 s wait for an election that min-isr-1
+    # with unclean election off never holds), and the keys must be written and read past the lost offsets after
+    # the old leader returns, or the loss shows only as unseen
+    result = acked_run(backend="docker", nodes=3, profile="min-isr-1", nemeses=["isolate-leader-then-lose-unfsynced"],
+                       time_limit=50, rate=200, seed=11)
+    steps = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "isolate-leader-then-lose-unfsynced"]
+    assert any(s["isr-shrunk-to-leader"] and s["lost"][s["killed"]]["bytes"] > 0 for s in steps), steps
+    assert result.valid is False, result.run_dir
+    assert "lost-write" in result.results["bad-anomaly-types"], result.results["bad-anomaly-types"]
+
+
+@pytest.mark.docker
 def test_safe_is_valid_under_every_fault_of_the_catalogue_mixed(acked_run):
     result = acked_run(backend="docker", nodes=3, profile="safe", nemeses=ALL_FAULTS, nemesis_interval=4,
                        time_limit=45, rate=200, seed=5)
@@ -70,6 +99,30 @@ def test_safe_is_valid_under_each_fault_family_alone(acked_run, fault):
     assert result.error is None, result.error
     assert result.valid is True, (result.results["bad-anomaly-types"], result.run_dir)
     assert fault in started_packages(result.run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_safe_loses_acknowledged_writes_when_every_replica_of_a_key_loses_power_unless_each_message_is_fsynced(acked_run):
+    """Kafka acknowledges before fsync: its durability rests on replication. A power loss of every replica at once
+    takes what no disk held yet; with log.flush.interval.messages=1 every replica fsyncs before it acknowledges."""
+    lost = acked_run(backend="docker", nodes=3, profile="safe", nemeses=["lose-unfsynced:replicas"], time_limit=60,
+                     rate=200, seed=12)
+    assert lost.valid is False and "lost-write" in lost.results["bad-anomaly-types"], lost.run_dir
+    fsynced = acked_run(backend="docker", nodes=3, profile="safe", nemeses=["lose-unfsynced:replicas"], time_limit=60,
+                        rate=200, seed=12, broker={"log.flush.interval.messages": "1"})
+    assert fsynced.error is None and fsynced.valid is True, (fsynced.results["bad-anomaly-types"], fsynced.run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_safe_loses_acknowledged_writes_when_its_last_in_sync_replica_loses_power(acked_run):
+    """Beyond the talk: min.insync.replicas=2 keeps an ISR of one from acknowledging, not from being elected. When
+    the ISR has shrunk to the leader and the leader loses power, it comes back without its unfsynced tail, is the
+    only replica that may lead, and the followers truncate to it (Kafka's ZooKeeper-era rule; KIP-966 fixes it)."""
+    result = acked_run(backend="docker", nodes=3, profile="safe", nemeses=["isolate-leader-then-lose-unfsynced"],
+                       time_limit=60, rate=200, seed=1)
+    assert result.valid is False and "lost-write" in result.results["bad-anomaly-types"], result.run_dir
 
 
 def test_a_replayed_run_repeats_the_same_fault_ops_on_the_same_nodes_at_the_same_times(acked_run):
