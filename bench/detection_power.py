@@ -1,15 +1,17 @@
 """Detection power: how often each unsafe profile is caught under the fault that exposes it, and how often
 `safe` stays valid under every fault of the catalogue mixed.
 
-    .venv/bin/python bench/detection_power.py [--cases unclean-isolate,acks1-kill,acks1-pause,safe-all]
+    .venv/bin/python bench/detection_power.py [--cases unclean-isolate,acks1-kill,acks1-pause,min-isr-1-power,
+        no-idempotence-acks,safe-all]
         [--runs 10] [--time-limit 60] [--rate 100] [--nemesis-interval 6] [--first-seed 1] [--results-dir results]
 
 Each case is `acked run --backend docker --nodes 3 --profile P --nemesis N`, RUNS times with seeds
 FIRST_SEED..; one JSON line per run (verdict, bad anomaly types, lost writes, faults started, ops/s, wall
-time, run directory), then a table. An unsafe case counts a run as caught when it is invalid with
-lost-write (the table also counts the invalid runs: a forked log shows as inconsistent-offsets even when
+time, run directory), then a table. An unsafe case counts a run as caught when it is invalid with the
+anomaly the case is about: lost-write for the lost-data cases, a duplicate or a send stored out of order for
+no-idempotence (the table also counts the invalid runs: a forked log shows as inconsistent-offsets even when
 every lost value had been read before the fork); the safe case counts the runs that are valid (an unknown
-verdict counts as neither).
+verdict counts as neither). safe-all mixes every package but those of nemesis.packages.BEYOND_SAFE.
 """
 from __future__ import annotations
 
@@ -23,19 +25,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nemesis.packages import PACKAGES, package_of_f  # noqa: E402
+from nemesis.packages import BEYOND_SAFE, PACKAGES, package_of_f  # noqa: E402
 
-#: name -> (profile, nemesis, what counts: "caught" (invalid with lost-write) or "valid")
+#: what a caught lost write is, and what a caught retry is (a duplicate, or a send stored out of its order)
+LOSS = ("lost-write",)
+RETRY = ("duplicate", "nonmonotonic-send", "int-nonmonotonic-send", "offset-order-realtime")
+#: name -> (profile, nemesis, what counts: "caught" (invalid with one of the anomalies) or "valid", anomalies)
 CASES = {
-    "unclean-isolate": ("unclean-election", "isolate-leader-then-kill", "caught"),
-    "acks1-kill": ("acks-1", "kill:leader", "caught"),
-    "acks1-pause": ("acks-1", "pause:leader", "caught"),
-    "safe-all": ("safe", ",".join(PACKAGES), "valid"),
+    "unclean-isolate": ("unclean-election", "isolate-leader-then-kill", "caught", LOSS),
+    "acks1-kill": ("acks-1", "kill:leader", "caught", LOSS),
+    "acks1-pause": ("acks-1", "pause:leader", "caught", LOSS),
+    "min-isr-1-power": ("min-isr-1", "isolate-leader-then-lose-unfsynced", "caught", LOSS),
+    "no-idempotence-acks": ("no-idempotence", "lose-acks", "caught", RETRY),
+    "safe-all": ("safe", ",".join(p for p in PACKAGES if p not in BEYOND_SAFE), "valid", ()),
 }
 
 
 def one_run(args, case: str, seed: int) -> dict:
-    profile, nemesis, _ = CASES[case]
+    profile, nemesis, _, anomalies = CASES[case]
     cmd = [sys.executable, "-m", "harness.cli", "run", "--backend", "docker", "--nodes", "3",
            "--profile", profile, "--nemesis", nemesis, "--nemesis-interval", str(args.nemesis_interval),
            "--time-limit", str(args.time_limit), "--rate", str(args.rate), "--seed", str(seed),
@@ -61,7 +68,7 @@ def one_run(args, case: str, seed: int) -> dict:
                 "lost-writes": len(results.get("anomalies", {}).get("lost-write", [])), "faults": started,
                 "ops-per-second": results["harness"]["main-phase"]["ops-per-second"],
                 "harness-error": results["harness"]["error"]})
-    out["caught"] = results["valid"] is False and "lost-write" in out["bad"]
+    out["caught"] = results["valid"] is False and any(a in out["bad"] for a in anomalies)
     return out
 
 
@@ -85,7 +92,7 @@ def main() -> int:
         for seed in range(args.first_seed, args.first_seed + args.runs):
             runs.append(one_run(args, case, seed))
             print(json.dumps(runs[-1]), flush=True)
-        profile, nemesis, counts = CASES[case]
+        profile, nemesis, counts, _ = CASES[case]
         hits = sum(bool(r.get("caught")) if counts == "caught" else r.get("valid") is True for r in runs)
         invalid = sum(r.get("valid") is False for r in runs)
         summary.append((case, profile, nemesis, counts, hits, invalid, len(runs),

@@ -264,6 +264,13 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
 ]}
 
 
+#: packages that stage what `safe` does not claim to survive: the power loss of the last in-sync replica (the
+#: sequence shrinks the ISR to the leader, then cuts its power). Kafka before KIP-966 (Eligible Leader Replicas)
+#: re-elects that replica with whatever survived on its disk, and so does our broker (docs/nemesis.md). The
+#: `lose-unfsynced:replicas` pin is beyond safe too: no package default draws it.
+BEYOND_SAFE = frozenset({"isolate-leader-then-lose-unfsynced"})
+
+
 def parse(spec: str) -> tuple[Package, str | None]:
     """`kill` or `kill:controller` -> (package, pin); ValueError with what to write instead."""
     name, _, pin = spec.strip().partition(":")

@@ -8,14 +8,9 @@ import pytest
 
 from checkers.history import read_history
 from harness.config import from_dict
-from nemesis.packages import PACKAGES, package_of_f
+from nemesis.packages import BEYOND_SAFE, PACKAGES, package_of_f
 
-#: faults that `safe` does not claim to survive, staged on purpose: the power loss of every replica of a key, or
-#: of the last in-sync replica (the sequence shrinks the ISR to the leader, then cuts its power). Kafka before
-#: KIP-966 (Eligible Leader Replicas) re-elects that replica with whatever survived on its disk, and so does our
-#: broker; docs/nemesis.md has the runs.
-BEYOND_SAFE = {"isolate-leader-then-lose-unfsynced"}
-#: every fault family of the catalogue, mixed
+#: every fault family of the catalogue that safe claims to survive, mixed
 ALL_FAULTS = [name for name in PACKAGES if name not in BEYOND_SAFE]
 
 
