@@ -229,9 +229,6 @@ class HistoryScan:
 
 UNKNOWN_FAULT_COLOR = "#888888"
 #: what each package did to the nodes it hit, for sentences ("killed n2")
-FAULT_VERBS = {"kill": "killed", "pause": "paused", "kill-zookeeper": "killed ZooKeeper on",
-               "pause-zookeeper": "paused ZooKeeper on", "clock": "skewed the clock of",
-               "packet": "slowed packets from"}
 _REGISTRY: dict | None = None
 
 
@@ -320,14 +317,14 @@ def _describe(fault: str, f: str, asked: Any, value: Any, error: Any, sequence: 
     if "ms" in value:
         return {"choice": choice, "targets": f"{nodes} {_signed_ms(value['ms'])}",
                 "phrase": f"skewed {nodes} by {_signed_ms(value['ms'])}"}
+    verb = (_registry()["packages"].get(fault) or {}).get("verb", "hit")
     if "behaviour" in value:
         return {"choice": choice, "targets": f"{nodes} ({value['behaviour']})",
-                "phrase": f"{value['behaviour']} on packets leaving {nodes}"}
+                "phrase": f"{verb} {nodes} ({value['behaviour']})"}
     if value.get("fallback"):
         role = f"{value.get('target', 'the role')} not found, a random node"
     if not nodes:
         return {"choice": choice, "targets": _short(value, 80), "phrase": f"{_short(value, 80)}"}
-    verb = FAULT_VERBS.get(fault, "hit")
     return {"choice": choice, "targets": f"{nodes} ({role})" if role else nodes,
             "phrase": f"{verb} {nodes}, {role}" if role else f"{verb} {nodes}"}
 
@@ -757,7 +754,8 @@ def _anomaly_sections(res: dict, scan: HistoryScan | None, intervals: list[dict]
                          "meaning": TYPE_MEANINGS.get(kind)
                          or TYPE_MEANINGS.get(kind.replace("-process", "").replace("-realtime", ""), ""),
                          "records": shown, "more": max(0, counts.get(kind, len(recs)) - len(shown)),
-                         "rows": rows, "open": kind in bad and len(sections) < 2})
+                         "rows": rows, "open": kind in bad and len(sections) < 2,
+                         "allowed_by": (res.get("allowed-anomalies") or {}).get(kind)})
     return sections
 
 

@@ -48,6 +48,8 @@ class Package:
     other_start_fs: tuple[str, ...] = ()
     #: a sequence: one long start op that waits on conditions
     sequence: bool = False
+    #: what the fault did to its nodes, for a sentence in the report ("killed n2, leader of key 6")
+    verb: str = "hit"
 
     @property
     def fs(self) -> tuple[str, ...]:
@@ -176,22 +178,22 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
     Package("kill", "SIGKILL brokers (by default the leader of a key being written) and restart them on heal",
             "kill", "start", "kill", "#e4572e", _process("kill", "start", "broker", "kill"),
             PROCESS_TARGETS, ("leader", "leader", "one", "controller", "coordinator"), _target,
-            claim="acks=1 loses what the leader alone held; acks=all with min.insync.replicas=2 does not"),
+            claim="acks=1 loses what the leader alone held; acks=all with min.insync.replicas=2 does not", verb="killed"),
     Package("pause", "SIGSTOP brokers and SIGCONT them on heal: a paused leader is a dead leader to ZooKeeper "
             "once its session expires, and a zombie when it resumes",
             "pause", "resume", "pause", "#2e86ab", _process("pause", "resume", "broker", "pause"),
             PROCESS_TARGETS, ("leader", "one", "controller"), _target,
-            claim="a replica is in sync only while it holds its ZooKeeper session; acks=1 under a paused leader loses"),
+            claim="a replica is in sync only while it holds its ZooKeeper session; acks=1 under a paused leader loses", verb="paused"),
     Package("kill-zookeeper", "SIGKILL ZooKeeper members and restart them on heal",
             "kill-zookeeper", "start-zookeeper", "kill zk", "#b5651d",
             _process("kill-zookeeper", "start-zookeeper", "zookeeper", "kill"),
             RANDOM_TARGETS, ("one", "minority"), _target, backends=REMOTE,
-            claim="losing a ZooKeeper minority changes no leader; the controller and ISR live in ZooKeeper"),
+            claim="losing a ZooKeeper minority changes no leader; the controller and ISR live in ZooKeeper", verb="killed ZooKeeper on"),
     Package("pause-zookeeper", "SIGSTOP ZooKeeper members and SIGCONT them on heal",
             "pause-zookeeper", "resume-zookeeper", "pause zk", "#8d6e63",
             _process("pause-zookeeper", "resume-zookeeper", "zookeeper", "pause"),
             RANDOM_TARGETS, ("one", "minority"), _target, backends=REMOTE,
-            claim="a stalled ZooKeeper member delays, but does not decide, elections"),
+            claim="a stalled ZooKeeper member delays, but does not decide, elections", verb="paused ZooKeeper on"),
     Package("partition", "cut the network along a shape: random halves, one node, a majorities ring, a bridge, "
             "or aimed at the leader, the controller, the group coordinator, or the leader from its followers "
             "only (the ISR shrinks to the leader alone); may also cut the clients off a side",
@@ -206,13 +208,13 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             "or a strobe between two offsets; reset on heal",
             "bump-clock", "reset-clock", "clock", "#f2a541", _clock, ("bump", "strobe"), ("bump", "bump", "strobe"),
             _clock_value, capabilities=frozenset({"clock"}), backends=REMOTE, other_start_fs=("strobe-clock",),
-            claim="replication and elections use no wall clock: skew changes no guarantee"),
+            claim="replication and elections use no wall clock: skew changes no guarantee", verb="skewed the clock of"),
     Package("packet", "slow or lossy links without netem: delay with jitter, loss, duplication, reordering, a "
             "rate limit (NFQUEUE in the node, iptables statistic, tc tbf) on packets leaving the target nodes",
             "start-packet", "stop-packet", "packet", "#3bb273", _packet, tuple(PACKET_BEHAVIOURS),
             ("delay", "loss", "duplicate", "reorder", "rate", "slow-link"), _packet_value,
             capabilities=frozenset({"net"}), backends=REMOTE,
-            claim="slow or lossy links cost latency and may shrink the ISR, never acknowledged writes under acks=all"),
+            claim="slow or lossy links cost latency and may shrink the ISR, never acknowledged writes under acks=all", verb="slowed packets from"),
     Package("isolate-leader-then-kill", "the talk's trap: cut a hot key's leader from its followers until its ISR "
             "is the leader alone, keep writing, kill it, heal the followers so one is elected, restart the old "
             "leader on heal", "isolate-leader-then-kill", "heal-isolate-leader-then-kill", "isolate+kill leader",
@@ -239,12 +241,12 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             "until release: the broker keeps its ZooKeeper session and its partitions stall",
             "stall-disk", "release-disk", "disk stall", "#5d6d7e", _disk("DiskStallNemesis"), DISK_TARGETS,
             ("leader", "one", "leader"), _disk_stall_value, capabilities=frozenset({"disk"}), backends=REMOTE,
-            claim="a leader that cannot write holds acks=all writes unacknowledged; nothing acknowledged is lost"),
+            claim="a leader that cannot write holds acks=all writes unacknowledged; nothing acknowledged is lost", verb="stalled the disk of"),
     Package("disk-errors", "make a fraction (1%, 10%, all) of the reads, writes or fsyncs under log.dirs fail with "
             "EIO; the broker reports the failed log dir and halts, as Kafka does; heal clears and restarts",
             "start-disk-errors", "stop-disk-errors", "disk errors", "#943126", _disk("DiskErrorsNemesis"),
             DISK_TARGETS, ("leader", "one"), _disk_errors_value, capabilities=frozenset({"disk"}), backends=REMOTE,
-            claim="a failed disk takes one replica out; the ISR keeps what it acknowledged"),
+            claim="a failed disk takes one replica out; the ISR keeps what it acknowledged", verb="failed disk operations of"),
     Package("lose-unfsynced", "power loss: freeze log.dirs, SIGKILL the broker and drop every write not yet fsynced, "
             "on one node, several, or every replica of a key at the same instant; restart on heal",
             "lose-unfsynced", "restart-after-power-loss", "lose unfsynced", "#17202a",
@@ -252,7 +254,7 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             capabilities=frozenset({"disk"}), backends=REMOTE,
             claim="Kafka acknowledges before fsync: durability rests on replication. One replica's power loss "
                   "loses nothing under acks=all; every replica's at once loses acknowledged writes unless "
-                  "log.flush.interval.messages=1"),
+                  "log.flush.interval.messages=1", verb="cut the power of"),
     Package("lose-acks", "lose responses on the way back: the broker applies the request and its Produce, "
             "OffsetCommit or any response is dropped (the connection closes) or held past the client's "
             "timeout, through a Kafka-aware proxy in front of each broker",
@@ -260,7 +262,7 @@ PACKAGES: dict[str, Package] = {p.name: p for p in [
             ("produce", "produce", "produce-delay", "offset-commit", "all"), _lose_acks_value,
             capabilities=frozenset({"acks"}), backends=REMOTE,
             claim="data flow: a lost ack makes the producer retry a write that happened; without idempotence the "
-                  "retry duplicates, and with several requests in flight it reorders"),
+                  "retry duplicates, and with several requests in flight it reorders", verb="lost responses of"),
 ]}
 
 
@@ -304,5 +306,5 @@ def nemesis_fs() -> frozenset[str]:
 
 def display() -> dict[str, dict]:
     """What the report needs per package: label, colour, start and stop ops."""
-    return {p.name: {"label": p.label, "color": p.color, "start": [p.start_f, *p.other_start_fs], "stop": p.stop_f}
-            for p in PACKAGES.values()}
+    return {p.name: {"label": p.label, "color": p.color, "start": [p.start_f, *p.other_start_fs], "stop": p.stop_f,
+                     "verb": p.verb} for p in PACKAGES.values()}
