@@ -133,12 +133,17 @@ class RemoteCluster(Cluster):
 
     # ---- node-side fault helpers, started with the broker and kept across its restarts
 
+    def node_program(self, name: str) -> str:
+        """Where a node-side program of nemesis/ is on the nodes (the first entry of the import path: /src in
+        docker, the installed bundle's src/ over SSH)."""
+        return f"{self.pythonpath.split(':')[0]}/nemesis/{name}"
+
     def _start_helper(self, node: Node, name: str, cmd: list[str], ready: str) -> None:
         """Start a node-side helper daemon and wait until its log shows the `ready` line."""
         logfile = f"{LOGS}/{name}.log"
         size = node.output(f"stat -c %s {logfile} 2>/dev/null || echo 0").stdout.strip()
         offset = int(size) if size.isdigit() else 0
-        node.start_daemon(name, cmd, logfile, env={"PYTHONUNBUFFERED": "1"})
+        node.start_daemon(name, cmd, logfile, env={"PYTHONPATH": self.pythonpath, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             text = node.output(f"tail -c +{offset + 1} {logfile} 2>/dev/null", timeout=10).stdout
@@ -156,7 +161,7 @@ class RemoteCluster(Cluster):
         if node.is_running(FAULTFS):
             return
         node.run(f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; mkdir -p {BROKER_DIR} {BROKER_BACKING}", check=True)
-        self._start_helper(node, FAULTFS, [self.python, f"{self.pythonpath}/nemesis/faultfs.py", "mount",
+        self._start_helper(node, FAULTFS, [self.python, self.node_program("faultfs.py"), "mount",
                                            BROKER_BACKING, BROKER_DIR, "--control", FAULTFS_CONTROL,
                                            "--writeback", str(FAULTFS_WRITEBACK_S)], "mounted")
 
@@ -165,7 +170,7 @@ class RemoteCluster(Cluster):
         what arrives on BROKER_PORT from any address but the nodes' to ACKPROXY_PORT. Set up before the clients
         connect (connections made before the rule stay direct)."""
         if not node.is_running(ACKPROXY):
-            self._start_helper(node, ACKPROXY, [self.python, f"{self.pythonpath}/nemesis/ackproxy.py", "serve",
+            self._start_helper(node, ACKPROXY, [self.python, self.node_program("ackproxy.py"), "serve",
                                                 "--listen", f"0.0.0.0:{ACKPROXY_PORT}",
                                                 "--upstream", f"127.0.0.1:{services.BROKER_PORT}",
                                                 "--control", ACKPROXY_CONTROL], "listening")

@@ -31,8 +31,7 @@ def control(ctx: Context, node: Node, program: str, socket: str, request: dict, 
     """One request to a node-side helper's control socket (`python3 PROGRAM ctl SOCKET JSON`); its reply."""
     cluster = ctx.cluster
     python = getattr(cluster, "python", "python3")
-    path = f"{getattr(cluster, 'pythonpath', '/src')}/nemesis/{program}"
-    res = node.run([python, path, "ctl", socket, json.dumps(request)], timeout=timeout)
+    res = node.run([python, cluster.node_program(program), "ctl", socket, json.dumps(request)], timeout=timeout)
     try:
         reply = json.loads(res.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):

@@ -77,6 +77,18 @@ def test_min_isr_1_loses_what_its_isr_of_one_acknowledged_when_that_replica_lose
 
 
 @pytest.mark.docker
+def test_acks_1_loses_acknowledged_writes_when_the_leaders_disk_fails(acked_run):
+    """A failed disk halts the broker at once (Kafka's log dir failure), as a kill does: what the leader alone
+    acknowledged under acks=1 is gone when a follower takes over."""
+    result = acked_run(backend="docker", nodes=3, profile="acks-1", nemeses=["disk-errors:leader"], nemesis_interval=4,
+                       time_limit=30, rate=300, seed=13)
+    healed = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "stop-disk-errors"]
+    assert any(v["halted"] for v in healed), healed          # the errors made a broker halt
+    assert result.valid is False, result.run_dir
+    assert "lost-write" in result.results["bad-anomaly-types"], result.results["bad-anomaly-types"]
+
+
+@pytest.mark.docker
 def test_safe_is_valid_under_every_fault_of_the_catalogue_mixed(acked_run):
     result = acked_run(backend="docker", nodes=3, profile="safe", nemeses=ALL_FAULTS, nemesis_interval=4,
                        time_limit=45, rate=200, seed=5)
