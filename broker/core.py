@@ -30,16 +30,53 @@ PARTITION_METADATA = "partition.metadata"
 CLEAN_SHUTDOWN = ".kafka_cleanshutdown"
 
 
+PROBE = ".acked-write-probe"
+
+
+class LogDirError(Exception):
+    """The data directory cannot be used; str() is one line naming it and the cause."""
+
+
+def check_log_dir(directory: str) -> bool:
+    """Create the data directory and prove it writable (write, fsync and remove a probe file), so that an
+    operator's mistake -- a path under /proc or under a regular file, a read-only directory -- stops the start
+    with one line instead of failing the first produce. Returns whether the directory was new: it did not
+    exist or held nothing."""
+    try:
+        existed = os.path.isdir(directory)
+        new = not existed or not [e for e in os.listdir(directory) if e != PROBE]
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, PROBE)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, b"acked-broker write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        cause = e.strerror or str(e)
+        where = f" ({e.filename})" if e.filename and os.path.abspath(e.filename) != os.path.abspath(directory) else ""
+        raise LogDirError(f"log dir {directory} cannot be used: {cause}{where}") from None
+    return new
+
+
 class Broker:
     def __init__(self, config: BrokerConfig, metadata_store=None):
         self.config = config
         self.broker_id = config["broker.id"]
         self.log_dir = config.log_dir
-        os.makedirs(self.log_dir, exist_ok=True)
+        new = check_log_dir(self.log_dir)
         clean = os.path.exists(os.path.join(self.log_dir, CLEAN_SHUTDOWN))
         if clean:
             os.unlink(os.path.join(self.log_dir, CLEAN_SHUTDOWN))
-        log.info("opening log dir %s (%s shutdown before)", self.log_dir, "clean" if clean else "unclean")
+        log.info("opening log dir %s (%s)", self.log_dir,
+                 "new" if new else "clean shutdown before" if clean else "unclean shutdown before")
         self.metadata = metadata_store or LocalMetadataStore(self.log_dir)
         self.standalone = config.standalone
         # Set by the replication layer (broker/replica_manager.py) in ZooKeeper mode.

@@ -20,6 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="CONFIG", help="properties file (key=value lines, Kafka key names)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set or replace one config key (repeatable)")
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        v = version("acked")
+    except PackageNotFoundError:
+        v = "unknown (not installed)"
+    p.add_argument("--version", action="version", version=f"acked-broker {v}")
     return p
 
 
@@ -106,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for key in config.unknown:
         logging.getLogger("acked.broker").warning("unknown config key %s (ignored)", key)
+    from .core import LogDirError, check_log_dir
+    try:
+        check_log_dir(config.log_dir)   # before ZooKeeper or a socket: an unusable directory is one line
+    except LogDirError as e:
+        print(f"acked-broker: error: {e}", file=sys.stderr)
+        return 2
     try:
         import uvloop   # libuv's event loop: the broker spends much of its time in the loop's own machinery
     except ImportError:

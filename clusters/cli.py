@@ -11,6 +11,12 @@ from clusters import BACKENDS
 from clusters.base import ClusterError, ClusterSpec
 
 EXIT_FAILED = 3
+EXIT_BAD_USAGE = 4   # bad input: one line, as `acked run` (docs/running.md, "Exit statuses")
+CAPABILITIES = ("net", "disk", "clock", "acks")
+
+
+class BadInput(ClusterError):
+    """The command line asks for something impossible; nothing was started."""
 DEFAULT_WORK_DIR = Path("results/.clusters")
 
 
@@ -75,12 +81,12 @@ def register(subparsers) -> None:
 
 def _help(parser) -> int:
     parser.print_help()
-    return 2
+    return EXIT_BAD_USAGE   # a subcommand is missing
 
 
 def _fail(cmd: str, e: Exception) -> int:
     print(f"acked {cmd}: {e}", file=sys.stderr)
-    return EXIT_FAILED
+    return EXIT_BAD_USAGE if isinstance(e, BadInput) else EXIT_FAILED
 
 
 # ------------------------------------------------------------ image
@@ -101,7 +107,7 @@ def _parse_settings(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ClusterError(f"--set {item!r}: write KEY=VALUE, e.g. --set min.insync.replicas=2")
+            raise BadInput(f"--set {item!r}: write KEY=VALUE, e.g. --set min.insync.replicas=2")
         out[key.strip()] = value.strip()
     return out
 
@@ -128,6 +134,15 @@ def cmd_up(args) -> int:
     from clusters.local import new_name
     try:
         caps = frozenset(c.strip() for c in args.capabilities.split(",") if c.strip())
+        if caps - set(CAPABILITIES):
+            unknown = ", ".join(sorted(caps - set(CAPABILITIES)))
+            raise BadInput(f"--capabilities {args.capabilities}: unknown {unknown}; choose from {', '.join(CAPABILITIES)}")
+        if args.nodes < 1:
+            raise BadInput(f"--nodes must be at least 1, not {args.nodes}")
+        if args.backend == "ssh" and args.cluster is None:
+            raise BadInput("--backend ssh needs --cluster hosts.toml (see docs/clusters.md)")
+        if args.cluster is not None and not Path(args.cluster).is_file():
+            raise BadInput(f"--cluster {args.cluster}: no such file")
         spec = ClusterSpec(backend=args.backend, nodes=args.nodes, broker_config=_parse_settings(args.set),
                            work_dir=args.work_dir, run_id="manual", zookeeper=args.zookeeper, capabilities=caps,
                            cluster_file=args.cluster, brokers=not args.no_brokers)
@@ -141,8 +156,6 @@ def cmd_up(args) -> int:
             cluster = DockerCluster(spec, name=name, manual=True)
         else:
             from clusters.ssh import SSHCluster
-            if args.cluster is None:
-                raise ClusterError("--backend ssh needs --cluster hosts.toml (see docs/clusters.md)")
             cluster = SSHCluster(spec, name=name)
         cluster.start()
         info = {**cluster.describe(), "cluster_file": str(Path(args.cluster).resolve()) if args.cluster else None}

@@ -2,8 +2,8 @@
 
 A module listed in COMMAND_MODULES exposes `register(subparsers)`, which adds
 its subcommands and sets `func` (called with the parsed args, returns the exit
-status). Exit statuses follow ARCHITECTURE.md: 0 valid, 1 invalid, 2 unknown,
-3 and above: the harness failed.
+status). Exit statuses (docs/running.md): 0 valid, 1 invalid, 2 unknown, 3 the harness
+failed (acked check: the history could not be read), 4 bad input (arguments, test description).
 """
 from __future__ import annotations
 
@@ -25,13 +25,24 @@ COMMAND_MODULES = [
 ALONE = {"check": "checkers.cli", "export": "checkers.cli"}
 
 EXIT_HARNESS_FAILED = 3
+EXIT_BAD_USAGE = 4
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument error is one line and exit 4, as a bad test description is (docs/running.md, "Exit
+    statuses"); the usage block only on --help. Subcommands' parsers are of this class too (argparse makes
+    them with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_USAGE, f"acked: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="acked",
         description="Jepsen-style correctness harness for a replicated Kafka-protocol log broker.",
     )
+    parser.add_argument("--version", action="version", version=f"acked {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     only = ALONE.get(argv[0]) if argv else None
     for name in COMMAND_MODULES:
@@ -40,12 +51,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def package_version() -> str:
+    """The installed acked package's version (pyproject.toml), for --version of acked and acked-broker."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("acked")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # name the subcommand whose --help lists what it takes
+        cmd = " ".join(["acked"] + [c for c in (getattr(args, "command", None), getattr(args, "cluster_command", None),
+                                               getattr(args, "image_command", None)) if c])
+        print(f"acked: error: unrecognized arguments: {' '.join(extra)} (see {cmd} --help)", file=sys.stderr)
+        return EXIT_BAD_USAGE
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_BAD_USAGE
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -199,7 +199,11 @@ class TestDescription:
 
     def replication_factor(self) -> int:
         topic, broker = self.topic_config(), self.broker_config()
-        return int(topic.get("replication.factor", broker.get("default.replication.factor", "1")))
+        text = topic.get("replication.factor", broker.get("default.replication.factor", "1"))
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"replication factor must be a positive integer, not {text!r}") from None
 
     def validate(self) -> "TestDescription":
         self.profile_obj()
@@ -240,11 +244,54 @@ class TestDescription:
         if min(self.key_count, self.max_writes_per_key, self.partitions_per_topic, self.max_sends_per_op) < 1:
             raise ConfigError("key_count, max_writes_per_key, partitions_per_topic and max_sends_per_op must be at "
                               "least 1")
+        self.validate_kafka_settings()
+        return self
+
+    def validate_kafka_settings(self) -> None:
+        """The Kafka settings, before any cluster starts: topic and broker settings against the keys acked-broker
+        knows and the cluster's shape (min.insync.replicas <= replication factor <= nodes), producer and consumer
+        settings by the client library itself, offline. ConfigError names the first bad setting."""
+        from broker import config as bc
+        for k, v in self.broker_config().items():
+            if k in CLUSTER_OWNED_BROKER_KEYS:
+                raise ConfigError(f"broker setting {k} is set by the harness for each node; leave it out")
+            if k not in bc.KEYS:
+                raise ConfigError(f"broker setting {k}={v}: acked-broker has no such setting "
+                                  f"(known: {', '.join(sorted(set(bc.KEYS) - CLUSTER_OWNED_BROKER_KEYS))})")
+            try:
+                bc.KEYS[k].parse(v)
+            except ValueError as e:
+                raise ConfigError(f"broker setting {k}={v}: expected {e}") from None
+        for k, v in self.topic_config().items():
+            if k == "replication.factor":
+                if not re.fullmatch(r"\d+", v.strip()) or int(v) < 1:
+                    raise ConfigError(f"topic setting replication.factor={v}: expected a positive integer")
+                continue
+            if k not in bc.TOPIC_KEYS:
+                raise ConfigError(f"topic setting {k}={v}: acked-broker has no such topic setting "
+                                  f"(known: {', '.join(sorted({'replication.factor', *bc.TOPIC_KEYS}))})")
+            try:
+                bc.TOPIC_KEYS[k][0](v)
+            except ValueError as e:
+                raise ConfigError(f"topic setting {k}={v}: expected {e}") from None
         rf = self.replication_factor()
         if rf > self.nodes:
             raise ConfigError(f"replication factor {rf} needs at least {rf} nodes, the test has {self.nodes}: "
                               f"use --nodes {rf} or set topic replication.factor")
-        return self
+        min_isr = int(self.topic_config().get("min.insync.replicas",
+                                              self.broker_config().get("min.insync.replicas", "1")))
+        if min_isr > rf:
+            raise ConfigError(f"min.insync.replicas={min_isr} exceeds the replication factor {rf}: every acks=all "
+                              f"write would fail; set topic min.insync.replicas to at most {rf}")
+        for kind, owned in (("producer", CLIENT_OWNED_KEYS["producer"]), ("consumer", CLIENT_OWNED_KEYS["consumer"])):
+            conf = self.producer_config() if kind == "producer" else self.consumer_config()
+            for k in conf:
+                if k in owned:
+                    raise ConfigError(f"{kind} setting {k} is set by the harness; leave it out")
+            if self.client == "kafka-python":
+                _check_kafka_python(kind, conf)
+            else:
+                _check_librdkafka(kind, conf)
 
     def packages(self) -> list:
         """The nemesis packages with their pins; ConfigError on an unknown one. kill_target=random pins kill to one."""
@@ -277,6 +324,64 @@ class TestDescription:
             "sub_via": self.effective_sub_via(), "delivery": self.effective_delivery(),
         }
         return d
+
+
+#: broker settings each node's server.properties gets from the cluster (clusters/services.py)
+CLUSTER_OWNED_BROKER_KEYS = frozenset({"broker.id", "listeners", "advertised.listeners", "log.dirs", "log.dir",
+                                       "zookeeper.connect"})
+#: client settings the harness sets itself (workloads/queue.py)
+CLIENT_OWNED_KEYS = {"producer": frozenset({"bootstrap.servers", "client.id"}),
+                     "consumer": frozenset({"bootstrap.servers", "client.id", "group.id"})}
+
+
+def _check_librdkafka(kind: str, conf: dict[str, str]) -> None:
+    """Build the client with the merged settings, offline (nothing listens on 127.0.0.1:1 and it is closed at
+    once); librdkafka refuses unknown properties and bad values at construction."""
+    import logging
+    from confluent_kafka import Consumer, KafkaException, Producer
+    quiet = logging.getLogger("acked.validate")
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    base = {"bootstrap.servers": "127.0.0.1:1", "client.id": "acked-validate", "logger": quiet}
+    if kind == "consumer":
+        base["group.id"] = "acked-validate"
+
+    def build(settings: dict[str, str]) -> str | None:
+        try:
+            client = (Producer if kind == "producer" else Consumer)({**settings, **base})
+        except KafkaException as e:
+            return e.args[0].str()
+        if kind == "producer":
+            client.flush(0)
+        else:
+            client.close()
+        return None
+
+    error = build(conf)
+    if error is None:
+        return
+    for k, v in conf.items():   # name the setting: the library may name an alias (acks: request.required.acks)
+        alone = build({k: v})
+        if alone is not None:
+            raise ConfigError(f"{kind} setting {k}={v}: {alone}")
+    raise ConfigError(f"{kind} settings rejected by librdkafka: {error.removeprefix('Failed to create producer: ')} "
+                      f"(your settings are merged over the profile's: see `acked profiles`)")
+
+
+def _check_kafka_python(kind: str, conf: dict[str, str]) -> None:
+    """kafka-python takes keyword arguments: each setting, renamed as workloads/queue.py renames it, must be one."""
+    from kafka import KafkaConsumer, KafkaProducer
+    from workloads.queue import kafka_python_config
+    known = (KafkaProducer if kind == "producer" else KafkaConsumer).DEFAULT_CONFIG
+    for k, v in conf.items():
+        try:
+            (name, _), = kafka_python_config({k: v}).items()
+        except ValueError:
+            raise ConfigError(f"{kind} setting {k}={v}: not a value kafka-python takes") from None
+        if name not in known:
+            raise ConfigError(f"{kind} setting {k}={v}: kafka-python's "
+                              f"{'KafkaProducer' if kind == 'producer' else 'KafkaConsumer'} has no {name}")
 
 
 def parse_concurrency(text: str | int, nodes: int) -> int:

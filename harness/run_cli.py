@@ -15,7 +15,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="run a test: cluster, workload under faults, history, verdict",
         description="Run one test: start a cluster, drive real Kafka clients under faults, record the history in "
-                    "results/<name>/<timestamp>/, check it. Exit 0 valid, 1 invalid, 2 unknown, 3+ harness failure.")
+                    "results/<name>/<timestamp>/, check it. Exit 0 valid, 1 invalid, 2 unknown (the checker "
+                    "could not decide), 3 the harness failed, 4 bad arguments or test description (one line on "
+                    "stderr). The defaults shown apply where neither a flag nor the test file sets a field.")
     p.add_argument("test_file", nargs="?", help="a TOML test description; flags override its settings")
     p.add_argument("--name", help="test name (the run directory is results/<name>/<timestamp>)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="reliability profile (see `acked profiles`)")
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     from nemesis.packages import PACKAGES
     p.add_argument("--nemesis", metavar="FAULTS",
                    help=f"comma-separated fault packages, each optionally pinned to a choice (kill:controller, "
-                        f"partition:leader-from-followers): {', '.join(PACKAGES)}; 'none' (the default) for none. "
+                        f"partition:leader-from-followers): {', '.join(PACKAGES)}; 'none' for none. "
                         f"`acked nemeses` lists them with their choices")
     p.add_argument("--nemesis-interval", type=float, help="seconds between fault starts, and about how long each lasts")
     p.add_argument("--nemesis-schedule", choices=["mix", "alternate"],
@@ -35,9 +37,12 @@ def register(subparsers) -> None:
     p.add_argument("--replay", metavar="RUN_DIR", help="run the test of RUN_DIR again with the same fault ops at the "
                    "same times (its nemesis.json); role targets are resolved afresh")
     p.add_argument("--kill-target", choices=["leader", "random"], help="which broker the kill fault kills")
+    examples = {"producer": "linger.ms=5", "consumer": "fetch.wait.max.ms=100", "topic": "min.insync.replicas=2",
+                "broker": "replica.lag.time.max.ms=10000"}
     for kind in ("producer", "consumer", "topic", "broker"):
         p.add_argument(f"--{kind}", action="append", default=[], metavar="NAME=VALUE",
-                       help=f"a {kind} setting with Kafka's name, e.g. acks=1 (repeatable)")
+                       help=f"a {kind} setting with Kafka's name, e.g. {examples[kind]} (repeatable; merged over "
+                            f"the profile's, checked before the cluster starts)")
     p.add_argument("--sub-via", choices=["assign", "subscribe"], help="how consumers get partitions")
     p.add_argument("--delivery", choices=["exactly-once", "at-least-once"], help="guarantee the checker judges by")
     p.add_argument("--client", choices=["confluent-kafka", "kafka-python"], help="Kafka client library")
@@ -52,6 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--crash-client-interval", type=float, metavar="SECONDS",
                    help="roughly how long a single client runs before it is crashed (default 10; 0: never)")
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    _show_defaults(p)
     p.set_defaults(func=cmd_run)
 
     n = subparsers.add_parser("nemeses", help="list the fault packages: choices, capabilities, backends, claims",
@@ -62,7 +68,8 @@ def register(subparsers) -> None:
     n.set_defaults(func=cmd_nemeses)
 
     q = subparsers.add_parser("profiles", help="list the reliability profiles and their settings",
-                              description="List the profiles of KAFKA-RELIABILITY.md with their Kafka settings.")
+                              description="List the reliability profiles (docs/running.md, \"Profiles\") with "
+                                          "their Kafka settings.")
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_profiles)
 
@@ -74,6 +81,30 @@ def register(subparsers) -> None:
     r.add_argument("path", metavar="RUN_DIR|RESULTS_DIR", help="a run directory (results/<name>/<timestamp>) "
                    "or a results directory (default layout: results/)")
     r.set_defaults(func=cmd_report)
+
+
+#: defaults shown in `acked run --help` that are not a TestDescription field's plain value
+_DEFAULT_TEXT = {"nemesis": "none: no faults unless you name some", "sub_via": "the profile's",
+                 "delivery": "the profile's", "seed": "random", "name": "queue; queue-<profile> with --profile",
+                 "concurrency": "2n"}
+
+
+def _show_defaults(p: argparse.ArgumentParser) -> None:
+    """Append each flag's default (TestDescription's, which a TOML file may change) to its help. The flags
+    themselves default to None so that only what is given overrides the file."""
+    import dataclasses
+    defaults = {f.name: f.default for f in dataclasses.fields(TestDescription)
+                if f.default is not dataclasses.MISSING}
+    for action in p._actions:
+        if not action.help or "default" in action.help or action.dest in ("help", "test_file", "replay", "plain"):
+            continue
+        if action.dest in _DEFAULT_TEXT:
+            text = _DEFAULT_TEXT[action.dest]
+        elif defaults.get(action.dest) is not None:
+            text = f"{defaults[action.dest]:g}" if isinstance(defaults[action.dest], float) else defaults[action.dest]
+        else:
+            continue
+        action.help += f" (default: {text})"
 
 
 def description_from_args(args: argparse.Namespace) -> TestDescription:
@@ -208,6 +239,8 @@ def _summary(runner, result) -> list[str]:
     out = [f"{verdict}" + (f" ({counts})" if counts else "")
            + f": {s.ok} ok, {s.fail} fail, {s.info} info" + (f"; faults: {faults}" if faults else "")]
     # findings the run's settings allow are listed, never dropped: a VALID run can still carry them
+    if verdict == "UNKNOWN":
+        out += _unknown_reasons(res, result)
     from checkers.queue import ALWAYS_ALLOWED   # Jepsen's reference-only types stay in results.json
     allowed = {a: why for a, why in (res.get("allowed-anomalies") or {}).items() if a not in ALWAYS_ALLOWED}
     for a, why in allowed.items():
@@ -221,6 +254,47 @@ def _summary(runner, result) -> list[str]:
     if result.report:
         out.append(f"report: {result.report}")
     return out
+
+
+def _unknown_reasons(res: dict, result) -> list[str]:
+    """Why no verdict: the checker's reason, and the client error most sends failed with, if one did."""
+    out = []
+    if res.get("unknown-reason"):
+        out.append(f"  why: {res['unknown-reason']}")
+    elif result.error:
+        out.append(f"  why: the harness failed ({result.error})")
+    failed = send_failures(result.run_dir / "history.jsonl") if result.run_dir else None
+    if failed:
+        n, total, error = failed
+        out.append(f"  {n} of {total} sends failed: {error}")
+    return out
+
+
+def send_failures(history) -> tuple[int, int, str] | None:
+    """(sends that failed with the commonest error, all completed sends, that error) when at least half of the
+    completed sends did not succeed; None otherwise (or without a readable history)."""
+    import collections
+    import json
+    errors: collections.Counter = collections.Counter()
+    total = 0
+    try:
+        with open(history, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("f") != "send" or e.get("type") not in ("ok", "fail", "info") or e.get("process") == "nemesis":
+                    continue
+                total += 1
+                if e["type"] != "ok":
+                    errors[str(e.get("error") or e["type"])] += 1
+    except OSError:
+        return None
+    if not total or sum(errors.values()) * 2 < total:
+        return None
+    error, n = errors.most_common(1)[0]
+    return n, total, error
 
 
 def _fault_counts(runner) -> str:

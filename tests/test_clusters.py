@@ -123,8 +123,8 @@ def test_every_subcommand_has_help(argv):
 def test_cluster_up_bad_input_is_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "harness.cli", "cluster", "up", "--backend", "local",
                         "--set", "oops", "--work-dir", str(tmp_path)], capture_output=True, text=True)
-    assert p.returncode == 3
+    assert p.returncode == 4   # bad input, as `acked run`'s (docs/running.md, "Exit statuses")
     assert p.stderr.strip().count("\n") == 0 and "KEY=VALUE" in p.stderr
     p = subprocess.run([sys.executable, "-m", "harness.cli", "cluster", "up", "--backend", "ssh",
                         "--work-dir", str(tmp_path)], capture_output=True, text=True)
-    assert p.returncode == 3 and "--cluster hosts.toml" in p.stderr
+    assert p.returncode == 4 and "--cluster hosts.toml" in p.stderr

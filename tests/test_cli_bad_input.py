@@ -1,0 +1,258 @@
+"""Bad input across `acked run`, `check`, `report`, `cluster` and `acked-broker`: one line on stderr naming what
+is wrong, no traceback, no usage block, and the exit status docs/running.md ("Exit statuses") documents; Kafka
+settings are refused before anything of a cluster exists. Also: an UNKNOWN run says why, and --version/--help.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.config import PROFILES, ConfigError, TestDescription
+from harness.run_cli import _summary, send_failures
+
+BIN = Path(sys.executable).parent
+ACKED = str(BIN / "acked")
+BROKER_BIN = str(BIN / "acked-broker")
+
+RUN = ["run", "--backend", "local", "--time-limit", "5"]
+
+# (argv after `acked`, exit status, words the one line must contain)
+CASES = [
+    # 1. Kafka settings, checked by the client library (librdkafka / kafka-python) and acked-broker's key tables
+    (RUN + ["--producer", "nonsense.key=1"], 4, ["producer setting", "nonsense.key"]),
+    (RUN + ["--producer", "acks=abc"], 4, ["producer setting acks=abc", "Invalid value"]),
+    (RUN + ["--producer", "linger.ms=-5"], 4, ["linger.ms=-5", "outside allowed range"]),
+    (RUN + ["--consumer", "fetch.wait.max.mss=100"], 4, ["consumer setting", "fetch.wait.max.mss"]),
+    (RUN + ["--producer", "client.id=mine"], 4, ["client.id", "set by the harness"]),
+    (RUN + ["--client", "kafka-python", "--producer", "linger.mss=5"], 4, ["linger.mss", "KafkaProducer"]),
+    (RUN + ["--topic", "min.insync.replicas=9"], 4, ["min.insync.replicas=9", "replication factor 3"]),
+    (RUN + ["--topic", "retention.minutes=5"], 4, ["topic setting retention.minutes", "no such topic setting"]),
+    (RUN + ["--topic", "min.insync.replicas=two"], 4, ["min.insync.replicas=two", "integer"]),
+    (RUN + ["--broker", "num.io.threads=8"], 4, ["broker setting num.io.threads", "no such setting"]),
+    (RUN + ["--broker", "broker.id=7"], 4, ["broker.id", "set by the harness"]),
+    (RUN + ["--nodes", "2"], 4, ["replication factor 3", "--nodes 3"]),
+    # argument errors: argparse's, but one line and 4
+    (RUN + ["--rate", "abc"], 4, ["--rate", "'abc'", "see acked run --help"]),
+    (["run", "--profile", "nosuch"], 4, ["nosuch", "see acked run --help"]),
+    (["run", "--bogus"], 4, ["--bogus", "see acked run --help"]),
+    (["nosuch"], 4, ["nosuch", "see acked --help"]),
+    (["check"], 4, ["history", "see acked check --help"]),
+    (["check", "--jobs", "3", "x.jsonl"], 4, ["--jobs", "see acked check --help"]),
+    (["check", "no/such/history.jsonl"], 3, ["no/such/history.jsonl"]),
+    (["report"], 4, ["RUN_DIR", "see acked report --help"]),
+    (["report", "no/such/run"], 4, ["no/such/run", "not a directory"]),
+    (["cluster", "up", "--nodes", "x"], 4, ["--nodes", "see acked cluster up --help"]),
+    (["cluster", "up", "--backend", "local", "--nodes", "0"], 4, ["--nodes must be at least 1"]),
+    (["cluster", "up", "--backend", "local", "--set", "min.insync.replicas"], 4, ["--set", "KEY=VALUE"]),
+    (["cluster", "up", "--backend", "local", "--capabilities", "nett"], 4, ["nett", "net, disk, clock, acks"]),
+    (["cluster", "up", "--backend", "ssh"], 4, ["--cluster"]),
+]
+
+
+def _id(case) -> str:
+    return " ".join(case[0])[:60]
+
+
+def run_acked(argv: list[str], cwd: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    proc = subprocess.run([ACKED, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return proc, time.monotonic() - started
+
+
+def assert_one_line(stderr: str, words: list[str]) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert "Traceback" not in stderr and "usage:" not in stderr, stderr
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+
+
+@pytest.mark.parametrize("argv,status,words", CASES, ids=[_id(c) for c in CASES])
+def test_bad_input_gives_one_line_and_the_documented_status_before_anything_starts(tmp_path, argv, status, words):
+    if argv[:2] == ["cluster", "up"]:
+        argv = [*argv, "--work-dir", str(tmp_path / "clusters")]
+    if argv[0] == "run":
+        argv = [*argv, "--results-dir", str(tmp_path / "results")]
+    proc, seconds = run_acked(argv, tmp_path)
+    assert proc.returncode == status, proc.stderr
+    assert_one_line(proc.stderr, words)
+    assert proc.stdout == ""
+    # nothing of a run or a cluster was made: no run directory, no cluster work directory, no ZooKeeper
+    assert not (tmp_path / "results").exists() and not (tmp_path / "clusters").exists()
+    assert seconds < 20, f"took {seconds:.1f}s: something was started"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("client", ["confluent-kafka", "kafka-python"])
+def test_every_profile_passes_the_kafka_settings_check_with_either_client(profile, client):
+    TestDescription(profile=profile, client=client, backend="local").validate()
+
+
+@pytest.mark.parametrize("fields,words", [
+    (dict(nodes=1, topic={"replication.factor": "1"}), ["min.insync.replicas=2", "replication factor 1"]),
+    (dict(producer={"acks": "1"}), ["acks", "enable.idempotence", "acked profiles"]),
+    (dict(consumer={"group.id": "mine"}), ["consumer setting group.id", "set by the harness"]),
+    (dict(client="kafka-python", consumer={"auto.commit.interval.mss": "5"}), ["auto_commit_interval_mss"]),
+    (dict(topic={"replication.factor": "three"}), ["replication"]),
+])
+def test_a_description_with_kafka_settings_that_cannot_work_is_refused(fields, words):
+    with pytest.raises(ConfigError) as e:
+        TestDescription(backend="local", **fields).validate()
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_the_settings_check_builds_clients_quietly_and_quickly(capfd):
+    started = time.monotonic()
+    TestDescription(backend="local", producer={"linger.ms": "5"}, consumer={"fetch.wait.max.ms": "100"}).validate()
+    assert time.monotonic() - started < 2.0
+    time.sleep(0.2)  # librdkafka's threads would log a refused connection by now
+    assert capfd.readouterr().err == ""
+
+
+# ---- 2. an UNKNOWN run says why --------------------------------------------------------------------------------
+
+def _history(path: Path, sends: list[tuple[str, str | None]]) -> Path:
+    """sends: (type, error) of each send op's completion; also a poll and a nemesis op, which do not count."""
+    lines = [{"index": 0, "process": "nemesis", "type": "info", "f": "start", "value": None, "error": "x"}]
+    for i, (kind, error) in enumerate(sends):
+        lines.append({"process": i, "type": "invoke", "f": "send", "value": [["send", "1", i]]})
+        done = {"process": i, "type": kind, "f": "send", "value": [["send", "1", [0 if kind == "ok" else None, i]]]}
+        if error:
+            done["error"] = error
+        lines.append(done)
+    lines.append({"process": 99, "type": "fail", "f": "poll", "value": [["poll"]], "error": "timeout"})
+    path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return path
+
+
+def _summary_of(tmp_path, results, sends) -> list[str]:
+    _history(tmp_path / "history.jsonl", sends)
+    runner = SimpleNamespace(stats=SimpleNamespace(ok=0, fail=len(sends), info=0), nemesis=None,
+                             desc=SimpleNamespace(seed=7))
+    result = SimpleNamespace(valid="unknown", results=results, run_dir=tmp_path, report=None, error=None)
+    return _summary(runner, result)
+
+
+def test_an_unknown_summary_gives_the_checkers_reason_and_the_error_most_sends_failed_with(tmp_path):
+    reason = "no poll completed ok with any record, so nothing could be verified"
+    out = _summary_of(tmp_path, {"valid": "unknown", "unknown-reason": reason},
+                      [("fail", "MSG_SIZE_TOO_LARGE")] * 5 + [("info", "timeout")])
+    assert out[0].startswith("UNKNOWN")
+    assert f"  why: {reason}" in out
+    assert "  5 of 6 sends failed: MSG_SIZE_TOO_LARGE" in out
+
+
+def test_an_unknown_summary_names_no_client_error_when_most_sends_succeeded(tmp_path):
+    out = _summary_of(tmp_path, {"valid": "unknown", "unknown-reason": "r"}, [("ok", None)] * 3 + [("info", "timeout")])
+    assert not [line for line in out if "sends failed" in line]
+    assert send_failures(tmp_path / "history.jsonl") is None
+
+
+def test_send_failures_counts_send_completions_only(tmp_path):
+    path = _history(tmp_path / "h.jsonl", [("fail", "A"), ("fail", "B"), ("fail", "A"), ("ok", None)])
+    assert send_failures(path) == (2, 4, "A")
+
+
+def test_a_local_run_whose_sends_are_all_refused_ends_unknown_with_the_reason(tmp_path):
+    """Valid settings, yet no send can succeed: the broker refuses every batch (max.message.bytes=0)."""
+    one = ["--nodes", "1", "--topic", "replication.factor=1", "--topic", "min.insync.replicas=1",
+           "--broker", "default.replication.factor=1", "--broker", "min.insync.replicas=1"]
+    proc, _ = run_acked(["run", "--backend", "local", *one, "--topic", "max.message.bytes=0", "--time-limit", "3",
+                         "--rate", "20", "--plain", "--seed", "1", "--results-dir", str(tmp_path / "results")],
+                        tmp_path, timeout=180)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "\nUNKNOWN" in proc.stdout
+    assert "  why: no poll completed ok" in proc.stdout
+    failed = [line for line in proc.stdout.splitlines() if "sends failed: MSG_SIZE_TOO_LARGE" in line]
+    assert failed, proc.stdout
+    n, total = failed[0].split(" sends")[0].split(" of ")
+    assert int(n) == int(total) > 0
+
+
+# ---- 4. acked-broker: an unusable data directory --------------------------------------------------------------
+
+def _broker(tmp_path: Path, log_dirs: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([BROKER_BIN, "/dev/null", "--override", f"log.dirs={log_dirs}",
+                           "--override", "listeners=PLAINTEXT://127.0.0.1:0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+
+
+def _regular_file(tmp_path: Path) -> str:
+    (tmp_path / "a-file").write_text("x")
+    return str(tmp_path / "a-file" / "data")
+
+
+def _read_only(tmp_path: Path) -> str:
+    if os.geteuid() == 0:
+        pytest.skip("root writes to a read-only directory")
+    d = tmp_path / "ro"
+    d.mkdir()
+    d.chmod(0o555)
+    return str(d / "data")
+
+
+@pytest.mark.parametrize("make,cause", [
+    (lambda tmp: "/proc/acked-data", "No such file or directory"),
+    (_regular_file, "Not a directory"),
+    (_read_only, "Permission denied"),
+], ids=["under /proc", "under a regular file", "read-only"])
+def test_a_broker_whose_log_dir_cannot_be_written_exits_with_one_line_naming_it(tmp_path, make, cause):
+    log_dir = make(tmp_path)
+    proc = _broker(tmp_path, log_dir)
+    assert proc.returncode == 2
+    assert_one_line(proc.stderr, ["acked-broker: error:", log_dir, cause])
+
+
+def test_a_brand_new_data_directory_is_new_and_a_restart_after_sigterm_is_clean(tmp_path):
+    data = tmp_path / "fresh" / "data"
+    logs = []
+    for _ in range(2):
+        proc = subprocess.Popen([BROKER_BIN, "/dev/null", "--override", f"log.dirs={data}",
+                                 "--override", "listeners=PLAINTEXT://127.0.0.1:0"],
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if "started" in line:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            lines += proc.stderr.read().splitlines(keepends=True)
+            assert proc.wait(30) == 0, "".join(lines)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        logs.append("".join(lines))
+    assert f"opening log dir {data} (new)" in logs[0], logs[0]
+    assert f"opening log dir {data} (clean shutdown before)" in logs[1], logs[1]
+    assert not (data / ".acked-write-probe").exists()
+
+
+# ---- 5. --version and --help --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("binary,name", [(ACKED, "acked"), (BROKER_BIN, "acked-broker")])
+def test_version_prints_the_installed_packages_version(binary, name):
+    from importlib.metadata import version
+    proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"{name} {version('acked')}"
+
+
+def test_run_help_shows_the_defaults_and_that_the_default_nemesis_is_none():
+    proc = subprocess.run([ACKED, "run", "--help"], capture_output=True, text=True, timeout=30)
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0
+    for default in ("(default: safe)", "(default: docker)", "(default: 3)", "(default: 60)", "(default: 100)",
+                    "(default: 2n)", "(default: none: no faults", "(default: confluent-kafka)",
+                    "(default: random)", "4 bad arguments or test description"):
+        assert default in text, default
