@@ -26,7 +26,7 @@ def latencies(history: Path) -> dict[str, str]:
     with history.open("rb") as f:
         for line in f:
             e = orjson.loads(line)
-            if e["process"] == "nemesis":
+            if not isinstance(e["process"], int):  # nemesis and harness ops
                 continue
             if e["type"] == "invoke":
                 invoked[e["process"]] = e["time"]

@@ -19,6 +19,23 @@ import orjson
 TYPES = frozenset(("invoke", "ok", "fail", "info"))
 CLIENT_FS = frozenset(("send", "poll", "txn"))
 
+#: The harness's own op (docs/history-format.md, "The run op"): process HARNESS, f RUN_F. acked's runner
+#: invokes it as the history's first event (RUN_INVOKE) and completes it ok when the final drain has finished
+#: (run_completion). A history with the invocation and no ok completion was cut before the final drain ended.
+HARNESS = "harness"
+RUN_F = "run"
+RUN_INVOKE = {"process": HARNESS, "type": "invoke", "f": RUN_F, "value": {"writer": "acked", "final-drain": True}}
+
+
+def run_completion(stopped: str, keys: int) -> dict:
+    """The run op's ok completion, written when the final drain finished.
+
+    stopped: why the drain ended: "read-everything" (every key read up to the highest offset seen),
+    "log-end" (the logs ended below that for a while), "time-limit" (final-time-limit passed),
+    "nothing-written" (no key was ever written)."""
+    return {"process": HARNESS, "type": "ok", "f": RUN_F,
+            "value": {"final-drain": "complete", "stopped": stopped, "keys": keys}}
+
 
 class Event(msgspec.Struct, gc=False, kw_only=True):
     """One history line as the checker's fast path decodes it.

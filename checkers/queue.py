@@ -25,7 +25,7 @@ import msgspec
 
 import orjson
 
-from .history import BATCH_BYTES, Event, decode_value, iter_event_batches, validate_event
+from .history import BATCH_BYTES, HARNESS, RUN_F, Event, decode_value, iter_event_batches, validate_event
 from .stats import StatsCollector
 
 # Allowed anomaly types (they never make a run invalid), as in Jepsen.
@@ -34,6 +34,9 @@ ALWAYS_ALLOWED = {"int-send-skip", "G0", "G0-process", "G0-realtime"}
 SAMPLE_NS = 250_000_000  # unseen/offset progress sampled every 250 ms of history time
 _COMPLETIONS = frozenset(("ok", "fail", "info"))
 MAX_EXAMPLES = 1000  # anomalies kept per type; anomaly-counts has the totals
+#: Why `unseen` does not make a cut history invalid (docs/anomalies.md, "Cut histories").
+CUT_REASON = ("the history ends before the final drain completed (acked's run op never completed ok), "
+              "so an unseen value may only not have been read yet")
 
 
 _UNSET = object()
@@ -138,6 +141,7 @@ class QueueChecker:
         self.next_sample = 0
         self.lines = 0
         self.last_time = None
+        self.run_done = None  # type of the harness's run op completion (None: not seen)
 
     # -- recording ---------------------------------------------------------
     def _add(self, kind, rec):
@@ -271,6 +275,11 @@ class QueueChecker:
                 sample(time, keys)
                 next_sample = time + SAMPLE_NS
             if t != "ok" or (f != "send" and f != "poll"):
+                if p == HARNESS:  # the harness's own op: a fact about the history, not a client's
+                    times.pop()
+                    lats.pop()
+                    self._harness_completion(t, f)
+                    continue
                 kinds.append(kind_index(f, t))
                 if f == "send" or f == "poll" or f == "txn" or f == "assign" or f == "subscribe":
                     general(lineno, ev.index, t, p, f, ev, inv)
@@ -403,6 +412,12 @@ class QueueChecker:
                 inv = (None, None, f, None, None)
             elif type(inv) is Event:  # invoked in a block the fast path folded
                 inv = _inv_tuple(inv)
+            if p == HARNESS:  # as the fast path: sampled, not counted
+                self._harness_completion(t, f)
+                if time is not None and time >= next_sample:
+                    st.sample(time, keys)
+                    next_sample = time + SAMPLE_NS
+                continue
             if do_stats:
                 kind_append(kind_index(f, t))
                 if time is not None:
@@ -442,6 +457,20 @@ class QueueChecker:
         self.n_events = next_index
         self.next_sample = next_sample
         self.last_time = last_time
+
+    def _harness_completion(self, t, f):
+        if f == RUN_F and self.run_done != "ok":
+            self.run_done = t
+
+    def history_cut(self) -> bool:
+        """Whether this is a history of acked's runner (it holds the run op) that ends before the final drain
+        completed (the run op has no ok completion). Foreign histories have no run op: never cut."""
+        if self.run_done == "ok":
+            return False
+        if self.run_done is not None:
+            return True
+        inv = self.pending.get(HARNESS)
+        return inv is not None and _inv_tuple(inv)[2] == RUN_F
 
     def _poll_fast(self, idx, p, mop, inv, ev):
         """The common case: an ok poll of one micro-op whose records per key sit
@@ -1064,20 +1093,30 @@ class QueueChecker:
             why.update(dict.fromkeys(("G1c", "G1c-process", "G1c-realtime"), "ww-deps: write-write edges are inferred"))
         if self.opts["delivery"] == "at-least-once":
             why["duplicate"] = "delivery=at-least-once was declared for this run"
+        if self.history_cut():
+            why["unseen"] = CUT_REASON
         return why
 
     def _results(self, totals=None) -> dict:
+        if totals is None:
+            totals = _totals(self)
         types = sorted(self.counts)
-        allowed = self.allowed_types()
-        bad = [t for t in types if t not in allowed]
+        reasons = self.allowed_reasons()
+        bad = [t for t in types if t not in reasons]
+        unknown_reason = None
         if bad:
             valid = False
         elif not self.any_ok_read:
             valid = "unknown"
+            unknown_reason = "no poll completed ok with any record, so nothing could be verified"
+        elif "unseen" in self.counts and self.history_cut():
+            valid = "unknown"
+            n = totals["acknowledged-but-never-read"]
+            unknown_reason = (f"the history ends before the final drain completed, so the {n} unseen value(s) "
+                              "may only not have been read yet (every other anomaly type was checked: none makes the "
+                              "history invalid)")
         else:
             valid = True
-        if totals is None:
-            totals = _totals(self)
         stats = self.stats.summary()
         stats["events"] = self.n_events
         stats.update(totals)
@@ -1085,7 +1124,7 @@ class QueueChecker:
             "valid": valid,
             "anomaly-types": types,
             "bad-anomaly-types": bad,
-            "allowed-anomalies": {t: r for t, r in self.allowed_reasons().items() if t in self.counts},
+            "allowed-anomalies": {t: r for t, r in reasons.items() if t in self.counts},
             "anomaly-counts": dict(sorted(self.counts.items())),
             "anomalies": {t: self.anoms[t] for t in types},
             "options": dict(self.opts),
@@ -1094,8 +1133,10 @@ class QueueChecker:
             "stats": stats,
             "perf": self.stats.series(),
         }
-        if valid == "unknown":
-            res["unknown-reason"] = "no poll completed ok with any record, so nothing could be verified"
+        if self.history_cut():
+            res["history-cut"] = True
+        if unknown_reason is not None:
+            res["unknown-reason"] = unknown_reason
         return res
 
 

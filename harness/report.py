@@ -21,6 +21,7 @@ import datetime as dt
 import io
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -170,59 +171,69 @@ def _read_json(path: Path, notes: list[str], missing_note: str) -> dict | None:
     return data
 
 
-class HistoryScan:
-    """What the report needs from history.jsonl, gathered in one streaming pass with bounded memory."""
+@dataclass
+class HistoryFacts:
+    """What the report takes from history.jsonl, read with the checker's reader (checkers.history.iter_jsonl):
+    the same lines are events and the same lines are problems as for `acked check`. Bounded memory: only the
+    nemesis ops and the lines that results.json cites are kept; per-op counts come from results.json's stats."""
 
-    def __init__(self, path: Path, wanted: set[int]):
-        self.events = 0
-        self.bad_lines: list[tuple[int, str]] = []
-        self.truncated = False
-        self.counts: dict[str, dict[str, int]] = {}
-        self.nemesis: list[dict] = []
-        self.rows: dict[int, dict] = {}
-        self.invocations: dict[int, dict] = {}  # completion index -> its invocation
-        self.first_time: float | None = None
-        self.last_time: float | None = None
-        open_invoke: dict[Any, dict] = {}
-        with open(path, "rb") as fh:
-            line_no = 0
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    ev = orjson.loads(line)
-                    if not isinstance(ev, dict):
-                        raise ValueError("not an object")
-                except (orjson.JSONDecodeError, ValueError) as e:
-                    if not line.endswith(b"\n"):
-                        self.truncated = True
-                    if len(self.bad_lines) < MAX_PROBLEMS:
-                        self.bad_lines.append((line_no, str(e)))
-                    continue
-                idx = ev.get("index")
-                if not isinstance(idx, int):
-                    idx = ev["index"] = self.events
-                self.events += 1
-                t = ev.get("time")
-                if isinstance(t, (int, float)):
-                    s = t / 1e9
-                    self.first_time = s if self.first_time is None else min(self.first_time, s)
-                    self.last_time = s if self.last_time is None else max(self.last_time, s)
-                p, typ, f = ev.get("process"), ev.get("type"), ev.get("f")
-                if p == "nemesis":
-                    if len(self.nemesis) < 20_000:
-                        self.nemesis.append(ev)
-                elif typ == "invoke":
-                    open_invoke[p] = ev
-                elif typ in ("ok", "fail", "info"):
-                    c = self.counts.setdefault(str(f), {"ok": 0, "fail": 0, "info": 0})
+    events: int = 0
+    problems: list = field(default_factory=list)  # checkers.history.Problem
+    nemesis: list = field(default_factory=list)
+    rows: dict = field(default_factory=dict)         # index -> event, for the cited ops
+    invocations: dict = field(default_factory=dict)  # cited completion index -> its invocation
+    counts: dict = field(default_factory=dict)       # f -> {ok, fail, info}: only when results.json has no stats
+    last_time: float | None = None
+    open_at_end: int = 0
+    not_a_history: str | None = None                 # HistoryError's message
+
+    @property
+    def truncated(self) -> bool:
+        return any(p.message.startswith("truncated last line") for p in self.problems)
+
+    @property
+    def bad_lines(self) -> list:
+        return [(p.line, p.message) for p in self.problems]
+
+
+def read_history_facts(path: Path, wanted: set[int], count: bool = False) -> HistoryFacts:
+    """One streaming pass of checkers.history.iter_jsonl over the history (indexes as read_history numbers them:
+    the line's `index`, else one past the previous). count: tally completions per f (results.json has none)."""
+    from checkers.history import HARNESS, HistoryError, iter_jsonl
+    facts = HistoryFacts()
+    open_invoke: dict[Any, dict] = {}
+    next_index = 0
+    last = None
+    try:
+        for _line, ev in iter_jsonl(path, facts.problems):
+            idx = ev.get("index")
+            if not isinstance(idx, int):
+                idx = ev["index"] = next_index
+            next_index = max(next_index, idx + 1)
+            facts.events += 1
+            t = ev.get("time")
+            if isinstance(t, (int, float)) and (last is None or t > last):
+                last = t
+            p, typ = ev["process"], ev["type"]
+            if p == "nemesis":
+                if len(facts.nemesis) < 20_000:
+                    facts.nemesis.append(ev)
+            elif typ == "invoke":
+                open_invoke[p] = ev
+            else:
+                inv = open_invoke.pop(p, None)
+                if count and p != HARNESS:
+                    c = facts.counts.setdefault(ev["f"], {"ok": 0, "fail": 0, "info": 0})
                     c[typ] += 1
-                    inv = open_invoke.pop(p, None)
-                    if idx in wanted and inv is not None:
-                        self.invocations[idx] = inv
-                if idx in wanted:
-                    self.rows[idx] = ev
-        self.open_at_end = len(open_invoke)
+                if idx in wanted and inv is not None:
+                    facts.invocations[idx] = inv
+            if idx in wanted:
+                facts.rows[idx] = ev
+    except HistoryError as e:
+        facts.not_a_history = str(e)
+    facts.last_time = last / 1e9 if last is not None else None
+    facts.open_at_end = len(open_invoke)
+    return facts
 
 
 # ---- faults: intervals from the nemesis registry, and the fault an anomaly followed -------------------------------
@@ -237,17 +248,17 @@ def _registry() -> dict:
     index; empty (every fault grey) if the registry cannot be imported, so an odd tree still gets its report."""
     global _REGISTRY
     if _REGISTRY is None:
+        by_f: dict[str, tuple[str, str]] = {}
         try:
-            from nemesis.packages import PACKAGES, display
+            from nemesis.packages import PACKAGES, display, nemesis_fs, package_of_f
             shown = display()
             sequences = {name for name, p in PACKAGES.items() if p.sequence}
+            for f in nemesis_fs():  # which package an f starts or stops: the registry's own answer
+                owner = package_of_f(f)
+                if owner is not None:
+                    by_f[f] = (owner[0].name, owner[1])
         except Exception:  # noqa: BLE001 -- a report without colours beats no report
             shown, sequences = {}, set()
-        by_f: dict[str, tuple[str, str]] = {}
-        for name, d in shown.items():
-            by_f.setdefault(d["stop"], (name, "stop"))
-            for f in d["start"]:
-                by_f.setdefault(f, (name, "start"))
         _REGISTRY = {"packages": shown, "by_f": by_f, "sequences": sequences}
     return _REGISTRY
 
@@ -516,14 +527,17 @@ def load_run(run_dir: Path) -> dict:
     history_path = run_dir / "history.jsonl"
     scan = None
     if history_path.exists():
-        scan = HistoryScan(history_path, _anomaly_ops(results or {}))
-        if scan.truncated:
+        has_counts = bool(((results or {}).get("stats") or {}).get("by-f"))
+        scan = read_history_facts(history_path, _anomaly_ops(results or {}), count=not has_counts)
+        if scan.not_a_history:
+            notes.append(f"history.jsonl is not a history ({scan.not_a_history}); nothing of it is shown.")
+        elif scan.truncated:
             notes.append("history.jsonl ends in a cut-off line: the run stopped while writing it. Everything "
                          "before that line is used; the cut-off line is skipped.")
         elif scan.bad_lines:
             notes.append(f"history.jsonl has {len(scan.bad_lines)} line(s) that are not JSON events; they are "
                          "skipped.")
-        if scan.events == 0:
+        if scan.events == 0 and not scan.not_a_history:
             notes.append("history.jsonl is empty: no operation was recorded.")
     else:
         notes.append("history.jsonl is missing: no operation was recorded.")
@@ -611,7 +625,7 @@ def _secs(v) -> str | None:
     return None if v is None else f"{v:g} s" if isinstance(v, (int, float)) else str(v)
 
 
-def _totals(stats: dict, by_f: dict, scan: HistoryScan | None) -> list[tuple[str, Any, str]]:
+def _totals(stats: dict, by_f: dict, scan: HistoryFacts | None) -> list[tuple[str, Any, str]]:
     rows = []
     for key, label, hint in (("acknowledged", "acknowledged", "values whose send completed ok"),
                              ("read", "read", "distinct values returned by ok polls"),
@@ -676,7 +690,7 @@ def _severity(kind: str) -> int:
     return SEVERITY.index(base) if base in SEVERITY else len(SEVERITY)
 
 
-def _op_time(scan: HistoryScan | None, ops: list) -> float | None:
+def _op_time(scan: HistoryFacts | None, ops: list) -> float | None:
     """The time (seconds) of the first cited op whose history line was read."""
     for i in ops:
         ev = scan.rows.get(i) if scan is not None and isinstance(i, int) else None
@@ -719,7 +733,7 @@ def _anomaly_fault_summary(sections: list[dict]) -> list[dict]:
     return out
 
 
-def _anomaly_sections(res: dict, scan: HistoryScan | None, intervals: list[dict] = ()) -> list[dict]:
+def _anomaly_sections(res: dict, scan: HistoryFacts | None, intervals: list[dict] = ()) -> list[dict]:
     anomalies = res.get("anomalies") or {}
     counts = res.get("anomaly-counts") or {}
     bad = set(res.get("bad-anomaly-types") or [])

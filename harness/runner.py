@@ -218,7 +218,7 @@ class Runner:
     # ---- phases ----------------------------------------------------------------
 
     def _setup(self) -> None:
-        from checkers.history import HistoryWriter
+        from checkers.history import RUN_INVOKE, HistoryWriter
         import clusters
         from clusters.base import ClusterSpec
         from workloads.generator import GeneratorSpec, QueueGenerator
@@ -231,6 +231,7 @@ class Runner:
         self.client_logger.addHandler(self._log_handler)
         self.history = HistoryWriter(self.run_dir / "history.jsonl")
         self.history.__enter__()
+        self._append(RUN_INVOKE)  # says "acked's history": it ends with the run op's ok once the final drain is done
         spec = ClusterSpec(backend=d.backend, nodes=d.nodes, broker_config=d.broker_config(),
                            work_dir=Path(d.results_dir) / ".clusters" / self.run_dir.name,
                            run_id=f"{d.name}-{self.run_dir.name}", capabilities=d.capabilities())
@@ -372,7 +373,15 @@ class Runner:
                 self.log(f"some partitions still had no leader after {self.desc.recovery_time}s")
 
     def _drain(self) -> None:
-        """Read every key from its beginning until the reads reach the highest offset seen anywhere."""
+        """The final drain, then the run op's ok completion: the history says the drain ran to its end
+        (docs/history-format.md). Not written when the drain failed or was interrupted."""
+        from checkers.history import run_completion
+        stopped, keys = self._drain_reads()
+        self._append(run_completion(stopped, keys))
+
+    def _drain_reads(self) -> tuple[str, int]:
+        """Read every key from its beginning until the reads reach the highest offset seen anywhere.
+        Returns why it stopped and how many keys it read."""
         d = self.desc
         with self._gen_lock:
             keys = list(self.gen.all_keys)
@@ -381,7 +390,7 @@ class Runner:
             targets = {k: self._max_offset.get(k, -1) for k in keys}
         keys = [k for k in keys if targets[k] >= 0]
         if not keys:
-            return
+            return "nothing-written", 0
         deadline = time.monotonic() + d.final_time_limit
         client = self._client(process)
         read: dict[str, int] = {}
@@ -395,7 +404,7 @@ class Runner:
             while time.monotonic() < deadline:
                 pending = [k for k in keys if read.get(k, -1) < targets[k]]
                 if not pending:
-                    return
+                    return "read-everything", len(keys)
                 op = {"process": process, "f": "poll", "value": [["poll"]]}
                 self._append({"process": process, "type": "invoke", "f": "poll", "value": op["value"]})
                 completion = client.invoke(op)
@@ -411,8 +420,9 @@ class Runner:
                 elif time.monotonic() - empty_since > DRAIN_GIVE_UP and self._drained_to_end(pending, read):
                     # the logs have ended below the targets for a while: what is missing was lost (or never
                     # became readable), the checker says so
-                    return
+                    return "log-end", len(keys)
             self.log(f"final drain stopped at its time limit with {len(pending)} keys short of their highest offset")
+            return "time-limit", len(keys)
         finally:
             client.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from checkers import check
+from checkers.history import RUN_INVOKE, run_completion
 
 
 class H:
@@ -41,6 +42,17 @@ class H:
 
     def txn(self, p, mops_inv, mops_done, t="ok"):
         return self._op(p, "txn", mops_inv, t, mops_done)
+
+    def run_start(self):
+        """acked's run op: invoked first in every history acked's runner writes (checkers.history.RUN_INVOKE)."""
+        self.events.append({"index": len(self.events), "time": len(self.events) * 1000, **RUN_INVOKE})
+        return self
+
+    def run_done(self, stopped="read-everything"):
+        """The run op's ok completion: the final drain ran to its end."""
+        self.events.append({"index": len(self.events), "time": len(self.events) * 1000,
+                            **run_completion(stopped, 1)})
+        return self
 
     def check(self, **opts):
         return check(self.events, **opts)
@@ -391,3 +403,85 @@ def test_results_are_json(kind, tmp_path):
     json.loads(json.dumps(res))
     for k in ("valid", "anomaly-types", "bad-anomaly-types", "anomalies", "stats", "perf"):
         assert k in res
+
+
+# -- cut histories (docs/anomalies.md, "Cut histories") ----------------------------------------------------------
+
+
+def unseen_tail():
+    """Key x fully read; key y's value 9 acknowledged after the last poll: only unseen."""
+    h = H().run_start()
+    h.send(0, "x", 1, 0)
+    h.send(0, "x", 2, 1)
+    h.poll(1, {"x": [(0, 1), (1, 2)]})
+    h.send(0, "y", 9, 0)
+    return h
+
+
+def test_cut_history_with_only_unseen_is_unknown():
+    res = unseen_tail().check()
+    assert res["valid"] == "unknown", res
+    assert "final drain" in res["unknown-reason"] and "1 unseen" in res["unknown-reason"]
+    assert res["anomaly-types"] == ["unseen"] and res["bad-anomaly-types"] == []
+    assert "final drain" in res["allowed-anomalies"]["unseen"]
+    assert res["history-cut"] is True
+    # the harness's run op is not a client op: no stats of its own
+    assert "run" not in res["stats"]["by-f"]
+
+
+def test_cut_during_the_drain_is_unknown_too():
+    h = unseen_tail()
+    h.assign(2, ["x", "y"])
+    h.poll(2, {"x": [(0, 1), (1, 2)]})  # the drain had not reached y yet
+    res = h.check()
+    assert res["valid"] == "unknown" and "final drain" in res["unknown-reason"]
+
+
+def test_completed_drain_makes_unseen_invalid():
+    h = unseen_tail().run_done()
+    res = h.check()
+    assert res["valid"] is False and res["bad-anomaly-types"] == ["unseen"]
+    assert "history-cut" not in res and "unseen" not in res["allowed-anomalies"]
+
+
+@pytest.mark.parametrize("stopped", ["log-end", "time-limit"])
+def test_a_drain_that_stopped_short_still_completed(stopped):
+    res = unseen_tail().run_done(stopped).check()
+    assert res["valid"] is False and res["bad-anomaly-types"] == ["unseen"]
+
+
+def test_cut_history_with_a_lost_write_is_invalid():
+    h = H().run_start()
+    h.send(0, "x", 1, 0)
+    h.send(0, "x", 2, 1)
+    h.send(0, "x", 3, 2)
+    h.poll(1, {"x": [(0, 1), (2, 3)]})  # 2 was skipped: lost, drain or not
+    h.send(0, "y", 9, 0)  # and y's 9 only unseen
+    res = h.check()
+    assert res["valid"] is False and "lost-write" in res["bad-anomaly-types"]
+    assert "unseen" not in res["bad-anomaly-types"] and "unseen" in res["anomaly-types"]
+    assert "unknown-reason" not in res
+
+
+def test_cut_history_without_unseen_is_valid():
+    h = H().run_start()
+    h.send(0, "x", 1, 0)
+    h.poll(1, {"x": [(0, 1)]})
+    res = h.check()
+    assert res["valid"] is True and res["history-cut"] is True
+
+
+def test_history_without_the_run_op_keeps_unseen_invalid():
+    """Foreign histories (Jepsen's EDN, converted ones, acked's before the run op): unseen stays bad."""
+    h = unseen_tail()
+    h.events = [e for e in h.events if e["process"] != "harness"]
+    res = h.check()
+    assert res["valid"] is False and res["bad-anomaly-types"] == ["unseen"] and "history-cut" not in res
+
+
+def test_run_op_completed_otherwise_than_ok_is_cut():
+    h = unseen_tail()
+    h.events.append({"index": len(h.events), "time": len(h.events) * 1000, "process": "harness", "type": "info",
+                     "f": "run", "value": None})
+    res = h.check()
+    assert res["valid"] == "unknown" and res["history-cut"] is True

@@ -171,3 +171,41 @@ def test_two_process_check_gives_the_same_results(tmp_path, seed):
     assert one == two
     r = acked("check", path, "--jobs", "2", "--json")
     assert r.returncode == 1 and json.loads(r.stdout) == json.loads(orjson.dumps(one))
+
+
+def cut_history(drained: bool):
+    """acked's run op invoked first; value 9 of key y acknowledged after the last poll; drained: the run op's
+    ok completion (written when the final drain finished) ends the history."""
+    from checkers.history import RUN_INVOKE, run_completion
+    events = [dict(RUN_INVOKE),
+              ev(0, "invoke", "send", [["send", "x", 1]]), ev(0, "ok", "send", [["send", "x", [0, 1]]]),
+              ev(1, "invoke", "poll", [["poll"]]), ev(1, "ok", "poll", [["poll", {"x": [[0, 1]]}]]),
+              ev(0, "invoke", "send", [["send", "y", 9]]), ev(0, "ok", "send", [["send", "y", [0, 9]]])]
+    if drained:
+        events.append(run_completion("log-end", 2))
+    return events
+
+
+def test_cut_history_is_unknown_with_its_reason(tmp_path):
+    path = write(tmp_path / "history.jsonl", cut_history(drained=False))
+    r = acked("check", path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "UNKNOWN (the history ends before the final drain completed" in r.stdout
+    assert "unseen: 1 (allowed: the history ends before the final drain completed" in r.stdout
+    r = acked("check", path, "--json")
+    assert r.returncode == 2 and "final drain" in json.loads(r.stdout)["unknown-reason"]
+    drained = write(tmp_path / "drained.jsonl", cut_history(drained=True))
+    r = acked("check", drained)
+    assert r.returncode == 1 and r.stdout.splitlines()[-1] == "INVALID: unseen", r.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the two-process check needs fork()")
+@pytest.mark.parametrize("drained", [False, True])
+def test_cut_history_two_process_check_agrees(tmp_path, drained):
+    import checkers
+    path = write(tmp_path / "history.jsonl", cut_history(drained))
+    one = checkers.check_path(path)
+    two = checkers.check_path(path, parallel=True)
+    assert two["valid"] == one["valid"] == (False if drained else "unknown")
+    assert two.get("unknown-reason") == one.get("unknown-reason")
+    assert two["bad-anomaly-types"] == one["bad-anomaly-types"]

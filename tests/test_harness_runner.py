@@ -80,3 +80,51 @@ def test_a_send_to_an_unreachable_cluster_times_out_as_info():
     finally:
         client.close()
     assert c["type"] == "info" and c["value"] == [["send", "3", [None, 42]]] and c["error"] == "timeout"
+
+
+def test_the_history_starts_with_the_run_op_and_a_cut_one_says_so(tmp_path):
+    """Setup fails: the history holds only the run op's invocation, so the checker calls it cut."""
+    from checkers.history import RUN_INVOKE
+
+    def factory(spec):
+        raise ClusterError("no cluster in this test")
+    result = run_test(TestDescription(backend="local", results_dir=str(tmp_path), seed=3), cluster_factory=factory)
+    lines = [json.loads(x) for x in (result.run_dir / "history.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and {k: lines[0][k] for k in RUN_INVOKE} == RUN_INVOKE and lines[0]["index"] == 0
+    assert result.results["history-cut"] is True
+
+
+class _Gen:
+    all_keys: list = []
+    processes = [0, 1]
+
+
+def _drain_runner(tmp_path):
+    from checkers.history import HistoryWriter, RUN_INVOKE
+    from harness.runner import Runner
+    r = Runner(TestDescription(backend="local", results_dir=str(tmp_path), seed=3))
+    r.gen = _Gen()
+    r.history = HistoryWriter(tmp_path / "history.jsonl")
+    r.history.append(RUN_INVOKE)
+    return r
+
+
+def test_a_finished_drain_completes_the_run_op(tmp_path):
+    r = _drain_runner(tmp_path)
+    r._drain()  # nothing was written: nothing to read, the drain is done at once
+    r.history.close()
+    last = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
+    assert (last["process"], last["type"], last["f"]) == ("harness", "ok", "run")
+    assert last["value"] == {"final-drain": "complete", "stopped": "nothing-written", "keys": 0}
+
+
+def test_a_failed_drain_leaves_the_run_op_open(tmp_path, monkeypatch):
+    r = _drain_runner(tmp_path)
+
+    def broken():
+        raise RuntimeError("final drain could not assign its keys")
+    monkeypatch.setattr(r, "_drain_reads", broken)
+    with pytest.raises(RuntimeError):
+        r._drain()
+    r.history.close()
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1

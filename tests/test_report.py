@@ -507,3 +507,51 @@ def test_a_real_run_leaves_its_report(tmp_path):
     assert "logs/n1/broker.log" in page.hrefs and "logs/clients.log" in page.hrefs
     assert_self_contained_with_relative_links(out, page)
     assert result.run_dir.name in (Path(tmp_path) / "results" / "index.html").read_text()
+
+
+# ---- one history reader (issue 16, part 5) ----------------------------------------------------------------------
+
+def test_the_report_has_no_history_parser_of_its_own(lossy, tmp_path):
+    """The report reads history.jsonl through checkers.history (iter_jsonl): the same lines are events and the same
+    lines are problems as for the checker; fault pairing is the registry's package_of_f."""
+    import inspect
+    from checkers.history import read_history
+    from nemesis.packages import package_of_f
+    source = inspect.getsource(report)
+    assert not hasattr(report, "HistoryScan") and "iter_jsonl" in source and "orjson.loads(line" not in source
+    _, run_dir, results, _ = lossy
+    # a garbled line, a line that is JSON but not an event, and a cut-off last line: the checker's problems
+    blob = (run_dir / "history.jsonl").read_bytes()
+    broken = tmp_path / "history.jsonl"
+    broken.write_bytes(blob + b"{not json\n" + b'{"type": "ok"}\n' + b'{"process": 0, "ty')
+    facts = report.read_history_facts(broken, set())
+    expected = read_history(broken)
+    assert [(p.line, p.message) for p in facts.problems] == [(p.line, p.message) for p in expected.problems]
+    assert facts.truncated and facts.events == len(expected.events)
+    # the report's view of the run: the cited ops are the checker's, each fault interval is the registry's
+    view = report.load_run(run_dir)
+    assert {s["type"] for s in view["anomalies"]} == set(results["anomaly-types"])
+    lost = next(s for s in view["anomalies"] if s["type"] == "lost-write")
+    assert {r["index"] for r in lost["rows"] if r["role"] == "cited"} >= set(results["anomalies"]["lost-write"][0]["ops"])
+    assert view["fault_count"] == 2
+    facts = report.read_history_facts(run_dir / "history.jsonl", report._anomaly_ops(results))
+    assert set(facts.rows) == report._anomaly_ops(results)
+    ivs = report.fault_intervals(facts.nemesis, facts.last_time)
+    assert [iv["fault"] for iv in ivs] == ["kill", "partition"]
+    for iv in ivs:
+        assert package_of_f(iv["f"])[0].name == iv["fault"]
+
+
+def test_a_cut_run_reports_unknown_with_the_reason(tmp_path):
+    """A history of acked's runner without the run op's ok completion: unseen is not a loss, the page says why."""
+    from checkers.history import RUN_INVOKE
+    events = _history(5, 300, faults=())
+    events = [{**RUN_INVOKE, "index": 0, "time": 0}] + [{**e, "index": e["index"] + 1} for e in events]
+    events.append({"index": len(events), "time": events[-1]["time"] + 1, "process": 0, "type": "invoke", "f": "send",
+                   "value": [["send", "0", 99999]]})
+    events.append({"index": len(events), "time": events[-1]["time"] + 1, "process": 0, "type": "ok", "f": "send",
+                   "value": [["send", "0", [99999, 99999]]]})
+    run_dir, results = make_run(tmp_path, "cut", events)
+    assert results["valid"] == "unknown" and "final drain" in results["unknown-reason"]
+    out = report.render(run_dir)
+    assert "the history ends before the final drain completed" in section_text(out, "verdict")
