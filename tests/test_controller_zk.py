@@ -260,7 +260,10 @@ def test_restarted_leader_gets_a_new_epoch(brokers, zookeeper, zk_client):
     # broker 2's watches were re-armed on its new session: it sees the new epoch too
     wait_for("b2 sees the new epoch", lambda: any(vs is not None and vs.state.leader_epoch == s.leader_epoch
                                                   for _, _, vs, _ in seen2))
-    assert b2.registration_zxid > 0 and zk_client.get("/brokers/ids/2")[1].czxid == b2.registration_zxid
+    # its new registration is the znode's (the worker thread records it just after the create returns: wait, as
+    # a slow machine can run this check in between; until then the broker does not lead, replica_manager._role)
+    wait_for("b2 records its new registration",
+             lambda: b2.registration_zxid > 0 and zk_client.get("/brokers/ids/2")[1].czxid == b2.registration_zxid)
 
 
 def test_registration_survives_a_connection_lost_to_a_stalled_zookeeper(zookeeper, brokers, zk_client):

@@ -207,7 +207,7 @@ def test_isolate_leader_then_kill_reaches_an_isr_of_the_leader_alone_before_the_
     seq.setup(ctx)
     try:
         value = seq.invoke(ctx, {"f": "isolate-leader-then-kill", "value": {"write-for": 0.5, "elect-deadline": 3}})
-        assert value["isr-shrunk-to-leader"] is True
+        assert value["isr-shrunk-to-leader"] is True, value
         assert value["isr-before-kill"] == [value["leader"]]
         assert value["killed"] == ctx.node_of(value["leader"]).name
         assert not ctx.node_of(value["leader"]).is_running("broker")
