@@ -37,14 +37,11 @@ class LogDirError(Exception):
     """The data directory cannot be used; str() is one line naming it and the cause."""
 
 
-def check_log_dir(directory: str) -> bool:
+def check_log_dir(directory: str) -> None:
     """Create the data directory and prove it writable (write, fsync and remove a probe file), so that an
     operator's mistake -- a path under /proc or under a regular file, a read-only directory -- stops the start
-    with one line instead of failing the first produce. Returns whether the directory was new: it did not
-    exist or held nothing."""
+    with one line instead of failing the first produce."""
     try:
-        existed = os.path.isdir(directory)
-        new = not existed or not [e for e in os.listdir(directory) if e != PROBE]
         os.makedirs(directory, exist_ok=True)
         probe = os.path.join(directory, PROBE)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -63,7 +60,6 @@ def check_log_dir(directory: str) -> bool:
         cause = e.strerror or str(e)
         where = f" ({e.filename})" if e.filename and os.path.abspath(e.filename) != os.path.abspath(directory) else ""
         raise LogDirError(f"log dir {directory} cannot be used: {cause}{where}") from None
-    return new
 
 
 class Broker:
@@ -71,7 +67,9 @@ class Broker:
         self.config = config
         self.broker_id = config["broker.id"]
         self.log_dir = config.log_dir
-        new = check_log_dir(self.log_dir)
+        # acked-broker's main() proved the directory writable (check_log_dir) before anything else started
+        new = not os.path.isdir(self.log_dir) or not [e for e in os.listdir(self.log_dir) if e != PROBE]
+        os.makedirs(self.log_dir, exist_ok=True)
         clean = os.path.exists(os.path.join(self.log_dir, CLEAN_SHUTDOWN))
         if clean:
             os.unlink(os.path.join(self.log_dir, CLEAN_SHUTDOWN))

@@ -52,6 +52,33 @@ class ShellNode(Node):
         except (ValueError, IndexError):
             raise ClusterError(f"{self.name}: starting {name!r} printed no pid: {result.stdout!r} {result.stderr!r}")
 
+    def start_daemon_ready(self, name: str, cmd: list[str], logfile: str, ready: str, timeout: float = 15.0,
+                           env: dict[str, str] | None = None) -> None:
+        """Start a daemon and return once a line of its log (written since this start) begins with `ready`.
+        A daemon that exits, or does not get there within `timeout` (it is then KILLed), raises ClusterError
+        with the last lines of its log."""
+        size = self.output(f"stat -c %s {shlex.quote(logfile)} 2>/dev/null || echo 0").stdout.strip()
+        offset = int(size) if size.isdigit() else 0
+        self.start_daemon(name, cmd, logfile, env=env)
+        deadline = time.monotonic() + timeout
+        since = f"tail -c +{offset + 1} {shlex.quote(logfile)} 2>/dev/null"
+        while True:
+            text = self.output(since, timeout=10).stdout
+            if any(line.startswith(ready) for line in text.splitlines()):
+                return
+            alive = self.is_running(name)
+            if alive and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            if alive:
+                self.stop_daemon(name, "KILL", timeout=3)
+                why = f"did not print {ready!r} within {timeout:g} s"
+            else:   # its last words may have come after our read
+                text = self.output(since, timeout=10).stdout
+                why = "exited"
+            tail = "\n".join(text.strip().splitlines()[-15:]) or "(empty)"
+            raise ClusterError(f"{self.name}: {name} {why}; {logfile} says:\n{tail}")
+
     def _pid_check(self, name: str) -> str:
         # A zombie answers kill -0 but is gone; treat it as not running.
         return (f"pid=$(cat {shlex.quote(self.pidfile(name))} 2>/dev/null) && [ -n \"$pid\" ] && "

@@ -139,21 +139,8 @@ class RemoteCluster(Cluster):
         return f"{self.pythonpath.split(':')[0]}/nemesis/{name}"
 
     def _start_helper(self, node: Node, name: str, cmd: list[str], ready: str) -> None:
-        """Start a node-side helper daemon and wait until its log shows the `ready` line."""
-        logfile = f"{LOGS}/{name}.log"
-        size = node.output(f"stat -c %s {logfile} 2>/dev/null || echo 0").stdout.strip()
-        offset = int(size) if size.isdigit() else 0
-        node.start_daemon(name, cmd, logfile, env={"PYTHONPATH": self.pythonpath, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            text = node.output(f"tail -c +{offset + 1} {logfile} 2>/dev/null", timeout=10).stdout
-            if any(line.startswith(ready) for line in text.splitlines()):
-                return
-            if not node.is_running(name) or time.monotonic() > deadline:
-                node.stop_daemon(name, "KILL", timeout=3)
-                tail = "\n".join(text.strip().splitlines()[-10:]) or "(empty)"
-                raise ClusterError(f"{node.name}: {name} did not start ({logfile}):\n{tail}")
-            time.sleep(0.1)
+        node.start_daemon_ready(name, cmd, f"{LOGS}/{name}.log", ready, READY_TIMEOUT,
+                                env={"PYTHONPATH": self.pythonpath, "PYTHONUNBUFFERED": "1"})
 
     def _ensure_faultfs(self, node: Node) -> None:
         """log.dirs through our FUSE filesystem, mounted before the broker first starts; a broker restart
@@ -242,7 +229,7 @@ class RemoteCluster(Cluster):
                 f"zk=$(cat {node.pidfile('zookeeper')} 2>/dev/null); [ -n \"$zk\" ] && kill -s CONT -- -$zk 2>/dev/null; "
                 f"q=$(cat {node.pidfile('acked-nfq')} 2>/dev/null); [ -n \"$q\" ] && kill -s KILL -- -$q 2>/dev/null; "
                 # the fault helpers go with the data: a fresh start mounts and redirects again
-                f"for d in {FAULTFS} {ACKPROXY}; do h=$(cat /var/run/acked/$d.pid 2>/dev/null); "
+                f"for f in {node.pidfile(FAULTFS)} {node.pidfile(ACKPROXY)}; do h=$(cat $f 2>/dev/null); "
                 "[ -n \"$h\" ] && kill -s KILL -- -$h 2>/dev/null; done; "
                 f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; "
                 f"rm -rf {BROKER_DIR} {BROKER_BACKING} {FAKETIME_FILE}; iptables -F 2>/dev/null; "

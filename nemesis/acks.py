@@ -11,59 +11,29 @@ write that already happened, which is what `enable.idempotence` and
 """
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 from clusters.base import Node
 from clusters.remote import ACKPROXY, ACKPROXY_CONTROL
-from nemesis.core import Context, Nemesis, NemesisUnavailable, names, resolve
-from nemesis.disk import control, parallel
+from nemesis.core import Context
+from nemesis.helpers import HelperNemesis, parallel
 
 
-class LoseAcksNemesis(Nemesis):
-    fs = frozenset({"start-lose-acks", "stop-lose-acks"})
+class LoseAcksNemesis(HelperNemesis):
+    start_f, stop_f = "start-lose-acks", "stop-lose-acks"
+    program, daemon, socket = "ackproxy.py", ACKPROXY, ACKPROXY_CONTROL
+    capability, needs = "acks", "ackproxy in front of the brokers: docker or ssh backend"
+    default_target = "leader"
 
-    def __init__(self):
-        self.affected: list[Node] = []
-        self._lock = threading.Lock()
-
-    def ctl(self, ctx: Context, node: Node, request: dict) -> dict:
-        return control(ctx, node, "ackproxy.py", ACKPROXY_CONTROL, request)
-
-    def setup(self, ctx: Context) -> None:
-        spec = getattr(ctx.cluster, "spec", None)
-        missing = [n.name for n in ctx.nodes if not n.is_running(ACKPROXY)]
-        if spec is None or "acks" not in spec.capabilities or missing:
-            raise NemesisUnavailable(f"lose-acks: no ackproxy in front of the brokers on {', '.join(missing) or 'the nodes'};"
-                                     " the run needs the acks capability (docker or ssh backend)")
-
-    def invoke(self, ctx: Context, op: dict) -> Any:
-        if op["f"] == "stop-lose-acks":
-            return self.heal(ctx)
-        value = dict(op.get("value") or {})
-        nodes, seen = resolve(ctx, value.get("target", "leader"))
+    def hit(self, ctx: Context, nodes: list[Node], value: dict) -> dict:
         request = {"cmd": "lose", "apis": value.get("apis", ["Produce"]), "mode": value.get("mode", "drop"),
                    "p": float(value.get("p", 1.0)), "delay_ms": int(value.get("delay_ms", 0)),
                    "seed": ctx.rng.randrange(2**31)}
-        with self._lock:
-            for node in nodes:
-                if node not in self.affected:
-                    self.affected.append(node)
         parallel(lambda n: self.ctl(ctx, n, request), nodes)
-        return {**value, "nodes": names(nodes), **seen}
+        return {}
 
-    def heal(self, ctx: Context) -> Any:
-        with self._lock:
-            nodes, self.affected = self.affected, []
-        counts: dict[str, dict] = {}
+    def heal_node(self, ctx: Context, node: Node) -> dict:
+        status = self.ctl(ctx, node, {"cmd": "status"})
+        self.ctl(ctx, node, {"cmd": "clear"})
+        return {"dropped": status.get("dropped", {}), "delayed": status.get("delayed", {})}
 
-        def one(node: Node) -> None:
-            status = self.ctl(ctx, node, {"cmd": "status"})
-            self.ctl(ctx, node, {"cmd": "clear"})
-            counts[node.name] = {"dropped": status.get("dropped", {}), "delayed": status.get("delayed", {})}
-        parallel(one, nodes)
-        return {"nodes": names(nodes), "responses-lost": dict(sorted(counts.items()))}
-
-    def teardown(self, ctx: Context) -> None:
-        if self.affected:
-            self.heal(ctx)
+    def summarize(self, healed: dict[str, dict]) -> dict:
+        return {"responses-lost": healed}

@@ -29,11 +29,10 @@ import dataclasses
 import ipaddress
 import re
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
-from clusters.base import Node
+from clusters.base import ClusterError, Node
 
 #: our own iptables chain, jumped to from OUTPUT
 CHAIN = "ACKED-PACKET"
@@ -140,27 +139,11 @@ def _program(node: Node) -> str:
 
 def _start_nfq(node: Node, name: str, args: list[str], queue: int, timeout: float = BIND_TIMEOUT) -> None:
     """Start nfq.py as daemon `name` and return once it printed "bound queue"; RuntimeError (with its log) if not."""
-    logfile = f"{LOG_DIR}/{name}.log"
-    size = node.output(f"stat -c %s {logfile} 2>/dev/null || echo 0").stdout.strip()
-    offset = int(size) if size.isdigit() else 0
-    node.start_daemon(name, ["python3", _program(node), "--queue", str(queue), *args], logfile)
-    deadline = time.monotonic() + timeout
-    text = ""
-    while True:
-        text = node.run(f"tail -c +{offset + 1} {logfile} 2>/dev/null", timeout=10).stdout
-        if re.search(r"^bound queue", text, re.MULTILINE):
-            return
-        alive = node.is_running(name)
-        if alive and time.monotonic() < deadline:
-            time.sleep(0.1)
-            continue
-        if alive:
-            node.stop_daemon(name, "TERM", timeout=3)
-        else:   # the last words may have been written after our read
-            text = node.run(f"tail -c +{offset + 1} {logfile} 2>/dev/null", timeout=10).stdout
-        tail = "\n".join(text.strip().splitlines()[-15:]) or "(empty)"
-        why = "exited" if not alive else f"did not bind within {timeout:g} s"
-        raise RuntimeError(f"{node.name}: nfq.py (NFQUEUE queue {queue}) {why}; {logfile} says:\n{tail}")
+    try:
+        node.start_daemon_ready(name, ["python3", _program(node), "--queue", str(queue), *args],
+                                f"{LOG_DIR}/{name}.log", "bound queue", timeout)
+    except ClusterError as e:
+        raise RuntimeError(f"nfq.py (NFQUEUE queue {queue}): {e}") from None
 
 
 def _rate_commands(rate: str, peers: list[str] | None, dev: str) -> list[str]:

@@ -133,9 +133,8 @@ class IsolateLeaderThenKill(_Sequence):
 
     @staticmethod
     def _proxy(ctx: Context, node, request: dict) -> dict:
-        from clusters.remote import ACKPROXY_CONTROL
-        from nemesis.disk import control
-        return control(ctx, node, "ackproxy.py", ACKPROXY_CONTROL, request)
+        from nemesis.acks import LoseAcksNemesis
+        return LoseAcksNemesis().ctl(ctx, node, request)
 
     def _hold_fetches(self, ctx: Context, node) -> bool:
         """Consumers lag: while the ISR of one acknowledges, the leader's Fetch responses to the clients are held

@@ -1,6 +1,7 @@
 """Shared fixtures: real ZooKeeper and local-process clusters, always removed, also when a test fails."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -59,3 +60,33 @@ def wait_until(pred, timeout: float = 10.0, every: float = 0.1) -> bool:
             return True
         time.sleep(every)
     return bool(pred())
+
+
+@contextlib.contextmanager
+def docker_nemesis_cluster(tmp_path_factory, run_id: str, capabilities: set[str]):
+    """Three docker nodes for the fault tests of one module (the ISR shrinks after 3 s of lag, a killed broker's
+    session expires after 6 s), removed at the end whatever happened."""
+    from clusters import create_cluster
+    cluster = create_cluster(ClusterSpec(
+        backend="docker", nodes=3, work_dir=tmp_path_factory.mktemp(run_id), run_id=run_id,
+        capabilities=frozenset(capabilities),
+        broker_config={"replica.lag.time.max.ms": "3000", "zookeeper.session.timeout.ms": "6000",
+                       "default.replication.factor": "3", "min.insync.replicas": "2"}))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.teardown()
+
+
+@contextlib.contextmanager
+def key_topics(cluster, key: str):
+    """The queue workload's Topics with `key`'s partition created and its ISR full."""
+    from workloads.queue import KeyMap, Topics
+    topics = Topics(cluster.bootstrap_servers(), KeyMap(8), 3, {"min.insync.replicas": "2"})
+    try:
+        topics.ensure(key)
+        assert wait_until(lambda: len(topics.isr_of(key)) == 3, 30), topics.isr_of(key)
+        yield topics
+    finally:
+        topics.close()

@@ -11,15 +11,13 @@ import time
 
 import pytest
 
-from clusters import create_cluster
-from clusters.base import ClusterSpec
 from clusters.services import BROKER_PORT, ZK_CLIENT_PORT
-from conftest import wait_until
+from conftest import docker_nemesis_cluster, key_topics, wait_until
 from nemesis.core import Context
 from nemesis.faults import CHAIN, ClockNemesis, PartitionNemesis, ProcessNemesis
 from nemesis.packet import PacketNemesis
 from nemesis.sequences import IsolateLeaderThenKill
-from workloads.queue import KeyMap, QueueRoles, Topics
+from workloads.queue import QueueRoles
 
 pytestmark = pytest.mark.docker
 
@@ -42,25 +40,14 @@ def host_reaches(node, port=BROKER_PORT) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = create_cluster(ClusterSpec(
-        backend="docker", nodes=3, work_dir=tmp_path_factory.mktemp("nemesis"), run_id="test-nemesis",
-        capabilities=frozenset({"net", "clock"}),
-        broker_config={"replica.lag.time.max.ms": "3000", "zookeeper.session.timeout.ms": "6000",
-                       "default.replication.factor": "3", "min.insync.replicas": "2"}))
-    try:
-        c.start()
+    with docker_nemesis_cluster(tmp_path_factory, "test-nemesis", {"net", "clock"}) as c:
         yield c
-    finally:
-        c.teardown()
 
 
 @pytest.fixture(scope="module")
 def topics(cluster):
-    t = Topics(cluster.bootstrap_servers(), KeyMap(8), 3, {"min.insync.replicas": "2"})
-    t.ensure(KEY)
-    assert wait_until(lambda: len(t.isr_of(KEY)) == 3, 30)
-    yield t
-    t.close()
+    with key_topics(cluster, KEY) as t:
+        yield t
 
 
 @pytest.fixture
