@@ -18,6 +18,7 @@ import uuid
 from typing import Callable
 
 from .config import BrokerConfig, TopicConfig, parse_listener
+from .errors import NONE
 from .log import Log, log_dir_io, read_checkpoint, write_checkpoint
 from .metadata import LocalMetadataStore, MetadataError, TopicInfo
 from .fetch_sessions import FetchSessionCache
@@ -248,7 +249,7 @@ class Broker:
         if self.replication is None:
             p = self.get_partition(info.name, i)
             me = (self.broker_id,)
-            return {"error_code": 0, "leader_id": self.broker_id, "leader_epoch": p.leader_epoch if p else 0,
+            return {"error_code": NONE, "leader_id": self.broker_id, "leader_epoch": p.leader_epoch if p else 0,
                     "replica_nodes": me, "isr_nodes": me, "offline_replicas": ()}
         return self.replication.partition_metadata(info, i)
 

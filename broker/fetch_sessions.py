@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .errors import FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH
+
 INITIAL_EPOCH = 0
 FINAL_EPOCH = -1
-FETCH_SESSION_ID_NOT_FOUND = 70
-INVALID_FETCH_SESSION_EPOCH = 71
 #: Kafka's MIN_INCREMENTAL_FETCH_SESSION_EVICTION_MS: an idle session can be evicted after this long
 EVICTION_MS = 120_000
 

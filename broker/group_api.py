@@ -34,11 +34,11 @@ import logging
 import time
 
 from . import protocol
+from .errors import ErrorCode
 from .groups import (
     CommitPartition,
     CoordinatorConfig,
     Effects,
-    ErrorCode,
     GroupCoordinator,
     HeartbeatRequest,
     JoinGroupRequest,

@@ -15,6 +15,9 @@ from typing import Any, Callable
 from . import protocol
 from .config import KEYS, TOPIC_KEYS, TopicConfig
 from .core import Broker
+from .errors import (FENCED_LEADER_EPOCH, INVALID_CONFIG, INVALID_REPLICA_ASSIGNMENT, INVALID_REQUEST,
+                     INVALID_REQUIRED_ACKS, NONE, NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH,
+                     UNKNOWN_TOPIC_ID, UNKNOWN_TOPIC_OR_PARTITION)
 from .fetch_sessions import FINAL_EPOCH, FetchContext, FetchParams
 from .metadata import MetadataError, TopicInfo, check_topic_name
 from .partition import ReadResult
@@ -23,20 +26,6 @@ from .protocol import Request, build_response
 log = logging.getLogger("acked.broker.handlers")
 ZERO_UUID = uuid.UUID(int=0)
 
-NONE = 0
-UNKNOWN_SERVER_ERROR = -1
-OFFSET_OUT_OF_RANGE = 1
-UNKNOWN_TOPIC_OR_PARTITION = 3
-LEADER_NOT_AVAILABLE = 5
-NOT_LEADER_OR_FOLLOWER = 6
-NOT_ENOUGH_REPLICAS = 19
-INVALID_REQUIRED_ACKS = 21
-INVALID_REQUEST = 42
-INVALID_CONFIG = 40
-INVALID_REPLICA_ASSIGNMENT = 39
-FENCED_LEADER_EPOCH = 74
-UNKNOWN_LEADER_EPOCH = 75
-UNKNOWN_TOPIC_ID = 100
 TOPIC_RESOURCE, BROKER_RESOURCE = 2, 4
 DYNAMIC_TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG = 1, 4, 5
 

@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from .config import TOPIC_KEYS, ConfigError, validate_topic_config
+from .errors import (INVALID_CONFIG, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, INVALID_TOPIC_EXCEPTION,
+                     TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION)
 
 _LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 METADATA_FILE = "acked-metadata.json"
@@ -25,14 +27,6 @@ class MetadataError(Exception):
     def __init__(self, error_code: int, message: str):
         super().__init__(message)
         self.error_code = error_code
-
-
-TOPIC_ALREADY_EXISTS = 36
-INVALID_TOPIC_EXCEPTION = 17
-INVALID_PARTITIONS = 37
-INVALID_REPLICATION_FACTOR = 38
-INVALID_CONFIG = 40
-UNKNOWN_TOPIC_OR_PARTITION = 3
 
 
 @dataclass

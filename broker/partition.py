@@ -17,22 +17,13 @@ from typing import Callable
 
 from . import records
 from .config import TopicConfig
+from .errors import (INVALID_PRODUCER_EPOCH, INVALID_RECORD, INVALID_TXN_STATE, MESSAGE_TOO_LARGE, NONE,
+                     NOT_LEADER_OR_FOLLOWER, OFFSET_OUT_OF_RANGE, OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID)
 from .log import Log, OffsetOutOfRange, log_dir_io
 from .records import InvalidBatch
 from .replication import LeaderEpochCache
 
 log = logging.getLogger("acked.broker.partition")
-
-NONE = 0
-OFFSET_OUT_OF_RANGE = 1
-MESSAGE_TOO_LARGE = 10
-NOT_LEADER_OR_FOLLOWER = 6
-INVALID_REQUEST = 42
-OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-INVALID_PRODUCER_EPOCH = 47
-UNKNOWN_PRODUCER_ID = 59
-INVALID_RECORD = 87
-TRANSACTIONAL_NOT_SUPPORTED = 48  # INVALID_TXN_STATE: no transaction coordinator here
 
 MAX_BATCHES_PER_PRODUCER = 5  # what clients keep in flight with idempotence
 
@@ -153,7 +144,7 @@ class Partition:
             if h.size > max_size:
                 return AppendResult(MESSAGE_TOO_LARGE, message=f"batch of {h.size} bytes exceeds max.message.bytes={max_size}")
             if h.is_transactional or h.attributes & records.CONTROL_FLAG:
-                return AppendResult(TRANSACTIONAL_NOT_SUPPORTED, message="transactions are not supported")
+                return AppendResult(INVALID_TXN_STATE, message="transactions are not supported")
         idempotent = [h for _p, h in batches if h.producer_id >= 0]
         if idempotent:
             if len(batches) != 1:
@@ -227,7 +218,7 @@ class Partition:
                 new_epochs.append((latest, h.base_offset))
             if h.base_offset != expected:
                 raise InvalidBatch(f"batch at offset {h.base_offset} does not follow log end offset {expected}",
-                                   records.INVALID_RECORD)
+                                   INVALID_RECORD)
             positions.append((pos, h.base_offset, h.size))
             expected = h.last_offset + 1
             count += h.record_count

@@ -16,9 +16,11 @@ from functools import lru_cache
 from typing import Any
 
 import kio.index
-from kio.schema.errors import ErrorCode
+from kio.schema.errors import ErrorCode as KioErrorCode  # kio's entities want its own enum; ours is broker/errors.py
 from kio.serial import entity_reader, entity_writer
 from kio.static.constants import EntityType
+
+from .errors import UNSUPPORTED_VERSION
 
 API_NAMES = {
     0: "Produce", 1: "Fetch", 2: "ListOffsets", 3: "Metadata", 18: "ApiVersions",
@@ -216,7 +218,7 @@ def build(cls, data: dict):
         elif kind == "entity" and isinstance(v, dict):
             v = build(inner, v)
         elif kind == "error":
-            v = ErrorCode(v)
+            v = KioErrorCode(v)
         elif kind == "timedelta" and isinstance(v, int):
             v = datetime.timedelta(milliseconds=v)
         elif kind == "datetime" and isinstance(v, int):
@@ -243,7 +245,7 @@ def unsupported_api_versions_response(correlation_id: int) -> bytes:
     """KIP-511: a client asking ApiVersions at a version we do not know gets a v0
     answer with UNSUPPORTED_VERSION and our ranges, and retries at a version we do."""
     return encode_response(API_VERSIONS, 0, correlation_id,
-                           api_versions_body(0, ErrorCode.unsupported_version.value))
+                           api_versions_body(0, UNSUPPORTED_VERSION))
 
 
 # -- the client side, for follower fetchers -------------------------------------------------

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import crc32c
 
+from .errors import CORRUPT_MESSAGE, INVALID_RECORD, UNSUPPORTED_FOR_MESSAGE_FORMAT
+
 HEADER_SIZE = 61
 LOG_OVERHEAD = 12  # baseOffset + batchLength: the bytes not counted in batchLength
 _HEADER = struct.Struct(">qiibIhiqqqhii")
@@ -32,11 +34,6 @@ class InvalidBatch(ValueError):
     def __init__(self, message: str, error_code: int):
         super().__init__(message)
         self.error_code = error_code
-
-
-CORRUPT_MESSAGE = 2
-UNSUPPORTED_FOR_MESSAGE_FORMAT = 43
-INVALID_RECORD = 87
 
 
 @dataclass(frozen=True, slots=True)

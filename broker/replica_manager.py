@@ -31,16 +31,11 @@ from .config import TopicConfig
 from .controller import BROKER_IDS, BROKER_TOPICS, CONFIG_TOPICS, Role, VersionedState, ZkBroker, config_from_json, role_for
 from .fetch_sessions import FetchParams, FetchSessionBuilder
 from .records import InvalidBatch
-from .replication import (NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, IsrChange, LeaderPartition,
-                          ReplicationError, follower_high_watermark, truncation_point)
+from .errors import LEADER_NOT_AVAILABLE, NONE, NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, OFFSET_OUT_OF_RANGE
+from .replication import IsrChange, LeaderPartition, ReplicationError, follower_high_watermark, truncation_point
 
 log = logging.getLogger("acked.broker.replication")
 
-NONE = 0
-OFFSET_OUT_OF_RANGE = 1
-LEADER_NOT_AVAILABLE = 5
-FENCED_LEADER_EPOCH = 74
-UNKNOWN_LEADER_EPOCH = 75
 OFFSET_FOR_LEADER_EPOCH_VERSION = 3  # the first with replica_id, as Kafka's followers send
 
 

@@ -24,15 +24,10 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .errors import NONE, NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT
+
 UNDEFINED_EPOCH = -1
 UNDEFINED_OFFSET = -1
-
-# Kafka's error codes for the decisions made here.
-NONE = 0
-REQUEST_TIMED_OUT = 7
-NOT_LEADER_OR_FOLLOWER = 6
-NOT_ENOUGH_REPLICAS = 19
-NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
 
 
 class ReplicationError(ValueError):

@@ -26,16 +26,13 @@ from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, N
 
 from .controller import (BROKER_TOPICS, CONFIG_TOPICS, ControllerError, ZkBroker, assignment_from_json, config_from_json,
                          topic_path)
-from .metadata import (validate_config_change, INVALID_CONFIG, INVALID_PARTITIONS, INVALID_REPLICATION_FACTOR, PRODUCER_ID_BLOCK,
-                       TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION, MetadataError, TopicInfo,
-                       check_topic_name)
+from .errors import (INVALID_PARTITIONS, INVALID_REPLICA_ASSIGNMENT, INVALID_REPLICATION_FACTOR, LEADER_NOT_AVAILABLE,
+                     REQUEST_TIMED_OUT, TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION)
+from .metadata import PRODUCER_ID_BLOCK, MetadataError, TopicInfo, check_topic_name, validate_config_change
 
 log = logging.getLogger("acked.broker.zk_metadata")
 PRODUCER_ID_BLOCK_PATH = "/latest_producer_id_block"
 CLUSTER_ID_PATH = "/cluster/id"
-INVALID_REPLICA_ASSIGNMENT = 39
-LEADER_NOT_AVAILABLE = 5
-REQUEST_TIMED_OUT = 7
 
 
 def _zk_failure_is_request_error(code: int):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from broker.errors import ErrorCode as E
 from broker.groups import (
     CoordinatorConfig,
-    ErrorCode as E,
     GroupCoordinator,
     GroupState,
     JoinGroupRequest,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from broker.groups import CoordinatorConfig, ErrorCode as E, GroupState
+from broker.errors import ErrorCode as E
+from broker.groups import CoordinatorConfig, GroupState
 from broker.offsets import rebuild
 from test_groups_driver import Driver
 
