@@ -35,11 +35,8 @@ import time
 
 from . import protocol
 from .errors import ErrorCode
-from .groups import (
+from .group_messages import (
     CommitPartition,
-    CoordinatorConfig,
-    Effects,
-    GroupCoordinator,
     HeartbeatRequest,
     JoinGroupRequest,
     LeaveGroupRequest,
@@ -48,6 +45,7 @@ from .groups import (
     OffsetFetchRequest,
     SyncGroupRequest,
 )
+from .groups import CoordinatorConfig, Effects, GroupCoordinator
 from .metadata import MetadataError
 from .offsets import OFFSETS_TOPIC, OffsetsFormatError, decode_batches, encode_batch
 from .records import InvalidBatch, split_batches

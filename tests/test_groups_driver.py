@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import itertools
 
-from broker.groups import (
-    CoordinatorConfig,
-    Effects,
-    GroupCoordinator,
+from broker.group_messages import (
+    CommitPartition,
     HeartbeatRequest,
     JoinGroupRequest,
     LeaveGroupRequest,
     LeavingMember,
     OffsetCommitRequest,
-    CommitPartition,
     OffsetFetchRequest,
     SyncGroupRequest,
 )
+from broker.groups import CoordinatorConfig, Effects, GroupCoordinator
 
 
 class Driver:
