@@ -51,15 +51,20 @@ def local_cluster_factory(request):
             cluster.teardown()
 
 
-def wait_until(pred, timeout: float = 10.0, every: float = 0.1) -> bool:
-    """Poll `pred` until it is true or `timeout` seconds pass; the last answer (tests assert on it)."""
+def wait_until(pred, timeout: float = 10.0, every: float = 0.1, what: str | None = None):
+    """Poll `pred` until it answers something true or `timeout` seconds pass, and return its last answer
+    (tests assert on it, or use the value it found).  With `what`, a timeout raises AssertionError naming
+    what was awaited and the last answer."""
     import time
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
+    while True:
+        answer = pred()
+        if answer or time.monotonic() >= deadline:
+            break
         time.sleep(every)
-    return bool(pred())
+    if not answer and what is not None:
+        raise AssertionError(f"{what}: not within {timeout}s; last answer {answer!r}")
+    return answer
 
 
 @contextlib.contextmanager
