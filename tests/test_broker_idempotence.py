@@ -19,6 +19,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
+from broker.config import BrokerConfig, TopicConfig
+from broker.errors import INVALID_PRODUCER_EPOCH, NONE, OUT_OF_ORDER_SEQUENCE_NUMBER
+from broker.log import Log
+from broker.partition import Partition
 from broker.records import build_batch
 from broker_fixtures import RawClient, broker, broker_factory, free_port  # noqa: F401
 
@@ -211,3 +215,73 @@ def test_sequence_rules_and_state_rebuilt_after_restart(broker):
     nxt = build_batch([b"h"], producer_id=pid, producer_epoch=1, base_sequence=1)
     assert _produce_raw(c, nxt) == (0, 4)
     c.close()
+
+
+# -- the producer state of a replica: across a leader change, at the sequence wrap, after an epoch bump ----------
+
+def _replica(tmp_path, name: str, leader: bool) -> Partition:
+    p = Partition("t", 0, Log(str(tmp_path / name)), TopicConfig(BrokerConfig({}), {}))
+    p.on_leader_append = lambda: None      # as a replicated leader: the HW waits for its ISR
+    p.is_leader = leader
+    return p
+
+
+def _idem(values: list[bytes], seq: int, epoch: int = 0, pid: int = 11, base_offset: int = 0) -> bytes:
+    return build_batch(values, base_offset=base_offset, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+
+def test_a_follower_that_becomes_leader_answers_a_retry_of_a_batch_it_replicated_with_the_original_offset(tmp_path):
+    """The producer state is built from the batches a follower appends, so a retry that reaches the new leader
+    after a leader change (the old leader appended the batch and died before its answer got out) is a duplicate
+    answered with its original offset, not a second copy nor UNKNOWN_PRODUCER_ID."""
+    old, new = _replica(tmp_path, "old", leader=True), _replica(tmp_path, "new", leader=False)
+    sent = [_idem([b"a", b"b"], 0), _idem([b"c"], 2), _idem([b"d", b"e"], 3)]
+    assert [old.append_as_leader(b).base_offset for b in sent] == [0, 2, 3]
+    assert new.append_as_follower(old.read(0, 1 << 20, committed_only=False).records) == 5
+    new.become_leader(1)
+    for batch, offset in zip(sent, [0, 2, 3]):
+        retry = new.append_as_leader(batch)
+        assert (retry.error, retry.base_offset, retry.duplicate) == (NONE, offset, True)
+    assert new.log_end_offset == 5
+    assert new.append_as_leader(_idem([b"f"], 7)).error == OUT_OF_ORDER_SEQUENCE_NUMBER
+    nxt = new.append_as_leader(_idem([b"f"], 5))
+    assert (nxt.error, nxt.base_offset, nxt.duplicate) == (NONE, 5, False)
+    old.close()
+    new.close()
+
+
+def test_sequence_numbers_wrap_from_int32_max_to_zero(tmp_path):
+    """Kafka's sequences are Int32 and wrap to 0 after 2^31 - 1, between batches and inside one."""
+    top = 2**31 - 1
+    p = _replica(tmp_path, "p", leader=False)
+    # the producers' earlier batches came from the previous leader: a follower takes sequences as they come
+    assert p.append_as_follower(_idem([b"a", b"b"], top - 2) + _idem([b"y"], top - 5, pid=12, base_offset=2)) == 3
+    p.become_leader(1)
+    # producer 11: a batch ending at Int32 max, then one starting at 0
+    at_max, wrapped = _idem([b"c"], top), _idem([b"d", b"e"], 0)
+    assert p.append_as_leader(at_max).base_offset == 3
+    w = p.append_as_leader(wrapped)
+    assert (w.error, w.base_offset) == (NONE, 4)
+    assert p.append_as_leader(at_max).base_offset == 3 and p.append_as_leader(wrapped).duplicate
+    assert p.append_as_leader(_idem([b"f"], 3)).error == OUT_OF_ORDER_SEQUENCE_NUMBER      # next is 2
+    # producer 12: one batch whose sequences run top-4 .. top, 0; the next starts at 1
+    assert p.append_as_leader(_idem([b"z"] * 6, top - 4, pid=12)).base_offset == 6
+    assert p.append_as_leader(_idem([b"z"], 1, pid=12)).base_offset == 12
+    p.close()
+
+
+def test_a_bumped_producer_epoch_starts_at_sequence_zero(tmp_path):
+    """After InitProducerId bumped the epoch (KIP-360), the producer's sequences restart at 0: any other first
+    sequence is OUT_OF_ORDER_SEQUENCE_NUMBER, the new epoch's sequence 0 is a new batch (not a duplicate of the
+    old epoch's), and the old epoch is fenced."""
+    p = _replica(tmp_path, "p", leader=True)
+    assert p.append_as_leader(_idem([b"a", b"b"], 0)).base_offset == 0
+    assert p.append_as_leader(_idem([b"c"], 2)).base_offset == 2
+    assert p.append_as_leader(_idem([b"x"], 3, epoch=1)).error == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert p.log_end_offset == 3
+    first = p.append_as_leader(_idem([b"a", b"b"], 0, epoch=1))
+    assert (first.error, first.base_offset, first.duplicate) == (NONE, 3, False)
+    assert p.append_as_leader(_idem([b"d"], 3, epoch=0)).error == INVALID_PRODUCER_EPOCH
+    assert p.append_as_leader(_idem([b"a", b"b"], 0, epoch=1)).duplicate
+    assert p.append_as_leader(_idem([b"e"], 2, epoch=1)).base_offset == 5
+    p.close()

@@ -302,15 +302,21 @@ def test_isr_expand_rule_hw_and_epoch_start():
     assert lp.high_watermark == 20
 
 
-def test_isr_expand_requires_current_epoch_start():
-    # A follower at the HW but before the start of this leader's epoch lacks records of
-    # this epoch the leader may not have committed yet: not added.
-    lp = leader(isr=(1,), leo=12, hw=5, epoch_start=12)
-    lp.high_watermark = 5
-    _, change = lp.on_follower_fetch(2, 6, now_ms=0)
+def test_a_follower_at_a_new_leaders_high_watermark_but_short_of_its_epoch_start_stays_out_of_the_isr():
+    """Only the epoch-start clause turns it away.  A new leader's HW is the one it learned as a follower, one
+    fetch behind what the old leader committed (here 5, while its log, all of it possibly acknowledged, ends
+    at 12 where its epoch starts); ISR member 3 has not fetched in this epoch, so the HW cannot move yet.
+    Follower 2, outside the ISR, fetches at 6: at or past the HW, but lacking 6..11.  Let into the ISR it
+    could be elected, and the acknowledged 6..11 would be lost."""
+    lp = LeaderPartition(1, (1, 2, 3), (1, 3), leader_epoch=4, log_end_offset=12, high_watermark=5, now_ms=0,
+                         epoch_start_offset=12)
+    moved, change = lp.on_follower_fetch(2, 6, now_ms=1)
+    assert (moved, lp.high_watermark) == (False, 5)        # 6 >= the HW: the HW rule alone would let it in
+    assert change is None and lp.pending_isr is None
+    _, change = lp.on_follower_fetch(2, 11, now_ms=2)
     assert change is None
-    _, change = lp.on_follower_fetch(2, 12, now_ms=1)
-    assert change.new_isr == (1, 2)
+    _, change = lp.on_follower_fetch(2, 12, now_ms=3)      # at the epoch start: it has all the leader may commit
+    assert change is not None and change.new_isr == (1, 3, 2)
 
 
 def test_isr_write_failed_forgets_the_proposal():
