@@ -6,6 +6,7 @@ every process started is killed when the test ends, also when it fails.
 
 from __future__ import annotations
 
+import datetime
 import io
 import os
 import signal
@@ -170,22 +171,75 @@ class RawClient:
         entity_writer(cls)(buf, body)
         return buf.getvalue()
 
-    def request(self, body):
-        """Send body (a kio request entity) and return the decoded response entity."""
+    def send(self, body) -> int:
+        """Send body (a kio request entity) without waiting; returns its correlation id (see `receive`)."""
+        self.send_frame(self.encode(body))
+        return self.correlation
+
+    def receive(self, request_type, correlation: int | None = None):
+        """Read the next response frame, the answer to a request of `request_type`, and decode it."""
         import kio.index
         from kio.serial import entity_reader
-        self.send_frame(self.encode(body))
         frame = self.recv_frame()
         if frame is None:
             raise ConnectionError("broker closed the connection")
         (corr,) = struct.unpack_from(">i", frame)
-        assert corr == self.correlation, (corr, self.correlation)
-        cls = kio.index.load_response_from_request(type(body))
+        expected = self.correlation if correlation is None else correlation
+        assert corr == expected, (corr, expected)
+        cls = kio.index.load_response_from_request(request_type)
         pos = 4
         if cls.__flexible__ and cls.__api_key__ != 18:
             pos += 1
         value, _size = entity_reader(cls)(frame, pos)
         return value
+
+    def request(self, body):
+        """Send body (a kio request entity) and return the decoded response entity."""
+        return self.receive(type(body), self.send(body))
+
+    def answer_waiting(self, within: float) -> bool:
+        """Whether a response frame arrives (or the connection closes) within `within` seconds."""
+        import select
+        return bool(select.select([self.sock], [], [], within)[0])
+
+
+def produce_req(topic: str, records: bytes, partition: int = 0, acks: int = -1, timeout_ms: int = 5000):
+    """Produce v9 of one batch (or several, concatenated) to one partition."""
+    from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
+    return ProduceRequest(transactional_id=None, acks=acks, timeout=datetime.timedelta(milliseconds=timeout_ms),
+                          topic_data=(TopicProduceData(name=topic, partition_data=(
+                              PartitionProduceData(index=partition, records=records),)),))
+
+
+def fetch_request(parts: dict, *, replica_id: int = -1, wait_ms: int = 0, min_bytes: int = 1, session_id: int = 0,
+                  session_epoch: int = -1, forgotten=(), current_leader_epoch: int = -1, max_bytes: int = 1 << 20):
+    """Fetch v12 of {(topic, partition): fetch offset}; `session_epoch` -1 is a fetch without a session, 0 opens
+    one (KIP-227); `replica_id` >= 0 is a follower's fetch; `forgotten` lists (topic, partition) to drop."""
+    from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic, ForgottenTopic
+    topics: dict[str, list] = {}
+    for (t, p), offset in parts.items():
+        topics.setdefault(t, []).append(FetchPartition(partition=p, fetch_offset=offset, partition_max_bytes=max_bytes,
+                                                       current_leader_epoch=current_leader_epoch))
+    gone: dict[str, list] = {}
+    for t, p in forgotten:
+        gone.setdefault(t, []).append(p)
+    return FetchRequest(replica_id=replica_id, max_wait=datetime.timedelta(milliseconds=wait_ms), min_bytes=min_bytes,
+                        max_bytes=max_bytes, isolation_level=0, session_id=session_id, session_epoch=session_epoch,
+                        topics=tuple(FetchTopic(topic=t, partitions=tuple(ps)) for t, ps in topics.items()),
+                        forgotten_topics_data=tuple(ForgottenTopic(topic=t, partitions=tuple(ps))
+                                                    for t, ps in gone.items()),
+                        rack_id="")
+
+
+def fetched(resp) -> dict:
+    """A Fetch response's partitions by (topic, partition)."""
+    return {(t.topic, p.partition_index): p for t in resp.responses for p in t.partitions}
+
+
+def batch_offsets(data) -> list[tuple[int, int]]:
+    """(first offset, last offset) of each record batch in `data` (a Fetch answer's records)."""
+    from broker.records import split_batches
+    return [(h.base_offset, h.last_offset) for _pos, h in split_batches(bytes(data))] if data else []
 
 
 #: a standalone broker set up for consumer groups: quick rebalances and short sessions

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import struct
 import time
 
@@ -12,26 +11,14 @@ from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, 
                                    ConfigSource, NewTopic)
 from kio.schema.api_versions.v3.request import ApiVersionsRequest
 from kio.schema.api_versions.v4.request import ApiVersionsRequest as ApiVersionsV4
-from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
-from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
 from broker.protocol import SUPPORTED
 from broker.records import build_batch
-from broker_fixtures import RawClient, broker, broker_factory  # noqa: F401
-
-
-def produce_req(topic, records, partition=0, acks=-1):
-    return ProduceRequest(transactional_id=None, acks=acks, timeout=datetime.timedelta(seconds=5),
-                          topic_data=(TopicProduceData(name=topic, partition_data=(
-                              PartitionProduceData(index=partition, records=records),)),))
+from broker_fixtures import RawClient, broker, broker_factory, fetch_request, produce_req  # noqa: F401
 
 
 def fetch_req(topic, offset, wait_ms=0, min_bytes=1, partition=0):
-    return FetchRequest(replica_id=-1, max_wait=datetime.timedelta(milliseconds=wait_ms),
-                        min_bytes=min_bytes, max_bytes=1 << 20, isolation_level=0, session_id=0,
-                        session_epoch=-1, topics=(FetchTopic(topic=topic, partitions=(FetchPartition(
-                            partition=partition, fetch_offset=offset, partition_max_bytes=1 << 20),)),),
-                        forgotten_topics_data=(), rack_id="")
+    return fetch_request({(topic, partition): offset}, wait_ms=wait_ms, min_bytes=min_bytes)
 
 
 def make_topic(b, name, partitions=1, configs=None):

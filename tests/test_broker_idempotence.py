@@ -17,14 +17,13 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
 from broker.config import BrokerConfig, TopicConfig
 from broker.errors import INVALID_PRODUCER_EPOCH, NONE, OUT_OF_ORDER_SEQUENCE_NUMBER
 from broker.log import Log
 from broker.partition import Partition
 from broker.records import build_batch
-from broker_fixtures import RawClient, broker, broker_factory, free_port  # noqa: F401
+from broker_fixtures import RawClient, broker, broker_factory, free_port, produce_req  # noqa: F401
 
 
 class ResponseDroppingProxy:
@@ -182,10 +181,7 @@ def test_idempotent_producer_has_no_duplicates(proxied_broker):
 # -- the same rules, byte for byte, with a raw client ------------------------------------
 
 def _produce_raw(client: RawClient, batch: bytes):
-    req = ProduceRequest(transactional_id=None, acks=-1, timeout=__import__("datetime").timedelta(seconds=5),
-                         topic_data=(TopicProduceData(name="raw", partition_data=(
-                             PartitionProduceData(index=0, records=batch),)),))
-    part = client.request(req).responses[0].partition_responses[0]
+    part = client.request(produce_req("raw", batch)).responses[0].partition_responses[0]
     return part.error_code.value, part.base_offset
 
 

@@ -2,17 +2,13 @@
 answering raw Fetch v12 requests, the way a follower (or kafka-python) uses them."""
 from __future__ import annotations
 
-import datetime
-
 from hypothesis import given, settings, strategies as st
-
-from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic, ForgottenTopic
 
 from broker.fetch_sessions import (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH, FetchParams,
                                    FetchSessionBuilder, FetchSessionCache)
 from broker.records import build_batch
-from broker_fixtures import RawClient, broker, broker_factory  # noqa: F401
-from test_broker_api import make_topic, produce_req
+from broker_fixtures import RawClient, broker, broker_factory, fetch_request, fetched, produce_req  # noqa: F401
+from test_broker_api import make_topic
 
 A, B, C = ("t", 0), ("t", 1), ("u", 0)
 
@@ -184,22 +180,7 @@ def test_builder_names_only_changes_and_starts_over_on_session_errors():
 # ------------------------------------------------------------------------- a live broker
 
 def _fetch(session_id, epoch, parts, forgotten=(), wait_ms=0):
-    topics = {}
-    for (t, p), off in parts.items():
-        topics.setdefault(t, []).append(FetchPartition(partition=p, fetch_offset=off, partition_max_bytes=1 << 20))
-    gone = {}
-    for t, p in forgotten:
-        gone.setdefault(t, []).append(p)
-    return FetchRequest(replica_id=-1, max_wait=datetime.timedelta(milliseconds=wait_ms), min_bytes=1,
-                        max_bytes=1 << 20, isolation_level=0, session_id=session_id, session_epoch=epoch,
-                        topics=tuple(FetchTopic(topic=t, partitions=tuple(ps)) for t, ps in topics.items()),
-                        forgotten_topics_data=tuple(ForgottenTopic(topic=t, partitions=tuple(ps))
-                                                    for t, ps in gone.items()),
-                        rack_id="")
-
-
-def _answered(resp):
-    return {(t.topic, p.partition_index): p for t in resp.responses for p in t.partitions}
+    return fetch_request(parts, session_id=session_id, session_epoch=epoch, forgotten=forgotten, wait_ms=wait_ms)
 
 
 def test_live_broker_answers_incremental_fetches_with_only_what_changed(broker):
@@ -209,29 +190,29 @@ def test_live_broker_answers_incremental_fetches_with_only_what_changed(broker):
         keys = {("s", i): 0 for i in range(3)}
         full = c.request(_fetch(0, 0, keys))
         sid = full.session_id
-        assert sid != 0 and full.error_code.value == 0 and set(_answered(full)) == set(keys)
+        assert sid != 0 and full.error_code.value == 0 and set(fetched(full)) == set(keys)
         idle = c.request(_fetch(sid, 1, {}, wait_ms=50))
-        assert idle.session_id == sid and _answered(idle) == {}
+        assert idle.session_id == sid and fetched(idle) == {}
 
         c.request(produce_req("s", build_batch([b"x", b"y"]), partition=1))
-        news = _answered(c.request(_fetch(sid, 2, {})))
+        news = fetched(c.request(_fetch(sid, 2, {})))
         assert set(news) == {("s", 1)} and b"y" in bytes(news[("s", 1)].records)
         assert news[("s", 1)].high_watermark == 2
         # the fetcher moves its offset for partition 1 and forgets partition 2
         quiet = c.request(_fetch(sid, 3, {("s", 1): 2}, forgotten=[("s", 2)], wait_ms=50))
-        assert _answered(quiet) == {}
+        assert fetched(quiet) == {}
         c.request(produce_req("s", build_batch([b"z"]), partition=2))
-        assert _answered(c.request(_fetch(sid, 4, {}, wait_ms=50))) == {}   # partition 2 is no longer asked
+        assert fetched(c.request(_fetch(sid, 4, {}, wait_ms=50))) == {}   # partition 2 is no longer asked
 
         # an error is carried on every round, named or not, until the fetcher does something about it
-        bad = _answered(c.request(_fetch(sid, 5, {("s", 0): 99})))
+        bad = fetched(c.request(_fetch(sid, 5, {("s", 0): 99})))
         assert set(bad) == {("s", 0)} and bad[("s", 0)].error_code.value == 1   # OFFSET_OUT_OF_RANGE
-        again = _answered(c.request(_fetch(sid, 6, {})))
+        again = fetched(c.request(_fetch(sid, 6, {})))
         assert set(again) == {("s", 0)} and again[("s", 0)].error_code.value == 1
 
         assert c.request(_fetch(sid, 9, {})).error_code.value == INVALID_FETCH_SESSION_EPOCH
         closed = c.request(_fetch(sid, -1, {("s", 2): 0}))
-        assert closed.session_id == 0 and b"z" in bytes(_answered(closed)[("s", 2)].records)
+        assert closed.session_id == 0 and b"z" in bytes(fetched(closed)[("s", 2)].records)
         assert c.request(_fetch(sid, 7, {})).error_code.value == FETCH_SESSION_ID_NOT_FOUND
     finally:
         c.close()
