@@ -16,8 +16,9 @@ from . import protocol
 from .config import KEYS, TOPIC_KEYS, TopicConfig
 from .core import Broker
 from .errors import (FENCED_LEADER_EPOCH, INVALID_CONFIG, INVALID_REPLICA_ASSIGNMENT, INVALID_REQUEST,
-                     INVALID_REQUIRED_ACKS, NONE, NOT_ENOUGH_REPLICAS, NOT_LEADER_OR_FOLLOWER, UNKNOWN_LEADER_EPOCH,
-                     UNKNOWN_TOPIC_ID, UNKNOWN_TOPIC_OR_PARTITION)
+                     INVALID_REQUIRED_ACKS, NONE, NOT_ENOUGH_REPLICAS, NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                     NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, UNKNOWN_LEADER_EPOCH, UNKNOWN_TOPIC_ID,
+                     UNKNOWN_TOPIC_OR_PARTITION)
 from .fetch_sessions import FINAL_EPOCH, FetchContext, FetchParams
 from .metadata import MetadataError, TopicInfo, check_topic_name
 from .partition import ReadResult
@@ -91,9 +92,9 @@ def _produce_frame(req: Request, topics: list[dict]) -> bytes:
 
 
 _ACK_ERRORS = {
-    7: "not replicated to the in-sync replicas within the request timeout (REQUEST_TIMED_OUT)",
-    6: "leadership lost while waiting for the in-sync replicas",
-    20: "appended, but the ISR shrank below min.insync.replicas while waiting",
+    REQUEST_TIMED_OUT: "not replicated to the in-sync replicas within the request timeout (REQUEST_TIMED_OUT)",
+    NOT_LEADER_OR_FOLLOWER: "leadership lost while waiting for the in-sync replicas",
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND: "appended, but the ISR shrank below min.insync.replicas while waiting",
 }
 
 
