@@ -98,6 +98,32 @@ class Cluster(abc.ABC):
     def reset(self) -> None:
         """Between tests: stop everything, wipe data, start again, without recreating hosts."""
 
+    #: capabilities the hosts were made with (container privileges, devices); a reused cluster serves runs that
+    #: need a subset of them. Backends set it when they create their hosts.
+    host_capabilities: frozenset = frozenset({"net", "disk", "clock", "acks"})
+    #: reset (or just started) and not used since: reuse() with the same settings skips its reset
+    clean: bool = False
+
+    def reuse(self, spec: "ClusterSpec") -> None:
+        """Make this started cluster serve a run that asked for `spec` (pytest's shared `acked_cluster`): the same
+        backend and shape, capabilities the hosts have; the run's broker settings and node-side fault helpers
+        take effect through reset(), which also wipes every topic, group, fault and log line of the last run."""
+        mine = self.spec
+        for field in ("backend", "nodes", "zookeeper"):
+            if getattr(spec, field) != getattr(mine, field):
+                raise ClusterError(f"this shared cluster has {field}={getattr(mine, field)!r} but the run asks for "
+                                   f"{getattr(spec, field)!r}; give the run its own cluster (no cluster=)")
+        missing = set(spec.capabilities) - set(self.host_capabilities)
+        if missing:
+            raise ClusterError(f"this shared cluster's hosts were made without {', '.join(sorted(missing))}; "
+                               "create it with those capabilities or give the run its own cluster")
+        same = spec.broker_config == mine.broker_config and frozenset(spec.capabilities) == mine.capabilities
+        self.spec = dataclasses.replace(mine, broker_config=dict(spec.broker_config),
+                                        capabilities=frozenset(spec.capabilities))
+        if not (same and self.clean):
+            self.reset()
+        self.clean = False
+
     @abc.abstractmethod
     def collect_logs(self, dest: Path) -> None:
         """Copy every node's logs into dest/<node>/."""

@@ -22,6 +22,7 @@ from clusters.base import ClusterError, ClusterSpec, CommandResult
 from clusters.image import build_image, docker_image_exists, image_tag
 from clusters.local import REPO_ROOT, new_name, process_start_time
 from clusters.node import ShellNode, raise_for
+from clusters.reaper import start_reaper
 from clusters.remote import DATA, LOGS, RemoteCluster
 
 LABEL_CLUSTER = "acked.cluster"
@@ -40,6 +41,27 @@ def docker_client():
     except Exception as e:  # the SDK raises several types for "no daemon"
         raise ClusterError(f"docker is not reachable ({e.__class__.__name__}); start the docker daemon "
                            f"or set DOCKER_HOST") from None
+
+
+#: the packages the nodes run (the broker, node-side fault helpers, the reaper)
+NODE_PACKAGES = ("broker", "clusters", "nemesis")
+
+
+def snapshot_source(dest: Path) -> Path:
+    """A copy of the node packages as they are now, mounted at /src on every node of one cluster. Mounting the
+    working tree itself let an edit made during a run (an editor, a test that breaks a rule on purpose and
+    reverts it) reach a broker that restarted mid-run: a cluster must run one version of its code."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for pkg in NODE_PACKAGES:
+        shutil.copytree(REPO_ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+def docker_socket_path() -> str:
+    """The Docker Engine's unix socket on this host (DOCKER_HOST=unix://... or the default)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host.removeprefix("unix://") if host.startswith("unix://") else "/var/run/docker.sock"
 
 
 def owner_token() -> str:
@@ -149,6 +171,7 @@ class DockerCluster(RemoteCluster):
         if unknown:
             raise ClusterError(f"unknown capabilities {sorted(unknown)}; use net, disk, clock, acks")
         self.spec = spec
+        self.host_capabilities = frozenset(spec.capabilities)   # container privileges and devices, fixed at create
         self.name = name or new_name(spec.run_id)
         self.owner = MANUAL_OWNER if manual else owner_token()
         self.image = image
@@ -176,7 +199,11 @@ class DockerCluster(RemoteCluster):
         """Network, volumes and containers (idle, running the image's init)."""
         reap(self.client, work_dir=self.dir.parent)
         self.image = self.image or build_image(quiet=docker_image_exists(image_tag()))
+        if self.owner != MANUAL_OWNER:
+            # before anything is created: a harness SIGKILLed from here on leaves nothing behind
+            start_reaper(self.client, self.image, self.owner, str(REPO_ROOT), docker_socket_path())
         self.dir.mkdir(parents=True, exist_ok=True)
+        source = snapshot_source(self.dir / "src")
         self.network = self.client.networks.create(f"acked-{self.name}", driver="bridge", labels=self.labels,
                                                    check_duplicate=True)
         names = [f"n{i}" for i in range(1, self.spec.nodes + 1)]
@@ -194,7 +221,7 @@ class DockerCluster(RemoteCluster):
             container = self.client.containers.run(
                 self.image, name=f"acked-{self.name}-{node_name}", hostname=node_name, detach=True,
                 labels={**self.labels, "acked.node": node_name}, network=self.network.name,
-                volumes={str(REPO_ROOT): {"bind": "/src", "mode": "ro"}, volume.name: {"bind": DATA, "mode": "rw"}},
+                volumes={str(source): {"bind": "/src", "mode": "ro"}, volume.name: {"bind": DATA, "mode": "rw"}},
                 cap_add=caps, devices=devices,
                 # AppArmor would refuse FUSE mounts even with SYS_ADMIN
                 security_opt=["apparmor:unconfined"] if devices else None,

@@ -307,6 +307,10 @@ class LocalCluster(Cluster):
         self.stop_all()
         for node in self.nodes:
             shutil.rmtree(self.data_dir(node), ignore_errors=True)
+        for node in {*self.nodes, *self.zookeeper.nodes}:
+            for log in (node.root / "logs").glob("*"):   # the next run collects only its own log lines
+                if log.is_file():
+                    log.write_bytes(b"")
         self.zookeeper.wipe()
         self.start()
 

@@ -233,6 +233,8 @@ class RemoteCluster(Cluster):
                 "[ -n \"$h\" ] && kill -s KILL -- -$h 2>/dev/null; done; "
                 f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; "
                 f"rm -rf {BROKER_DIR} {BROKER_BACKING} {FAKETIME_FILE}; iptables -F 2>/dev/null; "
+                # the next run collects only its own log lines (daemons append: truncation is safe)
+                f"for f in {LOGS}/*; do [ -f \"$f\" ] && : > \"$f\"; done; "
                 f"iptables -t nat -F {ACKPROXY_CHAIN} 2>/dev/null; "
                 "tc qdisc del dev eth0 root 2>/dev/null; true")
             node.run(script, timeout=20)

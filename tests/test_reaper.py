@@ -1,0 +1,61 @@
+"""Nothing outlives a killed harness: a SIGKILLed `acked run` leaves no container, network or volume behind once
+its reaper (clusters/reaper.py, a container that outlives the harness) has seen it die."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import docker
+import pytest
+
+from clusters.reaper import alive
+from conftest import wait_until
+
+
+def owned(client, name: str) -> dict[str, list[str]]:
+    """What the run named `name` has on docker: containers, networks, volumes (acked.run starts with the name)."""
+    def mine(labels) -> bool:
+        return (labels or {}).get("acked.run", "").startswith(f"{name}-")
+    return {"containers": [c.name for c in client.containers.list(all=True, filters={"label": "acked.run"})
+                           if mine(c.labels)],
+            "networks": [n.name for n in client.networks.list(filters={"label": "acked.run"})
+                         if mine(n.attrs.get("Labels"))],
+            "volumes": [v.name for v in client.volumes.list(filters={"label": "acked.run"})
+                        if mine(v.attrs.get("Labels"))]}
+
+
+@pytest.mark.docker
+def test_a_sigkilled_run_leaves_no_container_network_or_volume_ten_seconds_later(tmp_path):
+    client = docker.from_env()
+    name = f"reaped-{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--backend", "docker", "--nodes", "3",
+                             "--name", name, "--time-limit", "120", "--nemesis", "kill",
+                             "--results-dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: len(owned(client, name)["containers"]) == 3, timeout=120, every=0.5), \
+            "the run never made its containers"
+        reapers = client.containers.list(filters={"label": "acked.reaper"})
+        assert any(r.labels["acked.reaper"].startswith(f"{proc.pid}:") for r in reapers), reapers
+        assert all(owned(client, name).values())   # containers, a network and volumes exist
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = time.monotonic()
+    assert wait_until(lambda: not any(owned(client, name).values()), timeout=15, every=0.5), owned(client, name)
+    assert time.monotonic() - killed < 10, "the reaper took longer than 10 s"
+    # and the reaper took itself away too
+    assert wait_until(lambda: not [r for r in client.containers.list(all=True, filters={"label": "acked.reaper"})
+                                   if r.labels["acked.reaper"].startswith(f"{proc.pid}:")], timeout=10)
+
+
+def test_the_reaper_tells_a_living_owner_from_a_dead_one_and_from_a_reused_pid():
+    me = open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19]
+    assert alive(f"{os.getpid()}:{me}")
+    assert not alive(f"{os.getpid()}:{int(me) + 1}")     # same pid, another process: not the owner
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not alive(f"{dead.pid}:0")
