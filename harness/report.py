@@ -140,7 +140,16 @@ def render_index(root: Path, stale_runs: bool = False) -> Path:
                          "backend": "", "duration": "", "ops": "", "error": f"unreadable: {type(e).__name__}: {e}",
                          "href": _href(f"{run_dir.relative_to(root).as_posix()}/")})
     rows.sort(key=lambda r: r["sort"], reverse=True)
-    page = _env().get_template("index.html.j2").render(root=str(root), rows=rows, generated=_now())
+    from harness.suite import find_suites, summarize_suite
+    suites = []
+    for suite_dir in find_suites(root):
+        try:
+            suites.append(summarize_suite(suite_dir, root))
+        except (OSError, ValueError, KeyError) as e:   # listed as unreadable, not fatal to the index
+            suites.append({"name": suite_dir.name, "when": "", "counts": {}, "ok": None, "cells": 0,
+                           "href": f"{suite_dir.name}/", "error": f"unreadable: {type(e).__name__}: {e}"})
+    suites.sort(key=lambda r: r["when"], reverse=True)
+    page = _env().get_template("index.html.j2").render(root=str(root), rows=rows, suites=suites, generated=_now())
     out = root / "index.html"
     _write_atomic(out, page)
     return out

@@ -148,9 +148,21 @@ def render_report(run_dir: Path) -> Path | None:
     return report.render(run_dir)
 
 
+class TimedOut(Exception):
+    """Raised into the harness's main thread when a test runs past its limit (the pytest plugin's per-test
+    timeout): the run stops where it is, heals its faults, skips the final drain, collects its logs and
+    tears its cluster down, and its verdict says it was cut."""
+
+
 class Runner:
+    """One run: setup, main (workload and nemesis), heal, recover, drain, teardown, check, report.
+
+    `cluster`: a started cluster to run on (pytest's shared `acked_cluster`); the run reuses it (Cluster.reuse:
+    its broker settings, a wiped slate) and leaves it running. Without it the run starts its own through
+    `cluster_factory` (clusters.create_cluster) and removes it at the end."""
+
     def __init__(self, desc: TestDescription, cluster_factory: Callable | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, cluster=None):
         self.desc = desc.validate()
         if self.desc.seed is None:
             self.desc.seed = random.SystemRandom().randrange(2**31)
@@ -159,7 +171,9 @@ class Runner:
         self.log = log or (lambda msg: None)
         self.run_dir: Path | None = None
         self.history = None
-        self.cluster = None
+        self.cluster = cluster
+        self.borrowed = cluster is not None
+        self.timed_out = False
         self.topics = None
         self.producer_pool = None
         self.client_logger = None
@@ -235,9 +249,12 @@ class Runner:
         spec = ClusterSpec(backend=d.backend, nodes=d.nodes, broker_config=d.broker_config(),
                            work_dir=Path(d.results_dir) / ".clusters" / self.run_dir.name,
                            run_id=f"{d.name}-{self.run_dir.name}", capabilities=d.capabilities())
-        factory = self.cluster_factory or clusters.create_cluster
-        self.cluster = factory(spec)
-        self.cluster.start()
+        if self.borrowed:
+            self.cluster.reuse(spec)
+        else:
+            factory = self.cluster_factory or clusters.create_cluster
+            self.cluster = factory(spec)
+            self.cluster.start()
         self.topics = Topics(self.cluster.bootstrap_servers(), KeyMap(d.partitions_per_topic),
                              d.replication_factor(), d.topic_config(), logger=self.client_logger)
         if d.client == "confluent-kafka":
@@ -453,7 +470,8 @@ class Runner:
         except Exception as e:  # noqa: BLE001
             self.errors.append(f"collecting logs: {e}")
         finally:
-            self.cluster.teardown()
+            if not self.borrowed:
+                self.cluster.teardown()
 
     def _check(self) -> dict[str, Any]:
         import checkers
@@ -479,6 +497,10 @@ class Runner:
                 self.interrupted = True
                 error = error or f"interrupted during {phase}"
                 self.log(error)
+            except TimedOut as e:
+                self.interrupted = self.timed_out = True
+                error = error or f"timed out during {phase}: {e}"
+                self.log(error)
             except Exception as e:  # noqa: BLE001 -- every later phase still runs
                 msg = f"{phase} failed: {type(e).__name__}: {e}"
                 error = error or msg
@@ -493,7 +515,7 @@ class Runner:
         if self._workers and not self._stop_main.is_set():
             guarded("main", self._stop_workers)  # interrupted mid-main: stop the workers before healing
         guarded("heal", self._heal)
-        if self.gen is not None and self.topics is not None:
+        if self.gen is not None and self.topics is not None and not self.timed_out:
             # also after Ctrl-C or an error in main: without the drain every unread write would be "unseen";
             # another Ctrl-C skips ahead to teardown
             guarded("recover", self._recover)
