@@ -6,8 +6,11 @@ ACKED := $(VENV)/bin/acked
 # Debian packages the host needs: ZooKeeper for local clusters, debootstrap for the node image.
 HOST_PACKAGES := zookeeper debootstrap
 PYTEST_ARGS ?=
+NIGHTLY_COLUMNS ?=
+# What `make test` needs beyond that: a browser to open the reports in (tests/test_pytest_plugin.py).
+TEST_PACKAGES := chromium
 
-.PHONY: all venv host-deps image demo test test-fast nightly bench clean
+.PHONY: all venv host-deps test-deps image demo test test-fast nightly bench clean
 
 all: venv
 
@@ -26,21 +29,26 @@ host-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
 	fi
 
+test-deps:
+	@$(MAKE) --no-print-directory host-deps HOST_PACKAGES="$(TEST_PACKAGES)"
+
 image: venv host-deps
 	$(ACKED) image build
 
 demo: venv host-deps image
 	$(ACKED) run --backend docker --nodes 3 --profile safe --nemesis kill,partition --time-limit 30
 
-test: venv host-deps image
+test: venv host-deps test-deps image
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # Everything but the docker tests (local processes: broker, ZooKeeper).
 test-fast: venv
 	$(VENV)/bin/pytest -p no:cacheprovider -m "not docker and not slow" $(PYTEST_ARGS)
 
+# The whole reliability matrix, 120 s runs, three attempts per cell, then the other slow tests (.ci/nightly).
+# NIGHTLY_COLUMNS=kill,pause runs a shard, as each job of .github/workflows/nightly.yml does.
 nightly: venv host-deps image
-	$(VENV)/bin/pytest -p no:cacheprovider --run-slow $(PYTEST_ARGS)
+	.ci/nightly $(NIGHTLY_COLUMNS)
 
 bench: venv host-deps
 	$(PY) bench/check_large.py

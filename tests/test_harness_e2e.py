@@ -81,12 +81,3 @@ def test_docker_safe_profile_survives_kills_and_partitions(acked_run):
     assert labelled_leftovers(json.loads((result.run_dir / "test.json").read_text())["test"]["name"]) == []
 
 
-@pytest.mark.docker
-def test_docker_acks_1_with_leader_kills_loses_acknowledged_writes(acked_run):
-    result = acked_run(backend="docker", nodes=3, profile="acks-1", nemeses=["kill"], kill_target="leader",
-                       nemesis_interval=6, time_limit=40, rate=300, seed=2)
-    assert result.valid is False, result.run_dir
-    assert "lost-write" in result.results["bad-anomaly-types"]
-    assert result.exit_status == 1
-    lost = result.results["anomalies"]["lost-write"][0]
-    assert "was acknowledged" in lost["explanation"]

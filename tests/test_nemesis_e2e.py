@@ -1,111 +1,13 @@
-"""End to end under the fault catalogue: what each unsafe profile loses under the fault that exposes it,
-`safe` valid under every fault mixed, and an exact replay of a run's faults.
+"""End to end beyond the matrix: what `safe` does not survive (correlated power loss), an exact replay of a run's
+faults, and a SIGTERM mid-run.
 
-Short main phases here (`make test`); the 60 s figures, ten runs each, are bench/detection_power.py's
-(docs/benchmarks.md), and the nightly suite runs `safe` under each family alone.
+What each unsafe profile loses under the fault that exposes it, and `safe` under every fault, are cells of the
+reliability matrix (tests/chaos/test_reliability_matrix.py); the 60 s figures, ten runs each, are
+bench/detection_power.py's (docs/benchmarks.md).
 """
 import pytest
 
-from checkers.history import read_history
 from harness.config import from_dict
-from nemesis.packages import BEYOND_SAFE, PACKAGES, package_of_f
-
-#: every fault family of the catalogue that safe claims to survive, mixed
-ALL_FAULTS = [name for name in PACKAGES if name not in BEYOND_SAFE]
-
-
-def nemesis_ops(run_dir, kind="info"):
-    return [e for e in read_history(run_dir / "history.jsonl") if e["process"] == "nemesis" and e["type"] == kind]
-
-
-def started_packages(run_dir) -> set[str]:
-    out = set()
-    for e in nemesis_ops(run_dir):
-        owner = package_of_f(e["f"])
-        if owner and owner[1] == "start" and not e.get("error"):
-            out.add(owner[0].name)
-    return out
-
-
-@pytest.mark.docker
-def test_unclean_election_under_isolate_leader_then_kill_loses_acknowledged_writes(acked_run):
-    result = acked_run(backend="docker", nodes=3, profile="unclean-election", nemeses=["isolate-leader-then-kill"],
-                       time_limit=35, rate=200, seed=3)
-    steps = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "isolate-leader-then-kill"]
-    assert steps, "the sequence never ran"
-    # the talk's path, as recorded: the ISR shrank to the leader alone, it was killed, a stale follower elected
-    assert any(s["isr-shrunk-to-leader"] and s["isr-before-kill"] == [s["leader"]] and s["elected"] not in
-               (None, s["leader"]) for s in steps), steps
-    assert result.valid is False, result.run_dir
-    # acknowledged writes gone: lost-write when a later read passed their offsets, unseen when the key was not
-    # written again and the completed final drain never found them (60 s runs show lost-write: the bench)
-    assert {"lost-write", "unseen"} & set(result.results["bad-anomaly-types"]), result.results["bad-anomaly-types"]
-
-
-@pytest.mark.docker
-def test_acks_1_under_a_paused_leader_loses_acknowledged_writes(acked_run):
-    result = acked_run(backend="docker", nodes=3, profile="acks-1", nemeses=["pause:leader"], time_limit=30,
-                       rate=300, seed=4)
-    pauses = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "pause"]
-    assert pauses and all(p["target"] == "leader" and p["nodes"] == [f"n{p['leader']}"] for p in pauses if "leader" in p)
-    assert result.valid is False, result.run_dir
-    assert "lost-write" in result.results["bad-anomaly-types"]
-
-
-@pytest.mark.docker
-def test_no_idempotence_under_lost_produce_acks_stores_retried_writes_twice(acked_run):
-    """The talk's return path: the broker applied the write, its ack was lost, the producer retried."""
-    result = acked_run(backend="docker", nodes=3, profile="no-idempotence", nemeses=["lose-acks:produce"],
-                       nemesis_interval=4, time_limit=25, rate=200, seed=10)
-    losses = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "stop-lose-acks"]
-    assert any(n["dropped"].get("Produce") for v in losses for n in v["responses-lost"].values()), losses
-    assert result.valid is False, result.run_dir
-    assert "duplicate" in result.results["bad-anomaly-types"], result.results["bad-anomaly-types"]
-
-
-@pytest.mark.docker
-def test_min_isr_1_loses_what_its_isr_of_one_acknowledged_when_that_replica_loses_power(acked_run):
-    # 50 s: the sequence takes ~25 s (shrink, writes, power loss, a 12 s wait for an election that min-isr-1
-    # with unclean election off never holds), and the keys must be written and read past the lost offsets after
-    # the old leader returns, or the loss shows only as unseen
-    result = acked_run(backend="docker", nodes=3, profile="min-isr-1", nemeses=["isolate-leader-then-lose-unfsynced"],
-                       time_limit=50, rate=200, seed=11)
-    steps = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "isolate-leader-then-lose-unfsynced"]
-    assert any(s["isr-shrunk-to-leader"] and s["lost"][s["killed"]]["bytes"] > 0 for s in steps), steps
-    assert result.valid is False, result.run_dir
-    assert "lost-write" in result.results["bad-anomaly-types"], result.results["bad-anomaly-types"]
-
-
-@pytest.mark.docker
-def test_acks_1_loses_acknowledged_writes_when_the_leaders_disk_fails(acked_run):
-    """A failed disk halts the broker at once (Kafka's log dir failure), as a kill does: what the leader alone
-    acknowledged under acks=1 is gone when a follower takes over."""
-    result = acked_run(backend="docker", nodes=3, profile="acks-1", nemeses=["disk-errors:leader"], nemesis_interval=4,
-                       time_limit=30, rate=300, seed=13)
-    healed = [e["value"] for e in nemesis_ops(result.run_dir) if e["f"] == "stop-disk-errors"]
-    assert any(v["restarted"] for v in healed), healed       # the errors made a broker halt; heal restarted it
-    assert result.valid is False, result.run_dir
-    assert "lost-write" in result.results["bad-anomaly-types"], result.results["bad-anomaly-types"]
-
-
-@pytest.mark.docker
-def test_safe_is_valid_under_every_fault_of_the_catalogue_mixed(acked_run):
-    result = acked_run(backend="docker", nodes=3, profile="safe", nemeses=ALL_FAULTS, nemesis_interval=4,
-                       time_limit=45, rate=200, seed=5)
-    assert result.error is None, result.error
-    assert result.valid is True, (result.results["bad-anomaly-types"], result.run_dir)
-    assert len(started_packages(result.run_dir)) >= 5, started_packages(result.run_dir)
-    assert result.results["harness"]["nemesis-errors"] == []
-
-
-@pytest.mark.slow
-@pytest.mark.docker
-@pytest.mark.parametrize("fault", ALL_FAULTS)
-def test_safe_is_valid_under_each_fault_family_alone(acked_run, fault):
-    result = acked_run(backend="docker", nodes=3, profile="safe", nemeses=[fault], time_limit=60, rate=200, seed=6)
-    assert result.error is None, result.error
-    assert result.valid is True, (result.results["bad-anomaly-types"], result.run_dir)
-    assert fault in started_packages(result.run_dir)
 
 
 @pytest.mark.slow
@@ -153,7 +55,6 @@ def test_a_replayed_run_repeats_the_same_fault_ops_on_the_same_nodes_at_the_same
 def test_sigterm_mid_run_heals_the_faults_drains_and_tears_down(tmp_path):
     """A CI job's timeout sends SIGTERM: the run heals (a paused broker is continued, a killed one restarted,
     both recorded), still drains and checks, and leaves no broker or ZooKeeper process behind."""
-    import os
     import signal
     import subprocess
     import sys
