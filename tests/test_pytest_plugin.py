@@ -25,7 +25,7 @@ def test_cell(acked_run, acked_cluster, acked_attempt, profile, fault):
     # a cell that fails one attempt in two: the suite must call it flaky, not passed
     assert not (profile == "acks-1" and fault == "none" and acked_attempt == 2), "<b>second attempt</b> fails"
 
-@pytest.mark.acked_timeout(8)
+@pytest.mark.acked_timeout(15)
 def test_hung(acked_run):
     acked_run(profile="safe", nemeses=["kill"], time_limit=120, rate=20, name="hung")
 '''
@@ -54,7 +54,7 @@ def acked_processes(cluster_marker: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def local_suite(tmp_path_factory):
-    """The suite above, run once on the local backend with --acked-repeat 2 (about three minutes)."""
+    """The suite above, run once on the local backend with --acked-repeat 2 on two xdist workers."""
     root = tmp_path_factory.mktemp("suite")
     (root / "test_two.py").write_text(SUITE)
     results = root / "results"
@@ -62,7 +62,8 @@ def local_suite(tmp_path_factory):
         [str(Path(shutil.which("pytest", path=str(Path(__file__).resolve().parents[1] / ".venv" / "bin"))
               or "pytest")),
          "-p", "no:cacheprovider", "-q", "--rootdir", str(root), str(root / "test_two.py"),
-         "--acked-backend", "local", "--acked-repeat", "2", "--acked-results", str(results), "--acked-suite", "two"],
+         "--acked-backend", "local", "--acked-repeat", "2", "--acked-results", str(results), "--acked-suite", "two",
+         "-n", "2"],   # pytest-xdist: each worker its own cluster, the controller writes the suite report
         cwd=root, capture_output=True, text=True, timeout=900)
     return root, results, proc
 
@@ -91,19 +92,21 @@ def test_a_suite_writes_one_junit_testcase_per_cell_with_its_reports_and_calls_a
 
 def test_a_hung_test_is_failed_by_its_timeout_and_its_cluster_is_removed(local_suite):
     root, results, proc = local_suite
-    assert "ran past its 8 s limit" in proc.stdout, proc.stdout[-3000:]
+    assert "ran past its 15 s limit" in proc.stdout, proc.stdout[-3000:]
     hung = sorted((results / "two" / "runs" / "hung").iterdir())
     assert len(hung) == 2
     for run_dir in hung:
         res = json.loads((run_dir / "results.json").read_text())
-        assert res["harness"]["error"].startswith("timed out during main"), res["harness"]
+        # usually in main; on a loaded machine the cluster's start can take the 15 s
+        assert res["harness"]["error"].startswith(("timed out during main", "timed out during setup")), res
         assert res["valid"] == "unknown"   # cut before its drain: not a lost write
-        assert {p.name for p in (run_dir / "logs").iterdir()} >= {"n1", "n2", "n3"}   # logs still collected
+        if res["harness"]["error"].startswith("timed out during main"):
+            assert {p.name for p in (run_dir / "logs").iterdir()} >= {"n1", "n2", "n3"}   # logs still collected
         test = json.loads((run_dir / "test.json").read_text())
         assert test["test"]["time_limit"] == 120
     clusters = list((results / "two" / "runs" / ".clusters").glob("*/*"))
     assert clusters == [], clusters   # every run's cluster directory is gone
-    assert acked_processes("hung-") == [] and acked_processes("pytest-main") == []
+    assert acked_processes("hung-") == [] and acked_processes("pytest-gw") == []
 
 
 def test_the_suite_report_and_a_run_report_open_in_chromium_with_their_verdicts_and_markup_as_text(local_suite):
