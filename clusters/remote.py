@@ -1,5 +1,9 @@
 """The node layout shared by the docker and ssh backends: fixed ports, fixed paths, daemons via the Node transport.
 
+The broker is what the cluster's `broker` (services.BrokerDescription) says: its start command, data
+directory and port; our acked-broker by default (always on docker), another Kafka-compatible broker
+when an ssh cluster file describes one. ZooKeeper, configs and logs keep the fixed paths below.
+
 Every node has a host address (`ip`), a ZooKeeper member when it is one of
 `zk_nodes`, and a broker when it is one of `nodes`. ZooKeeper and brokers
 use hostnames (n1, n2, ...) among themselves and advertise the node's address,
@@ -20,9 +24,10 @@ LOGS = "/var/log/acked"
 ETC = "/etc/acked"
 #: the broker's clock offset under libfaketime (nemesis/faults.py ClockNemesis writes it; '+0' when unskewed)
 FAKETIME_FILE = f"{DATA}/faketime"
-#: the broker's log.dirs; with the "disk" capability a faultfs mount (nemesis/faultfs.py) over BROKER_BACKING
-BROKER_DIR = f"{DATA}/broker"
-BROKER_BACKING = f"{DATA}/broker.backing"
+#: the default broker's log.dirs; with the "disk" capability a faultfs mount (nemesis/faultfs.py) over
+#: BROKER_BACKING (BrokerDescription.data_dir and backing_dir)
+BROKER_DIR = services.BROKER_DATA_DIR
+BROKER_BACKING = services.BrokerDescription().backing_dir
 FAULTFS = "acked-faultfs"
 FAULTFS_CONTROL = "/run/acked-faultfs.sock"
 #: seconds after which faultfs makes a file's unsynced writes durable, as the page cache's writeback does (Linux:
@@ -47,6 +52,8 @@ class RemoteCluster(Cluster):
     #: seconds per phase of the last start
     timings: dict
     pythonpath: str = "/src"
+    #: the broker on every node: its command, data directory and port (the ssh cluster file's [broker])
+    broker: services.BrokerDescription = services.BrokerDescription()
 
     @property
     def all_nodes(self) -> list:
@@ -69,7 +76,7 @@ class RemoteCluster(Cluster):
         return ",".join(f"{n.ip}:{services.ZK_CLIENT_PORT}" for n in self.zk_nodes)
 
     def bootstrap_servers(self) -> str:
-        return ",".join(f"{n.ip}:{services.BROKER_PORT}" for n in self.nodes)
+        return ",".join(f"{n.ip}:{self.broker.port}" for n in self.nodes)
 
     def _parallel(self, fn, items) -> list:
         items = list(items)
@@ -117,10 +124,11 @@ class RemoteCluster(Cluster):
         node.start_daemon("zookeeper", services.zookeeper_command(f"{ETC}/zookeeper"), f"{LOGS}/zookeeper.log")
 
     def start_broker(self, node: Node) -> None:
-        props = services.server_properties(node.broker_id, "0.0.0.0", services.BROKER_PORT, node.ip,
-                                           BROKER_DIR, self.zookeeper_connect, self.spec.broker_config)
-        node.run(["mkdir", "-p", BROKER_DIR, LOGS, ETC], check=True)
-        put_files(node, {f"{ETC}/server.properties": props})
+        broker, config = self.broker, f"{ETC}/server.properties"
+        props = services.server_properties(node.broker_id, "0.0.0.0", broker.port, node.ip,
+                                           broker.data_dir, self.zookeeper_connect, self.spec.broker_config)
+        node.run(["mkdir", "-p", broker.data_dir, LOGS, ETC], check=True)
+        put_files(node, {config: props})
         if "disk" in self.spec.capabilities:
             self._ensure_faultfs(node)
         if "acks" in self.spec.capabilities:
@@ -128,8 +136,9 @@ class RemoteCluster(Cluster):
         env = {"PYTHONPATH": self.pythonpath, "PYTHONUNBUFFERED": "1"}
         if "clock" in self.spec.capabilities:
             env.update(self._faketime_env(node))
-        node.start_daemon("broker", services.broker_command(f"{ETC}/server.properties", python=self.python),
-                          f"{LOGS}/broker.log", env=env)
+        command = broker.argv(python=self.python, config=config, data_dir=broker.data_dir, port=broker.port,
+                              broker_id=node.broker_id, host=node.ip)
+        node.start_daemon("broker", command, f"{LOGS}/broker.log", env=env)
 
     # ---- node-side fault helpers, started with the broker and kept across its restarts
 
@@ -147,27 +156,28 @@ class RemoteCluster(Cluster):
         (after a kill or a power loss) finds it mounted. A mount whose daemon died is unmounted first."""
         if node.is_running(FAULTFS):
             return
-        node.run(f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; mkdir -p {BROKER_DIR} {BROKER_BACKING}", check=True)
+        data, backing = self.broker.data_dir, self.broker.backing_dir
+        node.run(f"fusermount3 -u -z {data} 2>/dev/null; mkdir -p {data} {backing}", check=True)
         self._start_helper(node, FAULTFS, [self.python, self.node_program("faultfs.py"), "mount",
-                                           BROKER_BACKING, BROKER_DIR, "--control", FAULTFS_CONTROL,
+                                           backing, data, "--control", FAULTFS_CONTROL,
                                            "--writeback", str(FAULTFS_WRITEBACK_S)], "mounted")
 
     def _ensure_ackproxy(self, node: Node) -> None:
         """The clients' connections to the broker through nemesis/ackproxy.py: an iptables nat chain redirects
-        what arrives on BROKER_PORT from any address but the nodes' to ACKPROXY_PORT. Set up before the clients
+        what arrives on the broker's port from any address but the nodes' to ACKPROXY_PORT. Set up before the clients
         connect (connections made before the rule stay direct)."""
         if not node.is_running(ACKPROXY):
             self._start_helper(node, ACKPROXY, [self.python, self.node_program("ackproxy.py"), "serve",
                                                 "--listen", f"0.0.0.0:{ACKPROXY_PORT}",
-                                                "--upstream", f"127.0.0.1:{services.BROKER_PORT}",
+                                                "--upstream", f"127.0.0.1:{self.broker.port}",
                                                 "--control", ACKPROXY_CONTROL], "listening")
-        chain = ACKPROXY_CHAIN
+        chain, port = ACKPROXY_CHAIN, self.broker.port
         rules = [f"iptables -t nat -N {chain} 2>/dev/null; iptables -t nat -F {chain}",
                  *(f"iptables -t nat -A {chain} -s {n.ip} -j RETURN" for n in self.all_nodes),
                  f"iptables -t nat -A {chain} -s 127.0.0.0/8 -j RETURN",
                  f"iptables -t nat -A {chain} -p tcp -j REDIRECT --to-ports {ACKPROXY_PORT}",
-                 f"iptables -t nat -C PREROUTING -p tcp --dport {services.BROKER_PORT} -j {chain} 2>/dev/null || "
-                 f"iptables -t nat -A PREROUTING -p tcp --dport {services.BROKER_PORT} -j {chain}"]
+                 f"iptables -t nat -C PREROUTING -p tcp --dport {port} -j {chain} 2>/dev/null || "
+                 f"iptables -t nat -A PREROUTING -p tcp --dport {port} -j {chain}"]
         node.run(" && ".join(f"{{ {r}; }}" for r in rules), check=True, timeout=20)
 
     def _faketime_env(self, node: Node) -> dict[str, str]:
@@ -197,14 +207,16 @@ class RemoteCluster(Cluster):
         node.stop_daemon("broker", sig, timeout=30.0 if sig.upper().endswith("TERM") else 5.0)
 
     def stop_daemons(self) -> None:
-        def stop(node) -> None:
-            node.stop_daemon("broker", "KILL")
-            node.stop_daemon("zookeeper", "KILL")
-            node.stop_daemon(ACKPROXY, "KILL")
-            if node.is_running(FAULTFS):
-                node.stop_daemon(FAULTFS, "TERM", timeout=10)   # it unmounts on TERM
-                node.run(f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; true")
-        self._parallel(stop, self.all_nodes)
+        self._parallel(self.stop_node_daemons, self.all_nodes)
+
+    def stop_node_daemons(self, node: Node) -> None:
+        """KILL the broker, ZooKeeper and the ack proxy on one node; unmount faultfs."""
+        node.stop_daemon("broker", "KILL")
+        node.stop_daemon("zookeeper", "KILL")
+        node.stop_daemon(ACKPROXY, "KILL")
+        if node.is_running(FAULTFS):
+            node.stop_daemon(FAULTFS, "TERM", timeout=10)   # it unmounts on TERM
+            node.run(f"fusermount3 -u -z {self.broker.data_dir} 2>/dev/null; true")
 
     def reset(self) -> None:
         """Stop the brokers, wipe all data, start again; the hosts stay.
@@ -216,6 +228,7 @@ class RemoteCluster(Cluster):
         """
         self.timings = {}
         t = time.monotonic()
+        data, backing = self.broker.data_dir, self.broker.backing_dir
 
         def wipe(node: ShellNode) -> None:
             # one round trip: KILL the brokers' process groups (continue them first: a stopped
@@ -231,8 +244,8 @@ class RemoteCluster(Cluster):
                 # the fault helpers go with the data: a fresh start mounts and redirects again
                 f"for f in {node.pidfile(FAULTFS)} {node.pidfile(ACKPROXY)}; do h=$(cat $f 2>/dev/null); "
                 "[ -n \"$h\" ] && kill -s KILL -- -$h 2>/dev/null; done; "
-                f"fusermount3 -u -z {BROKER_DIR} 2>/dev/null; "
-                f"rm -rf {BROKER_DIR} {BROKER_BACKING} {FAKETIME_FILE}; iptables -F 2>/dev/null; "
+                f"fusermount3 -u -z {data} 2>/dev/null; "
+                f"rm -rf {data} {backing} {FAKETIME_FILE}; iptables -F 2>/dev/null; "
                 # the next run collects only its own log lines (daemons append: truncation is safe)
                 f"for f in {LOGS}/*; do [ -f \"$f\" ] && : > \"$f\"; done; "
                 f"iptables -t nat -F {ACKPROXY_CHAIN} 2>/dev/null; "

@@ -7,7 +7,11 @@ registration in ZooKeeper). Backends only decide hosts, ports and paths.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
+import re
+import shlex
 import socket
+import string
 import sys
 import time
 from pathlib import Path
@@ -108,6 +112,104 @@ def server_properties(broker_id: int, host: str, port: int, advertised_host: str
 
 def broker_command(config_path: str, python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "broker.main", config_path]
+
+
+# ---------------------------------------------------------------- which broker
+
+#: what a broker command's placeholders stand for, filled in per node when its broker starts
+BROKER_PLACEHOLDERS = {
+    "python": "the hosts' interpreter (the cluster file's python)",
+    "config": "the path of the config file written for this broker",
+    "data_dir": "the broker's data directory (log.dirs)",
+    "port": "the port the broker listens on",
+    "broker_id": "the broker's broker.id",
+    "host": "the node's address, as the harness reaches it (advertised.listeners)",
+}
+#: how the config file is written: Kafka's server.properties, with Kafka's names (server_properties)
+BROKER_CONFIG_FORMATS = ("server.properties",)
+BROKER_DATA_DIR = "/var/lib/acked/broker"
+#: a data directory is wiped (rm -rf) by every reset and teardown: never one of these
+SYSTEM_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root",
+                         "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log",
+                         "/var/lib/acked", "/var/lib/acked/zookeeper"})
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerDescription:
+    """The broker a cluster on remote nodes runs: the command that starts it, its data directory and the port
+    its clients connect to. The default is our acked-broker; the [broker] table of a cluster file describes
+    another Kafka-compatible broker installed on the hosts (Apache Kafka in ZooKeeper mode)."""
+
+    command: str = "{python} -m broker.main {config}"
+    data_dir: str = BROKER_DATA_DIR
+    port: int = BROKER_PORT
+    config: str = "server.properties"
+
+    @property
+    def backing_dir(self) -> str:
+        """Where the files really are when faultfs (the disk capability) is mounted over data_dir."""
+        return f"{self.data_dir}.backing"
+
+    def argv(self, **values) -> list[str]:
+        """The command for one broker: each word of `command` (split as a shell would) with its placeholders
+        filled in; a value with spaces stays one argument."""
+        return [word.format(**values) for word in shlex.split(self.command)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def broker_description(table: dict, reserved_ports: dict[int, str]) -> BrokerDescription:
+    """A [broker] table of a cluster file, checked; ValueError naming the key and how to fix it.
+    `reserved_ports`: ports the nodes already use (port -> what uses it)."""
+    fields = {f.name for f in dataclasses.fields(BrokerDescription)}
+    if not isinstance(table, dict):
+        raise ValueError("[broker] must be a table: a [broker] line followed by command = ..., data_dir = ..., "
+                         "port = ...")
+    unknown = sorted(set(table) - fields)
+    if unknown:
+        raise ValueError(f"[broker] has no key {unknown[0]!r}; use {', '.join(sorted(fields))}")
+    default = BrokerDescription()
+    desc = BrokerDescription(**{**dataclasses.asdict(default), **table})
+    _check_command(desc.command)
+    _check_data_dir(desc.data_dir)
+    if not isinstance(desc.port, int) or isinstance(desc.port, bool) or not 0 < desc.port < 65536:
+        raise ValueError(f"[broker] port = {desc.port!r} is not a port; give an integer from 1 to 65535, "
+                         f"unquoted, such as port = {BROKER_PORT}")
+    if desc.port in reserved_ports:
+        raise ValueError(f"[broker] port = {desc.port} is taken by {reserved_ports[desc.port]}; give another port")
+    if desc.config not in BROKER_CONFIG_FORMATS:
+        raise ValueError(f"[broker] config = {desc.config!r} is not a config format acked writes; use "
+                         f"{' or '.join(repr(f) for f in BROKER_CONFIG_FORMATS)} (Kafka's names)")
+    return desc
+
+
+def _check_command(command) -> None:
+    if not isinstance(command, str) or not command.strip():
+        raise ValueError('[broker] command must be a string, such as command = "{python} -m broker.main {config}"')
+    names = ", ".join(f"{{{p}}}" for p in BROKER_PLACEHOLDERS)
+    try:
+        shlex.split(command)
+        used = [name for _, name, _, _ in string.Formatter().parse(command) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"[broker] command {command!r} cannot be read: {e} (quote words as a shell would; "
+                         "write a literal brace as {{ or }})") from None
+    for name in used:
+        if name not in BROKER_PLACEHOLDERS:
+            raise ValueError(f"[broker] command uses the unknown placeholder {{{name}}}; use {names}")
+    if "config" not in used:
+        raise ValueError("[broker] command never passes {config}: the broker would not read the broker.id, "
+                         "listeners, log.dirs and zookeeper.connect acked writes there; add {config}")
+
+
+def _check_data_dir(data_dir) -> None:
+    if not isinstance(data_dir, str) or not re.fullmatch(r"/[A-Za-z0-9._/-]*", data_dir) or \
+            posixpath.normpath(data_dir) != data_dir:
+        raise ValueError(f"[broker] data_dir = {data_dir!r} must be an absolute path written plainly (letters, "
+                         f"digits, . _ - and /; no trailing slash, no ..), such as {BROKER_DATA_DIR!r}")
+    if data_dir in SYSTEM_DIRS:
+        raise ValueError(f"[broker] data_dir = {data_dir!r} would be wiped (rm -rf) on every reset and teardown; "
+                         f"give the broker a directory of its own, such as {BROKER_DATA_DIR!r}")
 
 
 # ---------------------------------------------------------------- readiness
