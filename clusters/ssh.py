@@ -15,10 +15,19 @@ Cluster file:
     python = "python3"                 # optional, the hosts' interpreter
     zookeeper = "every-node"           # optional: or "dedicated" (then one host has role = "zookeeper")
 
+    [broker]                           # optional: which broker runs on the hosts (default: acked-broker)
+    command = "{python} -m broker.main {config}"   # or "/opt/kafka/bin/kafka-server-start.sh {config}"
+    data_dir = "/var/lib/acked/broker" # its log.dirs, wiped by reset and teardown
+    port = 9092                        # where clients connect (listeners, advertised.listeners)
+    config = "server.properties"       # the config acked writes for it, Kafka's names
+
     [[hosts]]
     name = "n1"                        # hostname the others resolve (ZooKeeper and broker use it)
     address = "192.0.2.11"             # where the harness reaches it
     port = 22                          # optional
+
+The command's placeholders are services.BROKER_PLACEHOLDERS; read_cluster_file checks the [broker]
+table and says which key is wrong and how to fix it.
 """
 from __future__ import annotations
 
@@ -36,17 +45,25 @@ import threading
 import tomllib
 from pathlib import Path
 
+from clusters import services
 from clusters.base import ClusterError, ClusterSpec, CommandResult
 from clusters.image import NODE_PYTHON_PACKAGES
 from clusters.local import REPO_ROOT, new_name
 from clusters.node import ShellNode, raise_for
-from clusters.remote import DATA, RemoteCluster
+from clusters.remote import ACKPROXY_CHAIN, ACKPROXY_PORT, DATA, FAKETIME_FILE, LOGS, RemoteCluster
 
 #: where the ssh backend installs the project and its Python packages on a host
 INSTALL_DIR = "/opt/acked"
 #: Debian packages a host needs, checked (and installed with apt-get when the user is root) by `install`
 HOST_PACKAGES = {"java": "default-jre-headless", "/usr/share/java/zookeeper.jar": "zookeeper",
                  "iptables": "iptables", "tc": "iproute2", "pkill": "procps", "setsid": "util-linux"}
+#: what a capability's node-side helper needs besides: faultfs (disk) mounts with fusermount3, the broker's
+#: clock (clock) is libfaketime's
+CAPABILITY_PACKAGES = {"disk": {"fusermount3": "fuse3"},
+                       "clock": {"/usr/lib/*/faketime/libfaketimeMT.so.1": "libfaketime"}}
+#: ports the hosts already use for acked, which a [broker] port must not take
+RESERVED_PORTS = {services.ZK_CLIENT_PORT: "ZooKeeper's clients", services.ZK_PEER_PORT: "ZooKeeper's peers",
+                  services.ZK_ELECTION_PORT: "ZooKeeper's elections", ACKPROXY_PORT: "the ack proxy (acks capability)"}
 
 
 @dataclasses.dataclass
@@ -199,18 +216,23 @@ def read_cluster_file(path: Path) -> dict:
     names = [h["name"] for h in hosts]
     if len(set(names)) != len(names):
         raise ClusterError(f"cluster file {path}: host names must be unique, got {names}")
+    try:
+        conf["broker"] = services.broker_description(conf.get("broker", {}),
+                                                     {**RESERVED_PORTS, int(conf.get("port", 22)): "sshd"})
+    except ValueError as e:
+        raise ClusterError(f"cluster file {path}: {e}") from None
     return conf
 
 
 class SSHCluster(RemoteCluster):
-    """The same layout as the docker backend on hosts reached over SSH."""
+    """The same layout as the docker backend on hosts reached over SSH; the broker is the cluster file's
+    [broker] (acked-broker unless it names another)."""
 
     def __init__(self, spec: ClusterSpec, name: str | None = None, conf: dict | None = None):
         if conf is None:
             if spec.cluster_file is None:
                 raise ClusterError("the ssh backend needs a cluster file: --cluster hosts.toml")
             conf = read_cluster_file(spec.cluster_file)
-        self.spec = spec
         self.name = name or new_name(spec.run_id)
         base = Path(spec.cluster_file).parent if spec.cluster_file else Path.cwd()
 
@@ -221,6 +243,7 @@ class SSHCluster(RemoteCluster):
         known = resolve(conf["known_hosts"]) if conf.get("known_hosts") else None
         user, port = conf.get("user", "root"), int(conf.get("port", 22))
         self.python = conf.get("python", "python3")
+        self.broker = conf.get("broker") or services.BrokerDescription()
         self.pythonpath = f"{INSTALL_DIR}/src:{INSTALL_DIR}/lib"
         layout = conf.get("zookeeper", spec.zookeeper)
         all_nodes = []
@@ -236,6 +259,9 @@ class SSHCluster(RemoteCluster):
         if layout == "dedicated" and not dedicated:
             raise ClusterError("zookeeper = \"dedicated\" needs a host with role = \"zookeeper\" in the cluster file")
         self.zk_nodes = dedicated or list(self.nodes)
+        # the file decides the shape: a run that reuses this cluster (Cluster.reuse) is compared with it
+        self.spec = dataclasses.replace(spec, nodes=len(self.nodes),
+                                        zookeeper="dedicated" if dedicated else "every-node")
         self.dir = Path(spec.work_dir).resolve() / self.name
         self.timings: dict[str, float] = {}
 
@@ -264,8 +290,11 @@ class SSHCluster(RemoteCluster):
 
     def _install_on(self, node: SSHNode, bundle: bytes) -> None:
         missing = []
-        for probe, package in HOST_PACKAGES.items():
-            test = f"test -e {probe}" if probe.startswith("/") else f"command -v {probe}"
+        needed = dict(HOST_PACKAGES)
+        for capability in sorted(self.spec.capabilities):
+            needed.update(CAPABILITY_PACKAGES.get(capability, {}))
+        for probe, package in needed.items():
+            test = f"ls {probe} >/dev/null 2>&1" if probe.startswith("/") else f"command -v {probe}"
             if not node.run(test).ok:
                 missing.append(package)
         if missing:
@@ -279,27 +308,39 @@ class SSHCluster(RemoteCluster):
                  check=True, timeout=120)
 
     def start(self, timeout: float = 60.0) -> None:
+        """Install, clear what an earlier cluster (perhaps a killed harness's) left on the hosts, start afresh."""
         try:
             self.install()
-            self.stop_daemons()
+            self._parallel(lambda node: self._clear(node, logs=True), self.all_nodes)
             self._start_daemons(timeout)
         except BaseException:
             self.teardown()
             raise
 
+    def _clear(self, node: SSHNode, logs: bool = False) -> None:
+        """Stop our daemons and fault helpers on a host, undo the ack proxy's redirect of the broker's port, and
+        remove the data they kept (the broker's data_dir, ZooKeeper's, the clock offset); the installed files
+        stay, and the logs unless `logs` (a new cluster collects only its own lines)."""
+        self.stop_node_daemons(node)
+        port, chain = self.broker.port, ACKPROXY_CHAIN
+        truncate = f"for f in {LOGS}/*; do [ -f \"$f\" ] && : > \"$f\"; done; " if logs else ""
+        node.run(f"iptables -t nat -D PREROUTING -p tcp --dport {port} -j {chain} 2>/dev/null; "
+                 f"iptables -t nat -F {chain} 2>/dev/null; iptables -t nat -X {chain} 2>/dev/null; {truncate}"
+                 f"rm -rf {self.broker.data_dir} {self.broker.backing_dir} {DATA}/zookeeper {FAKETIME_FILE}; true",
+                 timeout=120)
+
     def teardown(self) -> None:
         """Stop the daemons and remove their data; the hosts and the installed files stay."""
-        for node in self.all_nodes:
+        def one(node: SSHNode) -> None:
             try:
-                node.stop_daemon("broker", "KILL")
-                node.stop_daemon("zookeeper", "KILL")
-                node.run(f"rm -rf {DATA}/broker {DATA}/zookeeper")
+                self._clear(node)
             except ClusterError:
-                pass  # an unreachable host cannot be cleaned; the next start stops its daemons
+                pass  # an unreachable host cannot be cleaned; the next start clears it
             finally:
                 node.close()
+        self._parallel(one, self.all_nodes)
 
     def describe(self) -> dict:
         return {"name": self.name, "backend": "ssh", "nodes": {n.name: n.address for n in self.all_nodes},
                 "bootstrap_servers": self.bootstrap_servers(),
-                "zookeeper_connect": self.zookeeper_connect_from_host}
+                "zookeeper_connect": self.zookeeper_connect_from_host, "broker": self.broker.to_dict()}
