@@ -31,10 +31,13 @@ table and says which key is wrong and how to fix it.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import io
 import posixpath
 import shlex
+import shutil
 import socket
 import stat
 import subprocess
@@ -194,6 +197,20 @@ class SSHNode(ShellNode):
                     sftp.get(path, str(Path(local_dir) / e.filename))
 
 
+@functools.cache
+def node_python_packages() -> Path:
+    """A directory of NODE_PYTHON_PACKAGES as binary wheels for the hosts' CPython 3.11, made by this machine's
+    pip once per process (the hosts need no internet access and no pip); removed when the process exits."""
+    lib = Path(tempfile.mkdtemp(prefix="acked-node-lib-"))
+    atexit.register(shutil.rmtree, lib, ignore_errors=True)
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(lib),
+                        "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+                        *NODE_PYTHON_PACKAGES], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise ClusterError(f"pip could not fetch the node's Python packages: {p.stderr.strip()[-500:]}")
+    return lib
+
+
 # ------------------------------------------------------------ the cluster file
 
 def read_cluster_file(path: Path) -> dict:
@@ -271,22 +288,16 @@ class SSHCluster(RemoteCluster):
         self._parallel(lambda n: self._install_on(n, bundle), self.all_nodes)
 
     def _bundle(self) -> bytes:
-        """A tar of src/ (the project's packages) and lib/ (NODE_PYTHON_PACKAGES, for Python 3.11)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            lib = Path(tmp) / "lib"
-            p = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(lib),
-                                "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                                *NODE_PYTHON_PACKAGES], capture_output=True, text=True)
-            if p.returncode != 0:
-                raise ClusterError(f"pip could not fetch the node's Python packages: {p.stderr.strip()[-500:]}")
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-                tar.add(lib, arcname="lib")
-                for pkg in ("broker", "clusters", "nemesis"):
-                    if (REPO_ROOT / pkg).is_dir():
-                        tar.add(REPO_ROOT / pkg, arcname=f"src/{pkg}",
-                                filter=lambda t: None if "__pycache__" in t.name else t)
-            return buf.getvalue()
+        """A tar of src/ (the project's packages, as they are now) and lib/ (NODE_PYTHON_PACKAGES, for Python
+        3.11, fetched by pip once per process: some 20 s that every later start of this process saves)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(node_python_packages(), arcname="lib")
+            for pkg in ("broker", "clusters", "nemesis"):
+                if (REPO_ROOT / pkg).is_dir():
+                    tar.add(REPO_ROOT / pkg, arcname=f"src/{pkg}",
+                            filter=lambda t: None if "__pycache__" in t.name else t)
+        return buf.getvalue()
 
     def _install_on(self, node: SSHNode, bundle: bytes) -> None:
         missing = []
