@@ -222,11 +222,13 @@ def _acked_shared_cluster(request, tmp_path_factory):
     if (request.config.getoption("--acked-backend") or "docker") == "docker":
         request.getfixturevalue("acked_node_image")
     spec = _default_spec(request.config, tmp_path_factory.mktemp("acked-cluster"))
-    cluster = create_cluster(spec)
+    cluster = create_cluster(spec)   # the hosts get every capability (container privileges, devices) ...
+    # ... but the node-side fault helpers (faultfs, the ack proxy, libfaketime) start only for a run whose faults
+    # need them: with them a reset takes 7.0 s, without 3.6 s (bench/cluster_reuse.py)
+    cluster.spec = cluster.default_spec = dataclasses.replace(spec, capabilities=frozenset())
     try:
         cluster.start()
         cluster.clean = True
-        cluster.default_spec = spec
         yield cluster
     finally:
         cluster.teardown()
