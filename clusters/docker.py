@@ -210,9 +210,9 @@ class DockerCluster(RemoteCluster):
         if self.spec.zookeeper == "dedicated":
             names.append("zk")
         caps, devices = [], []
-        if {"net", "acks"} & set(self.spec.capabilities):   # acks: the nat rule in front of the proxy
+        if {"net", "acks"} & set(self.host_capabilities):   # acks: the nat rule in front of the proxy
             caps.append("NET_ADMIN")
-        if "disk" in self.spec.capabilities:
+        if "disk" in self.host_capabilities:
             caps.append("SYS_ADMIN")
             devices.append("/dev/fuse:/dev/fuse:rwm")
 
