@@ -4,14 +4,19 @@ timeout with its cluster removed, and a shared cluster wiped between tests."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 pytest_plugins = ["pytester"]
+
+#: the inner pytest imports this tree's acked (its plugin, harness, clusters), wherever it runs from
+INNER_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 SUITE = '''
 import pytest
@@ -59,12 +64,10 @@ def local_suite(tmp_path_factory):
     (root / "test_two.py").write_text(SUITE)
     results = root / "results"
     proc = subprocess.run(
-        [str(Path(shutil.which("pytest", path=str(Path(__file__).resolve().parents[1] / ".venv" / "bin"))
-              or "pytest")),
-         "-p", "no:cacheprovider", "-q", "--rootdir", str(root), str(root / "test_two.py"),
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(root), str(root / "test_two.py"),
          "--acked-backend", "local", "--acked-repeat", "2", "--acked-results", str(results), "--acked-suite", "two",
          "-n", "2"],   # pytest-xdist: each worker its own cluster, the controller writes the suite report
-        cwd=root, capture_output=True, text=True, timeout=900)
+        cwd=root, capture_output=True, text=True, timeout=900, env=INNER_ENV)
     return root, results, proc
 
 
@@ -154,8 +157,8 @@ def test_later_tests_see_none_of_it(acked_cluster, n):
 def test_a_cluster_shared_by_three_tests_is_wiped_between_them(tmp_path):
     (tmp_path / "test_shared.py").write_text(SHARED)
     proc = subprocess.run(
-        [str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "pytest"), "-p", "no:cacheprovider", "-q",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
          "--rootdir", str(tmp_path), str(tmp_path / "test_shared.py"), "--acked-backend", "docker"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=INNER_ENV)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "3 passed" in proc.stdout

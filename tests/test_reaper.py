@@ -17,14 +17,17 @@ from conftest import wait_until
 
 def owned(client, name: str) -> dict[str, list[str]]:
     """What the run named `name` has on docker: containers, networks, volumes (acked.run starts with the name)."""
-    def mine(labels) -> bool:
-        return (labels or {}).get("acked.run", "").startswith(f"{name}-")
-    return {"containers": [c.name for c in client.containers.list(all=True, filters={"label": "acked.run"})
-                           if mine(c.labels)],
-            "networks": [n.name for n in client.networks.list(filters={"label": "acked.run"})
-                         if mine(n.attrs.get("Labels"))],
-            "volumes": [v.name for v in client.volumes.list(filters={"label": "acked.run"})
-                        if mine(v.attrs.get("Labels"))]}
+    def mine(obj) -> bool:
+        return (obj.get("Labels") or {}).get("acked.run", "").startswith(f"{name}-")
+    flt = {"label": "acked.run"}   # raw listings: no per-object inspect, which races with the removal
+    return {"containers": [c["Id"] for c in client.api.containers(all=True, filters=flt) if mine(c)],
+            "networks": [n["Id"] for n in client.api.networks(filters=flt) if mine(n)],
+            "volumes": [v["Name"] for v in client.api.volumes(filters=flt).get("Volumes") or [] if mine(v)]}
+
+
+def reapers_of(client, pid: int) -> list[str]:
+    return [c["Id"] for c in client.api.containers(all=True, filters={"label": "acked.reaper"})
+            if c["Labels"]["acked.reaper"].startswith(f"{pid}:")]
 
 
 @pytest.mark.docker
@@ -38,8 +41,7 @@ def test_a_sigkilled_run_leaves_no_container_network_or_volume_ten_seconds_later
     try:
         assert wait_until(lambda: len(owned(client, name)["containers"]) == 3, timeout=120, every=0.5), \
             "the run never made its containers"
-        reapers = client.containers.list(filters={"label": "acked.reaper"})
-        assert any(r.labels["acked.reaper"].startswith(f"{proc.pid}:") for r in reapers), reapers
+        assert reapers_of(client, proc.pid), "the run started no reaper"
         assert all(owned(client, name).values())   # containers, a network and volumes exist
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -48,8 +50,7 @@ def test_a_sigkilled_run_leaves_no_container_network_or_volume_ten_seconds_later
     assert wait_until(lambda: not any(owned(client, name).values()), timeout=15, every=0.5), owned(client, name)
     assert time.monotonic() - killed < 10, "the reaper took longer than 10 s"
     # and the reaper took itself away too
-    assert wait_until(lambda: not [r for r in client.containers.list(all=True, filters={"label": "acked.reaper"})
-                                   if r.labels["acked.reaper"].startswith(f"{proc.pid}:")], timeout=10)
+    assert wait_until(lambda: not reapers_of(client, proc.pid), timeout=10)
 
 
 def test_the_reaper_tells_a_living_owner_from_a_dead_one_and_from_a_reused_pid():
