@@ -111,6 +111,12 @@ class ProcessNemesis(Nemesis):
 
 # ---- network partitions --------------------------------------------------------------------------------
 
+def broker_port(ctx: Context) -> int:
+    """The port the cluster's brokers listen on (an ssh cluster file's [broker] may name another than 9092)."""
+    description = getattr(ctx.cluster, "broker", None)
+    return getattr(description, "port", BROKER_PORT)
+
+
 class PartitionNemesis(Nemesis):
     """Cut the network along a grudge graph with iptables DROP rules in our own chain; heal flushes it.
 
@@ -125,10 +131,12 @@ class PartitionNemesis(Nemesis):
         self.chain = chain
         self._ips: dict[str, str] = {}
         self._clients_ip: str | None = None
+        self._broker_port = BROKER_PORT
         self._lock = threading.Lock()
         self.active: dict | None = None
 
     def setup(self, ctx: Context) -> None:
+        self._broker_port = broker_port(ctx)
         with self._lock:
             for node in {*ctx.nodes, *ctx.zk_nodes}:
                 self._ips[node.name] = node_ip(node)
@@ -146,7 +154,7 @@ class PartitionNemesis(Nemesis):
             src = self._clients_ip if peer == CLIENTS else self._ips[peer]
             if peer == CLIENTS:
                 # behind the ack proxy (the "acks" capability) the clients' packets reach INPUT redirected to it
-                ports = ports or [BROKER_PORT, ACKPROXY_PORT]
+                ports = ports or [self._broker_port, ACKPROXY_PORT]
             if ports:
                 for port in ports:
                     rules.append(f"iptables -A {self.chain} -s {src} -p tcp --dport {port} -j DROP")

@@ -88,11 +88,11 @@ def make_grudge(ctx, spec: dict) -> tuple[nx.Graph, dict]:
         lone = chosen[0].name
         others = [y for y in names if y != lone]
         if shape == "leader-from-followers":
-            from clusters.services import BROKER_PORT
+            from nemesis.faults import broker_port
             followers = [ctx.node_of(b) for b in ctx.roles.replicas_of(seen.get("key"))] if seen.get("key") else []
             followers = [f.name for f in followers if f is not None and f.name != lone] or others
             g = _grudge(names, [])
-            g.add_edges_from(((lone, y) for y in followers), ports=[BROKER_PORT])
+            g.add_edges_from(((lone, y) for y in followers), ports=[broker_port(ctx)])
         else:
             g = _grudge(names, [(lone, y) for y in others])
         if shape == "leader" and "key" in seen:
