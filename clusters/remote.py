@@ -40,6 +40,9 @@ ACKPROXY = "acked-ackproxy"
 ACKPROXY_PORT = 9192
 ACKPROXY_CONTROL = "/run/acked-ackproxy.sock"
 ACKPROXY_CHAIN = "ACKED-ACKS"
+#: the handle of the root qdisc the packet nemesis installs (nemesis/packet.py); a reset removes only a root qdisc
+#: with this handle, and only iptables chains named ACKED-*
+TC_HANDLE = "acd"
 #: how long a node-side helper may take to print its ready line
 READY_TIMEOUT = 15.0
 
@@ -245,11 +248,14 @@ class RemoteCluster(Cluster):
                 f"for f in {node.pidfile(FAULTFS)} {node.pidfile(ACKPROXY)}; do h=$(cat $f 2>/dev/null); "
                 "[ -n \"$h\" ] && kill -s KILL -- -$h 2>/dev/null; done; "
                 f"fusermount3 -u -z {data} 2>/dev/null; "
-                f"rm -rf {data} {backing} {FAKETIME_FILE}; iptables -F 2>/dev/null; "
+                f"rm -rf {data} {backing} {FAKETIME_FILE}; "
+                # our chains and our qdisc only: over SSH these are someone's real hosts with their own firewall
+                "for c in $(iptables -S 2>/dev/null | sed -n 's/^-N \\(ACKED-[^ ]*\\)$/\\1/p'); do iptables -F $c; done; "
                 # the next run collects only its own log lines (daemons append: truncation is safe)
                 f"for f in {LOGS}/*; do [ -f \"$f\" ] && : > \"$f\"; done; "
                 f"iptables -t nat -F {ACKPROXY_CHAIN} 2>/dev/null; "
-                "tc qdisc del dev eth0 root 2>/dev/null; true")
+                "for d in $(ls /sys/class/net); do tc qdisc show dev $d 2>/dev/null | "
+                f"grep -q '^qdisc [^ ]* {TC_HANDLE}: root' && tc qdisc del dev $d root; done; true")
             node.run(script, timeout=20)
         self._parallel(wipe, self.all_nodes)
         t = self._phase("brokers-stopped", t)

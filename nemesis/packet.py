@@ -32,6 +32,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from clusters import remote
 from clusters.base import ClusterError, Node
 
 #: our own iptables chain, jumped to from OUTPUT
@@ -46,7 +47,7 @@ COPY_MARK = 0xACED
 #: mark of probe()'s test datagram
 PROBE_MARK = 0xACE0
 #: handle of our tc root qdisc; heal deletes a root qdisc only when it has this handle
-TC_HANDLE = "acd"
+TC_HANDLE = remote.TC_HANDLE
 #: where the repository is on a node: docker (/src, read-only mount), ssh (the installed bundle)
 PROGRAM_PATHS = ("/src/nemesis/nfq.py", "/opt/acked/src/nemesis/nfq.py")
 UPLOADED_PROGRAM = "/var/lib/acked/nfq.py"

@@ -136,7 +136,11 @@ def test_one_leaves_a_topic_a_group_and_faults(acked_cluster):
     c = Consumer({"bootstrap.servers": acked_cluster.bootstrap_servers(), "group.id": "leftover-group"})
     c.commit(offsets=[TopicPartition("leftover", 0, 1)], asynchronous=False); c.close()
     n1 = acked_cluster.nodes[0]
-    n1.run("iptables -A INPUT -s 10.255.255.1 -j DROP && echo +60 > /var/lib/acked/faketime", check=True)
+    # a partition's rule in its own chain, a slow link's qdisc, a clock offset: what the faults leave on a node
+    n1.run("iptables -N ACKED-NEMESIS && iptables -I INPUT -j ACKED-NEMESIS && "
+           "iptables -A ACKED-NEMESIS -s 10.255.255.1 -j DROP && "
+           "tc qdisc replace dev eth0 root handle acd: tbf rate 100mbit burst 32kb latency 50ms && "
+           "echo +60 > /var/lib/acked/faketime", check=True)
     n1.run("echo test-one-was-here >> /var/log/acked/broker.log", check=True)
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -148,6 +152,7 @@ def test_later_tests_see_none_of_it(acked_cluster, n):
     assert [g.group_id for g in groups.valid] == []
     for node in acked_cluster.nodes:
         assert "10.255.255.1" not in node.output("iptables -S").stdout
+        assert "acd:" not in node.output("tc qdisc show dev eth0").stdout
         assert node.output("cat /var/lib/acked/faketime 2>/dev/null").stdout == ""
         assert "test-one-was-here" not in node.output("cat /var/log/acked/broker.log").stdout
 '''
