@@ -14,12 +14,13 @@ passed when every attempt passed, failed when every attempt failed, flaky when s
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
-import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+# the run report's clock format and atomic write: a suite page sits beside run pages
+from harness.report import _now as now, _write_atomic
 
 SUITE_FILE = "suite.json"
 OUTCOMES = ("passed", "failed", "flaky", "error", "skipped")
@@ -118,16 +119,6 @@ class Suite:
             cell.attempts = [Attempt(**a) for a in c.get("attempts", [])]
             s.cells[c["cell"]] = cell
         return s
-
-
-def now() -> str:
-    return dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---- reporters ------------------------------------------------------------------------------------------------
