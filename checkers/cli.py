@@ -1,7 +1,11 @@
 """`acked check` and `acked export` (registered by harness/cli.py).
 
 Exit statuses of `acked check`: 0 valid, 1 invalid, 2 unknown, 3 the history
-could not be read (missing file, not a history), 4 bad options or output.
+could not be read (missing file, not a history), 4 bad arguments or output.
+
+`Parser` is the argument parser of every acked command line (harness/cli.py
+uses it too): it lives here, in the lowest room with a command line, so that
+checkers import nothing of the harness (ARCHITECTURE.md).
 """
 from __future__ import annotations
 
@@ -10,6 +14,26 @@ import os
 import sys
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_BAD_HISTORY, EXIT_ERROR = 0, 1, 2, 3, 4
+EXIT_BAD_USAGE = 4
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument error is one line and exit 4, as a bad test description is (docs/running.md, "Exit
+    statuses"); the usage block only on --help. Subcommands' parsers are of this class too (argparse makes
+    them with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_USAGE, f"acked: error: {message} (see {self.prog} --help)\n")
+
+    def parse_command_line(self, argv: list[str] | None, subcommands: tuple[str, ...] = ("command",)):
+        """parse_args, but an unrecognized argument names the (sub)command whose --help lists what it takes:
+        `subcommands` are the dests of the nested subparsers, outermost first."""
+        args, extra = self.parse_known_args(argv)
+        if extra:
+            cmd = " ".join([self.prog] + [c for c in (getattr(args, d, None) for d in subcommands) if c])
+            self.exit(EXIT_BAD_USAGE, f"acked: error: unrecognized arguments: {' '.join(extra)} "
+                                      f"(see {cmd} --help)\n")
+        return args
 
 
 def register(subparsers) -> None:
@@ -17,7 +41,8 @@ def register(subparsers) -> None:
         "check", help="check a history for lost, reordered or duplicated writes",
         description="Check a queue history (history.jsonl, or Jepsen's history.edn with --format edn) "
                     "and report anomalies in Jepsen's vocabulary. Exit 0 valid, 1 invalid, 2 unknown, "
-                    "3 the history could not be read, 4 other errors.")
+                    "3 the history could not be read, 4 bad arguments or -o cannot be written (one line "
+                    "on stderr).")
     p.add_argument("history", help="path to history.jsonl (or a run directory containing one)")
     p.add_argument("--json", action="store_true", help="print results.json on stdout instead of a summary")
     p.add_argument("--format", choices=("jsonl", "edn"), default=None,
@@ -159,13 +184,14 @@ def cmd_export(args) -> int:
 
 def main(argv=None) -> int:
     """`python -m checkers.cli check|export ...`: the same commands without the rest of acked."""
-    parser = argparse.ArgumentParser(prog="acked", description="acked check / acked export")
+    parser = Parser(prog="acked", description="acked check and acked export, without the rest of acked. "
+                                              "Exit 4 on bad arguments (one line on stderr).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     register(sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_command_line(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return EXIT_UNKNOWN
+        return EXIT_BAD_USAGE
     return int(args.func(args) or 0)
 
 

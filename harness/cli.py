@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from checkers.cli import EXIT_BAD_USAGE, Parser  # one argument parser for every acked command line
+
 COMMAND_MODULES = [
     "checkers.cli",   # check, export
     "clusters.cli",   # image, cluster
@@ -25,16 +27,6 @@ COMMAND_MODULES = [
 ALONE = {"check": "checkers.cli", "export": "checkers.cli"}
 
 EXIT_HARNESS_FAILED = 3
-EXIT_BAD_USAGE = 4
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument error is one line and exit 4, as a bad test description is (docs/running.md, "Exit
-    statuses"); the usage block only on --help. Subcommands' parsers are of this class too (argparse makes
-    them with the parent's class)."""
-
-    def error(self, message: str):
-        self.exit(EXIT_BAD_USAGE, f"acked: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -62,12 +54,7 @@ def package_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(sys.argv[1:] if argv is None else argv)
-    args, extra = parser.parse_known_args(argv)
-    if extra:   # name the subcommand whose --help lists what it takes
-        cmd = " ".join(["acked"] + [c for c in (getattr(args, "command", None), getattr(args, "cluster_command", None),
-                                               getattr(args, "image_command", None)) if c])
-        print(f"acked: error: unrecognized arguments: {' '.join(extra)} (see {cmd} --help)", file=sys.stderr)
-        return EXIT_BAD_USAGE
+    args = parser.parse_command_line(argv, ("command", "cluster_command", "image_command"))
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_USAGE

@@ -90,6 +90,44 @@ def test_bad_input_gives_one_line_and_the_documented_status_before_anything_star
     assert seconds < 20, f"took {seconds:.1f}s: something was started"
 
 
+
+# `python -m checkers.cli`: acked check and export without the rest of acked, with the same argument errors
+CHECKERS_CASES = [
+    (["check"], ["history", "see acked check --help"]),
+    (["check", "--bogus", "x.jsonl"], ["--bogus", "see acked check --help"]),
+    (["check", "--jobs", "3", "x.jsonl"], ["--jobs", "see acked check --help"]),
+    (["export", "x.jsonl"], ["--edn", "see acked export --help"]),
+    (["nosuch"], ["nosuch", "see acked --help"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", CHECKERS_CASES, ids=[" ".join(c[0]) for c in CHECKERS_CASES])
+def test_python_m_checkers_cli_gives_one_line_and_exit_4_on_bad_arguments(tmp_path, argv, words):
+    proc = subprocess.run([sys.executable, "-m", "checkers.cli", *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    assert_one_line(proc.stderr, ["acked: error:", *words])
+    assert proc.stdout == ""
+
+
+def test_python_m_checkers_cli_without_a_command_prints_its_help_and_exits_4():
+    proc = subprocess.run([sys.executable, "-m", "checkers.cli"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 4
+    assert "check" in proc.stdout and "export" in proc.stdout and proc.stderr == ""
+
+
+def test_the_checkers_command_line_imports_nothing_of_the_harness():
+    """ARCHITECTURE.md: checkers import nothing but the history model; the shared argument parser lives in
+    checkers/cli.py and harness/cli.py imports it from there."""
+    code = ("import sys, checkers.cli; checkers.cli.main(['check', '--help'])")
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line]
+    assert imported and not [m for m in imported if m.split(".")[0] == "harness"], imported
+    from checkers.cli import Parser
+    from harness import cli
+    assert cli.Parser is Parser
+
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 @pytest.mark.parametrize("client", ["confluent-kafka", "kafka-python"])
 def test_every_profile_passes_the_kafka_settings_check_with_either_client(profile, client):
