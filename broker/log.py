@@ -82,10 +82,20 @@ def _guard(what: str):
     return wrap
 
 
+def segment_bases(directory: str) -> list[int]:
+    """Base offsets of a partition directory's segment files (``<baseOffset:020d>.log``), ascending."""
+    return sorted(int(name[:-4]) for name in os.listdir(directory)
+                  if name.endswith(".log") and name[:-4].isdigit())
+
+
+def segment_path(directory: str, base_offset: int) -> str:
+    return os.path.join(directory, f"{base_offset:020d}.log")
+
+
 class Segment:
     def __init__(self, directory: str, base_offset: int):
         self.base_offset = base_offset
-        self.log_path = os.path.join(directory, f"{base_offset:020d}.log")
+        self.log_path = segment_path(directory, base_offset)
         self.index_path = os.path.join(directory, f"{base_offset:020d}.index")
         self.fd = os.open(self.log_path, os.O_RDWR | os.O_CREAT, 0o644)
         self.size = os.fstat(self.fd).st_size
@@ -259,8 +269,7 @@ class Log:
         self.first_unflushed_at: float | None = None
         self.recovered_bytes_cut = 0
         os.makedirs(directory, exist_ok=True)
-        bases = sorted(int(name[:-4]) for name in os.listdir(directory)
-                       if name.endswith(".log") and name[:-4].isdigit())
+        bases = segment_bases(directory)
         self.segments: list[Segment] = []
         for i, base in enumerate(bases):
             seg = Segment(directory, base)

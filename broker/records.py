@@ -121,19 +121,28 @@ def stamp(batch: bytearray, pos: int, base_offset: int, leader_epoch: int) -> No
     _I32.pack_into(batch, pos + 12, leader_epoch)
 
 
-def scan_valid(buf, start: int = 0):
-    """Yield (position, header) for each complete, CRC-valid v2 batch from start,
-    stopping at the first torn or corrupt one (used by log recovery)."""
+def scan_batches(buf, start: int = 0):
+    """Yield (position, header, crc_good) for each complete v2 batch from start, stopping at the
+    first torn or malformed one (a short tail, another magic, a length outside the buffer).  A batch
+    whose CRC-32C does not match its bytes is yielded with crc_good False and the walk goes on
+    (used by broker/dump_log.py, which shows corruption instead of cutting it)."""
     pos = start
     n = len(buf)
     while n - pos >= HEADER_SIZE:
         h = parse_header(buf, pos)
         if h.magic != 2 or h.batch_length < HEADER_SIZE - LOG_OVERHEAD or pos + h.size > n:
             return
-        if not crc_ok(buf, pos, h):
+        yield pos, h, crc_ok(buf, pos, h)
+        pos += h.size
+
+
+def scan_valid(buf, start: int = 0):
+    """Yield (position, header) for each complete, CRC-valid v2 batch from start,
+    stopping at the first torn or corrupt one (used by log recovery)."""
+    for pos, h, good in scan_batches(buf, start):
+        if not good:
             return
         yield pos, h
-        pos += h.size
 
 
 # --- building batches (used by tests and tools; uncompressed only) ---------------
