@@ -128,6 +128,19 @@ class Cluster(abc.ABC):
     def collect_logs(self, dest: Path) -> None:
         """Copy every node's logs into dest/<node>/."""
 
+    def log_dump_command(self, node: Node, topics: list[str]) -> list[str]:
+        """The command that prints, on `node`, its broker's replicas of `topics` batch by batch
+        (`python -m broker.dump_log LOG_DIR TOPIC...`). Backends that know where the broker's log.dirs and
+        our package are override it."""
+        raise ClusterError(f"the {type(self).__name__} backend cannot read its brokers' logs")
+
+    def collect_replicas(self, topics: list[str]) -> dict:
+        """Every broker's replicas of `topics`, summarized batch by batch from its segment files: the
+        replicas.json structure (docs/history-format.md). A node that cannot be read is an entry of its
+        `errors`, not an exception."""
+        from clusters.replicas import collect
+        return collect(self, topics)
+
     @abc.abstractmethod
     def teardown(self) -> None:
         """Remove everything this cluster created. Idempotent; safe after a failure."""

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal as _signal
 import subprocess
+import sys
 from pathlib import Path
 
 from clusters import services
@@ -296,6 +297,10 @@ class LocalCluster(Cluster):
 
     def stop_broker(self, node: Node, sig: str = "TERM") -> None:
         node.stop_daemon("broker", sig, timeout=30.0 if sig.upper().endswith("TERM") else 5.0)
+
+    def log_dump_command(self, node: Node, topics: list[str]) -> list[str]:
+        return ["env", f"PYTHONPATH={REPO_ROOT}", sys.executable, "-m", "broker.dump_log",
+                str(self.data_dir(node)), *topics]
 
     def stop_all(self) -> None:
         for node in self.nodes:

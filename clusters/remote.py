@@ -292,6 +292,12 @@ class RemoteCluster(Cluster):
             zk.stop()
             zk.close()
 
+    def log_dump_command(self, node: Node, topics: list[str]) -> list[str]:
+        """broker/dump_log.py from the nodes' copy of our package, on the broker's data directory (through
+        faultfs when it is mounted: what the broker itself reads)."""
+        return ["env", f"PYTHONPATH={self.pythonpath}", self.python, "-m", "broker.dump_log",
+                self.broker.data_dir, *topics]
+
     def collect_logs(self, dest: Path) -> None:
         def one(node) -> None:
             try:
