@@ -4,21 +4,27 @@
 dicts, or a path to a history.jsonl, and returns the results.json structure:
 valid, anomaly-types, bad-anomaly-types, anomalies, stats, perf (documented in
 docs/history-format.md and docs/anomalies.md).
+
+`replicas=` (both functions) also compares the brokers' logs collected after the run (replicas.json,
+checkers/divergence.py): a `replica-divergence` found there makes the results invalid too.
 """
 from __future__ import annotations
 
 import os
 
+import orjson
+
 from .history import History, HistoryError, HistoryWriter, Problem, iter_jsonl, read_history
 from .queue import QueueChecker
 
-__all__ = ["check", "check_path", "History", "HistoryError", "HistoryWriter", "Problem", "read_history"]
+__all__ = ["check", "check_path", "with_replicas", "History", "HistoryError", "HistoryWriter", "Problem", "read_history"]
 
 
-def check(history, *, sub_via="assign", txn=False, ww_deps=False, delivery="exactly-once") -> dict:
-    """Check a history; the options say which guarantees the run declared."""
+def check(history, *, sub_via="assign", txn=False, ww_deps=False, delivery="exactly-once", replicas=None) -> dict:
+    """Check a history; the options say which guarantees the run declared. `replicas`: replicas.json (a path
+    or its loaded data) to compare as well, or None."""
     if isinstance(history, (str, os.PathLike)):
-        return check_path(history, sub_via=sub_via, txn=txn, ww_deps=ww_deps, delivery=delivery)
+        return check_path(history, sub_via=sub_via, txn=txn, ww_deps=ww_deps, delivery=delivery, replicas=replicas)
     chk = QueueChecker(sub_via=sub_via, txn=txn, ww_deps=ww_deps, delivery=delivery)
     if isinstance(history, History):
         chk.problems.extend((p.line, p.message) for p in history.problems)
@@ -26,11 +32,11 @@ def check(history, *, sub_via="assign", txn=False, ww_deps=False, delivery="exac
     else:
         events = list(history)
     chk.feed((i + 1, ev) for i, ev in enumerate(events))
-    return chk.finish()
+    return with_replicas(chk.finish(), replicas)
 
 
 def check_path(path, *, format="jsonl", sub_via="assign", txn=False, ww_deps=False,
-               delivery="exactly-once", parallel=False) -> dict:
+               delivery="exactly-once", parallel=False, replicas=None) -> dict:
     """Check a history file, streaming it: events are folded as they are parsed.
 
     parallel=True splits the work over two processes with fork() (see
@@ -39,7 +45,7 @@ def check_path(path, *, format="jsonl", sub_via="assign", txn=False, ww_deps=Fal
     if parallel and format == "jsonl" and hasattr(os, "fork"):
         from .parallel import check_path_parallel
         opts = {"sub_via": sub_via, "txn": txn, "ww_deps": ww_deps, "delivery": delivery}
-        return check_path_parallel(path, opts, _open_history)
+        return with_replicas(check_path_parallel(path, opts, _open_history), replicas)
     chk = QueueChecker(sub_via=sub_via, txn=txn, ww_deps=ww_deps, delivery=delivery)
     problems: list[Problem] = []
     if format == "jsonl":
@@ -50,7 +56,26 @@ def check_path(path, *, format="jsonl", sub_via="assign", txn=False, ww_deps=Fal
         problems = h.problems
         chk.feed((i + 1, ev) for i, ev in enumerate(h.events))
     chk.problems[:0] = [(p.line, p.message) for p in problems]
-    return chk.finish()
+    return with_replicas(chk.finish(), replicas)
+
+
+def with_replicas(results: dict, replicas) -> dict:
+    """results with the replica-divergence check of replicas.json merged in (checkers/divergence.py).
+    `replicas`: a path, the loaded data, or None (history only: results unchanged). A file that cannot be
+    read is reported under results["replicas"]["errors"]; the history's verdict stands."""
+    if replicas is None:
+        return results
+    from . import divergence
+    if isinstance(replicas, (str, os.PathLike)):
+        try:
+            with open(replicas, "rb") as f:
+                replicas = orjson.loads(f.read())
+            if not isinstance(replicas, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            results["replicas"] = {"errors": [f"{os.fspath(replicas)} cannot be read: {e}"]}
+            return results
+    return divergence.merge(results, replicas)
 
 
 def _open_history(path):

@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                    help="also infer write-write dependencies from the offset order (allows G1c, as in Jepsen)")
     p.add_argument("--delivery", choices=("exactly-once", "at-least-once"), default="exactly-once",
                    help="declared delivery guarantee; at-least-once allows duplicate")
+    p.add_argument("--replicas", metavar="FILE",
+                   help="also compare the brokers' logs collected after the run (replicas.json) and report "
+                        "replica-divergence (default: the replicas.json beside the history, when there is one)")
     p.add_argument("-o", "--output", help="also write results.json to this file")
     p.add_argument("-j", "--jobs", type=int, choices=(1, 2), default=1,
                    help="processes to check with (default 1; 2 splits the work over two processes, "
@@ -84,6 +87,14 @@ def _resolve(path: str) -> str:
     return path
 
 
+def _replicas_of(args, history_path: str) -> str | None:
+    """--replicas, else the run directory's replicas.json beside the history if it exists."""
+    if getattr(args, "replicas", None):
+        return args.replicas
+    beside = os.path.join(os.path.dirname(history_path), "replicas.json")
+    return beside if os.path.isfile(beside) else None
+
+
 def _err(msg: str, code: int) -> int:
     print(f"acked: {msg}", file=sys.stderr)
     return code
@@ -105,7 +116,7 @@ def cmd_check(args) -> int:
         # busy host; --jobs 2 remains for an idle one.
         parallel = args.jobs == 2
         res = check_path(path, format=fmt, sub_via=args.sub_via, txn=args.txn, ww_deps=args.ww_deps,
-                         delivery=args.delivery, parallel=parallel)
+                         delivery=args.delivery, parallel=parallel, replicas=_replicas_of(args, path))
     except HistoryError as e:
         return _err(str(e), EXIT_BAD_HISTORY)
     blob = orjson.dumps(res, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
@@ -143,6 +154,9 @@ def summary(res: dict, path: str) -> str:
         lines.append(f"  {t}: {n}{tag}")
         ex = res["anomalies"][t][0]
         lines.append(f"    e.g. {ex['explanation']}")
+    reps = res.get("replicas")
+    if reps is not None:
+        lines.append(replicas_line(reps))
     v = res["valid"]
     verdict = {True: "VALID", False: "INVALID"}.get(v, "UNKNOWN")
     if v == "unknown":
@@ -151,6 +165,17 @@ def summary(res: dict, path: str) -> str:
         verdict += f": {', '.join(res['bad-anomaly-types'])}"
     lines.append(verdict)
     return "\n".join(lines)
+
+
+def replicas_line(reps: dict) -> str:
+    """One line on the replica comparison (results.json's `replicas`)."""
+    if "partitions" not in reps:
+        return f"replicas: not compared ({'; '.join(reps.get('errors') or ['no data'])})"
+    line = (f"replicas: {reps['partitions']} partitions, {reps['replicas']} replicas on "
+            f"{len(reps['nodes'])} nodes compared; {reps['divergent-pairs']} divergent pair(s)")
+    if reps.get("errors"):
+        line += f"; {len(reps['errors'])} could not be read (first: {reps['errors'][0]})"
+    return line
 
 
 def cmd_export(args) -> int:
