@@ -62,6 +62,8 @@ TYPE_MEANINGS = {
     "G0": "A cycle of write-write dependencies between transactions.",
     "G1c": "A cycle of dependencies that needs a write-read edge (circular information flow).",
     "committed-offset-regression": "A consumer group's committed offset went backwards.",
+    "replica-divergence": "Two replicas of a partition hold different records below the high watermark both passed "
+                          "(read from the brokers' logs after the run): replication let them diverge.",
 }
 
 
@@ -688,7 +690,7 @@ def _row(ev: dict, role: str = "", keys: set[str] | None = None) -> dict:
 
 
 # Worst first: what breaks the log itself, then what breaks reading it, then ordering.
-SEVERITY = ["lost-write", "inconsistent-offsets", "G1a", "unexpected-value", "duplicate", "unseen",
+SEVERITY = ["lost-write", "inconsistent-offsets", "replica-divergence", "G1a", "unexpected-value", "duplicate", "unseen",
             "precommitted-read", "G1c", "G0", "poll-skip", "nonmonotonic-poll", "int-poll-skip",
             "int-nonmonotonic-poll", "nonmonotonic-send", "int-nonmonotonic-send", "offset-order-realtime",
             "int-send-skip", "committed-offset-regression"]

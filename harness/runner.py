@@ -1,6 +1,7 @@
 """The runner: one test description -> cluster, workload under faults, history, verdict, run directory.
 
 Phases: setup, main (workload and nemesis together), heal, recover, drain,
+replicas (every broker's log of the workload's topics, into replicas.json),
 teardown, check, report. Whatever happens in a phase -- an exception, Ctrl-C --
 the run still heals every fault, still closes the history (it is flushed per
 event anyway), still tears the cluster down, and still writes results.json.
@@ -32,7 +33,7 @@ import orjson
 
 from harness.config import TestDescription
 
-PHASES = ("setup", "main", "heal", "recover", "drain", "teardown", "check", "report")
+PHASES = ("setup", "main", "heal", "recover", "drain", "replicas", "teardown", "check", "report")
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_HARNESS_FAILED = 0, 1, 2, 3
 #: seconds of empty polls, with every short key's high watermark at or below what was read, before the final
 #: drain stops short of its targets. Not less: right after a leader change the new leader's high watermark
@@ -458,6 +459,22 @@ class Runner:
         except Exception:
             return False
 
+    def _replicas(self) -> None:
+        """Every broker's log of the workload's topics, batch by batch, into replicas.json, for the check to
+        compare the replicas directly (checkers/divergence.py). The cluster reads them (clusters/replicas.py);
+        what cannot be read is a harness error line, never a failed run: the history is checked anyway."""
+        from clusters.replicas import to_json
+        if self.cluster is None or self.topics is None:
+            return
+        try:
+            data = self.cluster.collect_replicas(self.topics.created_topics())
+        except Exception as e:  # noqa: BLE001 -- a finding-less phase must not cost the run its verdict
+            self.errors.append(f"collecting the replicas' logs: {type(e).__name__}: {e}")
+            self.log(self.errors[-1])
+            return
+        self.errors.extend(f"collecting the replicas' logs: {err}" for err in data.get("errors") or [])
+        (self.run_dir / "replicas.json").write_bytes(to_json(data))
+
     def _teardown(self) -> None:
         if self.producer_pool is not None:
             self.producer_pool.close()
@@ -476,8 +493,10 @@ class Runner:
     def _check(self) -> dict[str, Any]:
         import checkers
         # check_path streams the file through the checker's fast path; same results as check().
+        replicas = self.run_dir / "replicas.json"
         return checkers.check_path(self.run_dir / "history.jsonl", sub_via=self.desc.effective_sub_via(),
-                                   delivery=self.desc.effective_delivery())
+                                   delivery=self.desc.effective_delivery(),
+                                   replicas=replicas if replicas.exists() else None)
 
     # ---- the whole run ---------------------------------------------------------
 
@@ -518,8 +537,11 @@ class Runner:
         if self.gen is not None and self.topics is not None and not self.timed_out:
             # also after Ctrl-C or an error in main: without the drain every unread write would be "unseen";
             # another Ctrl-C skips ahead to teardown
+            interrupted = self.interrupted
             guarded("recover", self._recover)
             guarded("drain", self._drain)
+            if self.interrupted == interrupted:
+                guarded("replicas", self._replicas)
         guarded("teardown", self._teardown)
         if self.history is not None:
             self.history.__exit__(None, None, None)
