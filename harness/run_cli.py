@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import sys
 import threading
 import time
@@ -9,6 +11,8 @@ import time
 from harness.config import BACKENDS, PROFILES, ConfigError, TestDescription, from_dict, load_toml, parse_list, parse_setting
 
 EXIT_BAD_USAGE = 4
+#: TestDescription's default name; `acked run` names an unnamed test queue-<profile>
+DEFAULT_NAME = TestDescription.name
 
 
 def register(subparsers) -> None:
@@ -33,7 +37,7 @@ def register(subparsers) -> None:
                         f"`acked nemeses` lists them with their choices")
     p.add_argument("--nemesis-interval", type=float, help="seconds between fault starts, and about how long each lasts")
     p.add_argument("--nemesis-schedule", choices=["mix", "alternate"],
-                   help="mix (default): faults of different packages may overlap; alternate: one at a time")
+                   help="mix: faults of different packages may overlap; alternate: one at a time")
     p.add_argument("--replay", metavar="RUN_DIR", help="run the test of RUN_DIR again with the same fault ops at the "
                    "same times (its nemesis.json); role targets are resolved afresh")
     p.add_argument("--kill-target", choices=["leader", "random"], help="which broker the kill fault kills")
@@ -47,15 +51,15 @@ def register(subparsers) -> None:
     p.add_argument("--delivery", choices=["exactly-once", "at-least-once"], help="guarantee the checker judges by")
     p.add_argument("--client", choices=["confluent-kafka", "kafka-python"], help="Kafka client library")
     p.add_argument("--seed", type=int, help="random seed (recorded in test.json)")
-    p.add_argument("--results-dir", help="run store root (default results)")
+    p.add_argument("--results-dir", help="run store root")
     p.add_argument("--final-time-limit", type=float, help="seconds the final drain may take")
     p.add_argument("--key-count", type=int, help="keys written at once")
     p.add_argument("--max-writes-per-key", type=int, help="upper bound of the Zipf write count per key")
     p.add_argument("--max-sends-per-op", type=int, help="sends per send op (1..N, one key, several requests in "
-                   "flight; default 4)")
+                   "flight)")
     p.add_argument("--op-timeout", type=float, help="seconds before a send or poll is recorded as info")
     p.add_argument("--crash-client-interval", type=float, metavar="SECONDS",
-                   help="roughly how long a single client runs before it is crashed (default 10; 0: never)")
+                   help="roughly how long a single client runs before it is crashed (0: never)")
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     _show_defaults(p)
     p.set_defaults(func=cmd_run)
@@ -85,7 +89,7 @@ def register(subparsers) -> None:
 
 #: defaults shown in `acked run --help` that are not a TestDescription field's plain value
 _DEFAULT_TEXT = {"nemesis": "none: no faults unless you name some", "sub_via": "the profile's",
-                 "delivery": "the profile's", "seed": "random", "name": "queue; queue-<profile> with --profile",
+                 "delivery": "the profile's", "seed": "random", "name": "queue-<profile> unless the test file names it",
                  "concurrency": "2n"}
 
 
@@ -126,9 +130,23 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
         if pairs:
             overrides[kind] = dict(parse_setting(s) for s in pairs)
     desc = from_dict(overrides, desc, where="command line")
-    if args.name is None and not args.test_file and args.profile:
-        desc.name = f"queue-{args.profile}"
-    return desc.validate()
+    if args.name is None and desc.name == DEFAULT_NAME:
+        # named by its profile whether the profile was given or is the default: `acked run` and `acked run
+        # --profile safe` are the same test and share results/queue-safe/
+        desc.name = f"{DEFAULT_NAME}-{desc.profile}"
+    return desc   # validated once, by the Runner (the Kafka settings check builds clients: not twice)
+
+
+def user_names(message: str) -> str:
+    """A description error in the names the docs and a TOML file use (time-limit, nemesis), not
+    TestDescription's Python fields (time_limit, nemeses), which the pytest plugin's keyword arguments keep.
+    `acked nemeses`, the command, stays as it is."""
+    return _FIELD_NAME.sub(lambda m: "nemesis" if m.group(0) == "nemeses" else m.group(0).replace("_", "-"), message)
+
+
+_FIELD_NAME = re.compile(r"(?<!acked )\b(?:nemeses|" + "|".join(
+    sorted((f.name for f in dataclasses.fields(TestDescription) if "_" in f.name), key=len, reverse=True))
+    + r")\b")
 
 
 def replayed_description(run_dir: str) -> TestDescription:
@@ -189,17 +207,18 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Runner
+    live = sys.stdout.isatty() and not args.plain
+    lines: list[str] = []
     try:
-        desc = description_from_args(args)
+        # the Runner validates the description (once): nothing has started when it refuses it
+        runner = Runner(description_from_args(args), log=lines.append if live else (lambda m: print(m, flush=True)))
     except ConfigError as e:
-        print(f"acked run: {e}", file=sys.stderr)
+        print(f"acked run: {user_names(str(e))}", file=sys.stderr)
         return EXIT_BAD_USAGE
+    desc = runner.desc
     # SIGTERM (a CI job's timeout, `kill`) takes the same path as Ctrl-C: heal, drain, tear down
     import signal
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    live = sys.stdout.isatty() and not args.plain
-    lines: list[str] = []
-    runner = Runner(desc, log=lines.append if live else (lambda m: print(m, flush=True)))
     print(_header(desc), flush=True)
     done = threading.Event()
     display = threading.Thread(target=_rich_display if live else _plain_display, args=(runner, done), daemon=True)
@@ -307,12 +326,15 @@ class _Progress:
     stall under a fault shows at once), completion counts, active faults."""
 
     WINDOW = 5.0
+    WIDTH = 80
 
     def __init__(self, runner):
         self.runner = runner
         self.samples: list[tuple[float, int]] = []
 
     def line(self) -> str:
+        """At most WIDTH characters; the main phase's clock stops at the time limit (the workers' last ops
+        may complete after it)."""
         s, d = self.runner.stats, self.runner.desc
         now = time.monotonic()
         self.samples.append((now, s.completed))
@@ -321,12 +343,24 @@ class _Progress:
         t0, c0 = self.samples[0]
         rate = (s.completed - c0) / (now - t0) if now > t0 else 0.0
         if s.phase == "main" and s.main_started:
-            clock = f"{now - s.main_started:5.1f}/{d.time_limit:g} s"
+            clock = f"{min(now - s.main_started, d.time_limit):5.1f}/{d.time_limit:g} s"
         else:
             clock = f"{now - s.started:5.1f} s"
-        faults = ",".join(s.faults) or "none"
-        return (f"[{s.phase}] {clock}  {rate:6.0f} ops/s  ok {s.ok}  fail {s.fail}  info {s.info}  "
-                f"faults active: {faults}")
+        head = f"[{s.phase}] {clock}  {rate:5.0f} ops/s  ok {s.ok} fail {s.fail} info {s.info}  faults: "
+        return (head + _fit(list(s.faults), self.WIDTH - len(head)))[:self.WIDTH]
+
+
+def _fit(items: list[str], room: int) -> str:
+    """items joined by commas in about room characters: the first ones and how many more ("kill,pause +3"), the
+    first one cut short if need be."""
+    if not items:
+        return "none"
+    for shown in range(len(items), 0, -1):
+        text = ",".join(items[:shown]) + (f" +{len(items) - shown}" if shown < len(items) else "")
+        if len(text) <= room:
+            return text
+    more = f" +{len(items) - 1}" if len(items) > 1 else ""
+    return items[0][:max(room - len(more) - 1, 1)] + "…" + more
 
 
 def _plain_display(runner, done: threading.Event) -> None:

@@ -294,3 +294,68 @@ def test_run_help_shows_the_defaults_and_that_the_default_nemesis_is_none():
                     "(default: 2n)", "(default: none: no faults", "(default: confluent-kafka)",
                     "(default: random)", "4 bad arguments or test description"):
         assert default in text, default
+
+
+@pytest.mark.parametrize("toml,words", [
+    ("time-limt = 5\n", ["unknown setting 'time-limt'", "time-limit", "nemesis-interval", "nemesis,"]),
+    ('time-limit = "abc"\n', ["time-limit must be a float"]),
+    ("time-limit = -1\n", ["time-limit must be positive"]),
+    ('kill-target = "x"\n', ["kill-target must be"]),
+    ('nemesis = "meteor"\n', ["unknown nemesis 'meteor'", "`acked nemeses`"]),
+], ids=["unknown key", "not a number", "not positive", "bad choice", "unknown nemesis"])
+def test_a_test_file_error_uses_the_names_the_docs_and_the_file_use(tmp_path, toml, words):
+    (tmp_path / "t.toml").write_text('backend = "local"\n' + toml)
+    proc, _ = run_acked(["run", "t.toml", "--results-dir", str(tmp_path / "results")], tmp_path)
+    assert proc.returncode == 4
+    assert_one_line(proc.stderr, words)
+    assert "_" not in proc.stderr.replace("acked nemeses", ""), proc.stderr   # no time_limit, nemesis_interval
+
+
+def _args(*argv):
+    from harness.cli import build_parser
+    return build_parser(["run"]).parse_args(["run", *argv])
+
+
+def test_a_run_without_a_profile_is_named_as_one_with_the_default_profile(tmp_path):
+    from harness.run_cli import description_from_args
+    assert description_from_args(_args()).name == description_from_args(_args("--profile", "safe")).name \
+        == "queue-safe"
+    assert description_from_args(_args("--profile", "acks-1")).name == "queue-acks-1"
+    assert description_from_args(_args("--name", "mine", "--profile", "acks-1")).name == "mine"
+    (tmp_path / "named.toml").write_text('name = "leader-kills"\nprofile = "acks-1"\n')
+    (tmp_path / "unnamed.toml").write_text('profile = "acks-1"\n')
+    assert description_from_args(_args(str(tmp_path / "named.toml"))).name == "leader-kills"
+    assert description_from_args(_args(str(tmp_path / "unnamed.toml"))).name == "queue-acks-1"
+
+
+def test_acked_run_validates_its_description_once(monkeypatch, tmp_path, capsys):
+    """The Kafka settings check builds a producer and a consumer: run_cli and the Runner used to do it twice."""
+    from harness import runner as runner_mod
+    from harness.cli import main
+    calls = []
+    validate = TestDescription.validate
+    monkeypatch.setattr(TestDescription, "validate", lambda self: calls.append(self) or validate(self))
+
+    def run(self):   # no cluster: what matters happened before
+        return runner_mod.RunResult(tmp_path, True, 0, {"valid": True, "stats": {"by-f": {}}}, None, None)
+    monkeypatch.setattr(runner_mod.Runner, "run", run)
+    assert main(["run", "--backend", "local", "--plain", "--results-dir", str(tmp_path)]) == 0
+    assert len(calls) == 1
+    assert capsys.readouterr().out.startswith("acked run queue-safe: profile safe")
+
+
+def test_the_status_line_fits_80_columns_and_its_clock_stops_at_the_time_limit():
+    from harness.run_cli import _Progress
+    from harness.runner import RunStats
+    stats = RunStats(phase="main", ok=1234567, fail=12345, info=123456,
+                     faults=["isolate-leader-then-kill", "partition-then-kill-leader", "kill-zookeeper", "clock"])
+    stats.main_started = time.monotonic() - 100   # the workers' last ops complete after the 8 s limit
+    line = _Progress(SimpleNamespace(stats=stats, desc=TestDescription(time_limit=8))).line()
+    assert len(line) <= 80, line
+    assert "  8.0/8 s" in line and "faults: is" in line and line.endswith("… +3"), line
+    stats.ok, stats.fail, stats.info = 4321, 0, 12
+    stats.faults = ["kill", "pause", "partition", "clock", "packet"]
+    line = _Progress(SimpleNamespace(stats=stats, desc=TestDescription(time_limit=8))).line()
+    assert len(line) <= 80 and line.endswith("faults: kill,pause +3"), line
+    stats.faults = []
+    assert _Progress(SimpleNamespace(stats=stats, desc=TestDescription(time_limit=8))).line().endswith("faults: none")
