@@ -10,16 +10,20 @@ writes it as history.jsonl, and measures in the same run:
   orjson's time for the same is printed too;
 - check: `acked check FILE --json --jobs N` as a subprocess (wall time, CPU, peak RSS),
   with one process (and with two if asked: --jobs 1 2);
-- the same for a history a tenth the size, for the growth factor.
+- the same for a history a tenth the size, for the growth factor;
+- with --compare TREE: the checker of another checkout (a `git worktree` of an
+  earlier commit, say) on the same files, its runs alternating with this
+  tree's, both started as `python -m checkers.cli check` from their own tree,
+  so a change is measured against its base under the same load.
 
-Usage: .venv/bin/python bench/check_large.py [--events 1000000] [--keep DIR]
+Usage: .venv/bin/python bench/check_large.py [--events 1000000] [--keep DIR] [--compare TREE]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -50,6 +54,33 @@ def write_history(path, events_target, seed=42):
     return n
 
 
+@contextlib.contextmanager
+def bench_dir(args):
+    """The directory for the histories (--keep, or a temporary one removed at the end), between two lines
+    of load averages: a busy host is visible next to the figures."""
+    d = args.keep or tempfile.mkdtemp(prefix="acked-bench-")
+    os.makedirs(d, exist_ok=True)
+    print(f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    try:
+        yield d
+        print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def history_file(d, target):
+    """(path, events) of the history of about `target` events in d, generated unless it is there already."""
+    path = os.path.join(d, f"history-{target}.jsonl")
+    if not os.path.exists(path):
+        t0 = time.perf_counter()
+        n = write_history(path, target)
+        print(f"generated {n} events ({os.path.getsize(path) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+        return path, n
+    with open(path, "rb") as f:
+        return path, sum(1 for _ in f)
+
+
 def parse_only(path, library="msgspec"):
     """Wall and CPU seconds a JSON library needs merely to parse every line."""
     loads = msgspec.json.Decoder().decode if library == "msgspec" else orjson.loads
@@ -60,19 +91,30 @@ def parse_only(path, library="msgspec"):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def acked_check(path, jobs):
+def acked_check(path, jobs, tree=None):
+    """`acked check` on path; tree: run the checkers package of that checkout instead (python -m)."""
     exe = os.path.join(os.path.dirname(sys.executable), "acked")
-    cmd = [exe, "check", path, "--json", "--jobs", str(jobs)] if os.path.exists(exe) else \
-        [sys.executable, "-m", "checkers.cli", "check", path, "--json", "--jobs", str(jobs)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = orjson.loads(proc.stdout) if proc.stdout else {}
-    return {"wall": wall, "cpu": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-            "maxrss_mb": after.ru_maxrss / 1024, "exit": proc.returncode, "valid": res.get("valid"),
-            "stderr": proc.stderr.decode()[-300:]}
+    env = None
+    if tree is not None or not os.path.exists(exe):
+        cmd = [sys.executable, "-m", "checkers.cli", "check", path, "--json", "--jobs", str(jobs)]
+        tree = tree or ROOT
+        env = dict(os.environ, PYTHONPATH=tree)
+    else:
+        cmd = [exe, "check", path, "--json", "--jobs", str(jobs)]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=tree or ROOT, env=env, stdout=out, stderr=err)
+        # this child's own usage (with --jobs 2, its forked helper's too): RUSAGE_CHILDREN's peak RSS
+        # would be the largest child so far
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    res = orjson.loads(stdout) if stdout else {}
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_mb": usage.ru_maxrss / 1024,
+            "exit": proc.returncode, "valid": res.get("valid"), "stderr": stderr.decode()[-300:]}
 
 
 def main(argv=None):
@@ -81,21 +123,15 @@ def main(argv=None):
     ap.add_argument("--keep", help="directory to keep the generated histories in (default: a temp dir, removed)")
     ap.add_argument("--repeat", type=int, default=1, help="timed repetitions (best is reported)")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1], help="acked check --jobs values to time (default 1)")
+    ap.add_argument("--compare", metavar="TREE",
+                    help="also time the checker of another checkout on the same files, alternating with this one")
     args = ap.parse_args(argv)
-    d = args.keep or tempfile.mkdtemp(prefix="acked-bench-")
-    os.makedirs(d, exist_ok=True)
-    try:
-        print(f"load before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    if args.compare:
+        return compare(args)
+    with bench_dir(args) as d:
         rows = []
         for target in (args.events // 10, args.events):
-            path = os.path.join(d, f"history-{target}.jsonl")
-            if not os.path.exists(path):
-                t0 = time.perf_counter()
-                n = write_history(path, target)
-                print(f"generated {n} events ({os.path.getsize(path) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
-            else:
-                with open(path, "rb") as f:
-                    n = sum(1 for _ in f)
+            path, n = history_file(d, target)
             for jobs in args.jobs:
                 # parse and check alternate, so both see the same load
                 runs = [(parse_only(path), parse_only(path, "orjson"), acked_check(path, jobs))
@@ -120,10 +156,27 @@ def main(argv=None):
             (n1, _, c1, r1), (n2, _, c2, r2) = [r for r in rows if r[1] == jobs]
             print(f"growth --jobs {jobs}: {n2 / n1:.1f}x events -> {r2['wall'] / r1['wall']:.2f}x wall time, "
                   f"{c2 / c1:.2f}x cpu time (interpreter start-up included)")
-        print(f"load after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
-    finally:
-        if not args.keep:
-            shutil.rmtree(d, ignore_errors=True)
+
+
+def compare(args):
+    """This tree's checker against TREE's, same files, runs alternating; best of --repeat each."""
+    trees = [("base", os.path.abspath(args.compare)), ("this", ROOT)]
+    with bench_dir(args) as d:
+        for target in (args.events // 10, args.events):
+            path, n = history_file(d, target)
+            for jobs in args.jobs:
+                runs = {name: [] for name, _ in trees}
+                for _ in range(args.repeat):
+                    for name, tree in trees:
+                        runs[name].append(acked_check(path, jobs, tree))
+                best = {name: (min(r["wall"] for r in rs), min(r["cpu"] for r in rs), max(r["maxrss_mb"] for r in rs),
+                               {(r["exit"], r["valid"]) for r in rs}) for name, rs in runs.items()}
+                for name, tree in trees:
+                    w, c, m, outcome = best[name]
+                    print(f"{n:>9} events, --jobs {jobs}, {name} ({tree}): best wall {w:.2f} s, best cpu {c:.2f} s, "
+                          f"peak RSS {m:.0f} MB, exit/valid {sorted(outcome)}")
+                print(f"{n:>9} events, --jobs {jobs}: this/base wall {best['this'][0] / best['base'][0]:.3f}x, "
+                      f"cpu {best['this'][1] / best['base'][1]:.3f}x ({args.repeat} alternating runs each)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The fast path of `check_path` (msgspec-decoded blocks, checkers.queue._feed_events)
+"""The fast path of `check_path` (msgspec-decoded blocks, checkers.fold._feed_events)
 must decide exactly what the general path decides.
 
 Every hand-written history of test_checker_anomalies and every generated one of
