@@ -40,6 +40,9 @@ RUN_FILES = ("history.jsonl", "results.json", "test.json")
 TIMESTAMP = re.compile(r"^\d{8}T\d{6}")
 
 OUTCOME_COLORS = {"ok": "#2b9348", "info": "#f4a300", "fail": "#d62828"}
+#: the client functions of the history format (docs/history-format.md); every other function in the checker's
+#: stats.by-f is a fault's
+CLIENT_FUNCTIONS = ("send", "poll", "txn", "assign", "subscribe", "crash")
 F_STYLES = {"send": "-", "poll": "--", "txn": "-."}
 
 # One sentence per type so a reader needs no other page; docs/anomalies.md has the details.
@@ -65,6 +68,22 @@ TYPE_MEANINGS = {
     "replica-divergence": "Two replicas of a partition hold different records below the high watermark both passed "
                           "(read from the brokers' logs after the run): replication let them diverge.",
 }
+
+
+# ---- the run's totals ------------------------------------------------------------------------------------------
+
+def client_ops(by_f: dict) -> dict[str, int]:
+    """The run's totals, one definition for the terminal's verdict line, results.json's `client-ops`, the report's
+    "client ops completed" and the runs index: client ops completed per outcome (ok; fail: certainly not done;
+    info: may or may not have happened), summed over the checker's stats.by-f for the client functions -- every
+    op of the client processes, the final drain's included; not the faults' ops, and not the harness's run op
+    (the checker does not count it). The live status line counts the main phase as it goes, and may differ."""
+    return {t: sum(int((by_f.get(f) or {}).get(t, 0)) for f in CLIENT_FUNCTIONS) for t in ("ok", "fail", "info")}
+
+
+def client_ops_text(ops: dict[str, int]) -> str:
+    """"1207 ok, 0 fail, 6 info": how the terminal, the report and the runs index write the totals."""
+    return f"{ops['ok']} ok, {ops['fail']} fail, {ops['info']} info"
 
 
 # ---- entry points ----------------------------------------------------------------------------------------------
@@ -567,7 +586,7 @@ def load_run(run_dir: Path) -> dict:
     stats = res.get("stats") or {}
     by_f = stats.get("by-f") or (scan.counts if scan else {})
     nemesis_fs = {str(e.get("f")) for e in scan.nemesis} if scan else set()
-    by_f = {f: c for f, c in by_f.items() if f not in nemesis_fs}  # faults have their own table
+    by_f = {f: c for f, c in by_f.items() if f in CLIENT_FUNCTIONS}  # faults have their own table
     plots = _plots(perf, intervals, res, end, nemesis_fs, notes)
     return {
         "dir": str(run_dir), "name": _run_name(run_dir, test), "stamp": run_dir.name,
@@ -645,10 +664,10 @@ def _totals(stats: dict, by_f: dict, scan: HistoryFacts | None) -> list[tuple[st
                               "after the final drain; see unseen / lost-write")):
         if key in stats:
             rows.append((label, stats[key], hint))
-    if by_f:  # client ops only: by_f has no nemesis functions
-        comp = {t: sum(c.get(t, 0) for c in by_f.values()) for t in ("ok", "fail", "info")}
-        rows.append(("client ops completed", f"{comp['ok']} ok, {comp['fail']} fail, {comp['info']} info",
-                     "fail: certainly not done; info: may or may not have happened"))
+    if by_f:  # the run's totals (client_ops): the same counts as the terminal's verdict line and the runs index
+        rows.append(("client ops completed", client_ops_text(client_ops(by_f)),
+                     "every client op, the final drain's included; fail: certainly not done; info: may or may "
+                     "not have happened"))
     if "keys" in stats:
         rows.append(("keys", stats["keys"], "partitions written or read"))
     events = stats.get("events", scan.events if scan else None)
@@ -1207,7 +1226,8 @@ def summarize_run(run_dir: Path, root: Path) -> dict:
     counts = res.get("anomaly-counts") or {}
     rel = run_dir.relative_to(root).as_posix()
     link = f"{rel}/index.html" if (run_dir / "index.html").exists() else f"{rel}/"
-    comp = (res.get("stats") or {}).get("completions") or {}
+    by_f = (res.get("stats") or {}).get("by-f")
+    ops = client_ops(by_f) if by_f is not None else None
     return {
         "name": _run_name(run_dir, test), "stamp": run_dir.name, "when": when.strftime("%Y-%m-%d %H:%M:%S"),
         "sort": (when.timestamp(), run_dir.name), "verdict": verdict,
@@ -1217,7 +1237,7 @@ def summarize_run(run_dir: Path, root: Path) -> dict:
         "profile": d.get("profile", ""), "nemeses": ", ".join(d.get("nemeses") or []) or ("none" if test else ""),
         "backend": d.get("backend", ""),
         "duration": f"{duration:.1f} s" if isinstance(duration, (int, float)) else "",
-        "ops": sum(comp.values()) if comp else "",
+        "ops": sum(ops.values()) if ops else "", "ops_text": client_ops_text(ops) if ops else "",
         "error": (res.get("harness") or {}).get("error") or ("no results.json" if results is None else ""),
         "href": _href(link),
     }

@@ -253,10 +253,9 @@ def _summary(runner, result) -> list[str]:
     bad = res.get("bad-anomaly-types") or []
     anomalies = res.get("anomalies") or {}
     counts = ", ".join(f"{a} x{len(anomalies.get(a) or [])}" for a in bad)
-    s = runner.stats
     faults = _fault_counts(runner)
     out = [f"{verdict}" + (f" ({counts})" if counts else "")
-           + f": {s.ok} ok, {s.fail} fail, {s.info} info" + (f"; faults: {faults}" if faults else "")]
+           + f": {totals(res)}" + (f"; faults: {faults}" if faults else "")]
     # findings the run's settings allow are listed, never dropped: a VALID run can still carry them
     if verdict == "UNKNOWN":
         out += _unknown_reasons(res, result)
@@ -273,6 +272,16 @@ def _summary(runner, result) -> list[str]:
     if result.report:
         out.append(f"report: {result.report}")
     return out
+
+
+def totals(res: dict) -> str:
+    """The run's totals as the report and the runs index show them (harness.report.client_ops): the checker's
+    counts, not the live status line's."""
+    from harness.report import client_ops, client_ops_text
+    ops = res.get("client-ops")
+    if ops is None and (res.get("stats") or {}).get("by-f") is not None:
+        ops = client_ops(res["stats"]["by-f"])
+    return f"{client_ops_text(ops)} client ops completed" if ops else "the history was not checked"
 
 
 def _unknown_reasons(res: dict, result) -> list[str]:

@@ -560,6 +560,9 @@ class Runner:
                               "main-phase": {"seconds": round(self.main_seconds, 3), "ops": self.main_ops,
                                              "ops-per-second": round(self.main_ops / self.main_seconds, 1)
                                              if self.main_seconds else 0.0}}
+        if results.get("stats"):
+            from harness.report import client_ops   # the run's totals, as the terminal and the report show them
+            results["client-ops"] = client_ops(results["stats"].get("by-f") or {})
         _write_json(self.run_dir / "results.json", results)
         report = guarded("report", lambda: render_report(self.run_dir))
         self._phase("done")
