@@ -596,8 +596,10 @@ def load_run(run_dir: Path) -> dict:
         else "not checked: the run left no results.json",
         "checked": results is not None,
         "notes": notes,
-        "harness": {"error": harness.get("error"), "errors": harness.get("errors") or [],
-                    "interrupted": harness.get("interrupted"),
+        "harness": {"error": None if _interruption(harness, res) and str(harness.get("error")).startswith(
+                        INTERRUPTION_ERRORS) else harness.get("error"),
+                    "errors": harness.get("errors") or [],
+                    "interrupted": harness.get("interrupted"), "interruption": _interruption(harness, res),
                     "nemesis_errors": harness.get("nemesis-errors") or [],
                     "main": harness.get("main-phase") or {}},
         "test": _test_view(test),
@@ -617,6 +619,26 @@ def load_run(run_dir: Path) -> dict:
         "history": {"events": scan.events if scan else 0, "span": end,
                     "open_at_end": scan.open_at_end if scan else 0} if scan else None,
     }
+
+
+#: how the runner's error begins when the run was stopped rather than broken: the interruption note says it
+INTERRUPTION_ERRORS = ("interrupted during ", "timed out during ")
+
+
+def _interruption(harness: dict, res: dict) -> str | None:
+    """The one note of an interrupted or timed-out run: where it stopped, what was still done, what the verdict
+    judges. (The runner's error says the same words; it is not a second note.)"""
+    if not harness.get("interrupted"):
+        return None
+    error = str(harness.get("error") or "")
+    drained = ("the final drain was skipped, so acknowledged writes it did not read are not counted as lost"
+               if res.get("history-cut") else "the history was drained after it")
+    if error.startswith("timed out during "):
+        return (f"The run {error} (the test's time limit): its faults were healed, {drained}, and its cluster "
+                f"was released. The verdict judges the history up to that point.")
+    where = f" during {error.removeprefix('interrupted during ')}" if error.startswith("interrupted during ") else ""
+    return (f"The run was interrupted{where} (Ctrl-C or SIGTERM): its faults were healed, {drained}, and its "
+            f"cluster was torn down. The verdict judges the history up to the interrupt.")
 
 
 def _run_name(run_dir: Path, test: dict | None) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import sys
 import threading
@@ -10,6 +11,7 @@ import time
 
 from harness.config import BACKENDS, PROFILES, ConfigError, TestDescription, from_dict, load_toml, parse_list, parse_setting
 
+EXIT_HARNESS_FAILED = 3
 EXIT_BAD_USAGE = 4
 #: TestDescription's default name; `acked run` names an unnamed test queue-<profile>
 DEFAULT_NAME = TestDescription.name
@@ -211,31 +213,138 @@ def cmd_run(args: argparse.Namespace) -> int:
     lines: list[str] = []
     try:
         # the Runner validates the description (once): nothing has started when it refuses it
-        runner = Runner(description_from_args(args), log=lines.append if live else (lambda m: print(m, flush=True)))
+        runner = Runner(description_from_args(args), log=lines.append if live else _plain_log)
     except ConfigError as e:
         print(f"acked run: {user_names(str(e))}", file=sys.stderr)
         return EXIT_BAD_USAGE
     desc = runner.desc
-    # SIGTERM (a CI job's timeout, `kill`) takes the same path as Ctrl-C: heal, drain, tear down
-    import signal
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(_header(desc), flush=True)
     done = threading.Event()
     display = threading.Thread(target=_rich_display if live else _plain_display, args=(runner, done), daemon=True)
     display.start()
+    # Ctrl-C, and SIGTERM (a CI job's timeout, `kill`) alike: say at once what happens, then heal, drain, tear down
+    import signal
+    interrupts = Interrupts(runner)
+    previous = {s: signal.signal(s, interrupts) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = runner.run()
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        interrupts.close()
         done.set()
         display.join(5)
     for line in lines:
-        if not line.startswith("phase "):  # the live display showed the phases; keep what else was said
+        # the live display showed the phases, the interrupt notice what an interrupt did; keep what else was said
+        if not line.startswith(("phase ", "interrupted during ")):
             print(line)
-    for line in _summary(runner, result):
+    for line in _summary(runner, result, interrupts):
         print(line)
-    if result.error:
+    if result.error and not (interrupts.count and result.error.startswith("interrupted during ")):
         print(f"harness error: {result.error}", file=sys.stderr)
+    if interrupts.count and result.valid is not False:
+        return EXIT_HARNESS_FAILED   # interrupted: no verdict on the test, though the history may check valid
     return result.exit_status
+
+
+def _plain_log(message: str) -> None:
+    if not message.startswith("interrupted during "):   # the interrupt notice said it, and what happens next
+        _emit(message)
+
+
+def _emit(line: str) -> None:
+    """One line on stdout in one write: the runner's threads, the display and the interrupt notice print
+    concurrently, and print()'s separate write of the newline let another line in between."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class Interrupts:
+    """Ctrl-C and SIGTERM during `acked run`: the user sees at once what acked is doing, and it does it.
+
+    The first one stops the workload (setup or main: a KeyboardInterrupt the runner's phase guard catches, so
+    no worker invokes another op) and says "interrupted: healing faults, draining, tearing down (Ctrl-C again
+    to skip the drain)"; the runner then heals, drains and tears down. The next one, or a first one after the
+    main phase's end, skips the recovery wait and the final drain (Runner.skip_drain; one under way is
+    interrupted). A check or report under way is skipped (acked check / acked report do it later); heal and
+    teardown are never interrupted. A KeyboardInterrupt is raised only inside a phase's own function, where the
+    guard catches it -- never between phases, where it would escape the runner and leave the cluster behind: a
+    signal that lands there is delivered again 50 ms later."""
+
+    REDELIVER = 0.05
+
+    def __init__(self, runner):
+        from harness import runner as runner_module
+        self.runner = runner
+        self.count = 0
+        #: the phase the first interrupt came in
+        self.phase: str | None = None
+        self._redelivered = False
+        self._timer: threading.Timer | None = None
+        cls = type(runner)
+        self._functions = {getattr(cls, name).__code__: name.strip("_")
+                           for name in ("_setup", "_main", "_stop_workers", "_heal", "_recover", "_drain",
+                                        "_teardown", "_check") if hasattr(getattr(cls, name, None), "__code__")}
+        self._functions[runner_module.render_report.__code__] = "report"
+
+    def _where(self, frame) -> str | None:
+        """The innermost phase function the main thread is in when the signal came."""
+        while frame is not None:
+            name = self._functions.get(frame.f_code)
+            if name:
+                return name
+            frame = frame.f_back
+        return None
+
+    def __call__(self, signum, frame) -> None:
+        redelivered, self._redelivered = self._redelivered, False
+        if not redelivered:
+            self.count += 1
+        r = self.runner
+        phase, where = r.stats.phase, self._where(frame)
+        if self.phase is None:
+            self.phase = phase
+        draining = phase in ("main", "heal", "recover", "drain")  # the final drain is still to come, or under way
+        if self.count == 1 and phase in ("setup", "main") and where != "stop_workers":
+            notice, stop = (("interrupted during setup: tearing down", "setup") if phase == "setup" else
+                            ("interrupted: healing faults, draining, tearing down (Ctrl-C again to skip the "
+                             "drain)", "main"))
+        elif self.count == 1 and draining:
+            notice, stop = ("interrupted: " + ("healing faults, " if phase in ("main", "heal") else "")
+                            + "draining, tearing down (Ctrl-C again to skip the drain)"), None
+        elif draining:
+            r.skip_drain = True
+            notice, stop = ("skipping the final drain: " + ("healing faults, " if phase in ("main", "heal") else "")
+                            + "tearing down (acknowledged writes not yet read are not counted as lost)",
+                            where if where in ("recover", "drain") else None)
+        elif phase in ("check", "report"):
+            notice, stop = (f"interrupted: skipping the {phase} (acked {phase} {r.run_dir} does it later)", phase)
+        else:
+            notice, stop = f"interrupted: finishing {phase}, then tearing down the cluster; acked ends after", None
+        r.interrupted = True
+        if not redelivered:
+            _say(notice)
+        if stop is None:
+            return
+        if where == stop:
+            raise KeyboardInterrupt
+        self._redelivered = True   # between a phase's start and its guard: again once inside it
+        self._timer = threading.Timer(self.REDELIVER, os.kill, (os.getpid(), signum))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _say(line: str) -> None:
+    """A line on stdout from a signal handler: as any other, unless the handler interrupted a write of the main
+    thread (a reentrant write raises), then straight to the file descriptor."""
+    try:
+        _emit(line)
+    except RuntimeError:
+        os.write(sys.stdout.fileno(), (line + "\n").encode())
 
 
 def _header(desc: TestDescription) -> str:
@@ -246,16 +355,23 @@ def _header(desc: TestDescription) -> str:
             f"{desc.time_limit:g} s, seed {desc.seed if desc.seed is not None else 'random'}")
 
 
-def _summary(runner, result) -> list[str]:
-    """The verdict, what happened, the first explanation of each bad anomaly, and where to look."""
+def _summary(runner, result, interrupts=None) -> list[str]:
+    """The verdict, what happened, the first explanation of each bad anomaly, and where to look. An interrupted
+    run's verdict line says so, and the next line what the history holds and how to check it again."""
     verdict = {True: "VALID", False: "INVALID"}.get(result.valid, "UNKNOWN")
     res = result.results
     bad = res.get("bad-anomaly-types") or []
     anomalies = res.get("anomalies") or {}
-    counts = ", ".join(f"{a} x{len(anomalies.get(a) or [])}" for a in bad)
+    n = res.get("anomaly-counts") or {}
+    counts = ", ".join(f"{a} x{n.get(a, len(anomalies.get(a) or []))}" for a in bad)
     faults = _fault_counts(runner)
-    out = [f"{verdict}" + (f" ({counts})" if counts else "")
+    interrupted = bool(interrupts and interrupts.count) or bool((res.get("harness") or {}).get("interrupted"))
+    phase = (interrupts.phase if interrupts and interrupts.phase else
+             (result.error or "").removeprefix("interrupted during ") or "the run")
+    out = [f"{verdict}" + (f" ({counts})" if counts else "") + (f", interrupted during {phase}" if interrupted else "")
            + f": {totals(res)}" + (f"; faults: {faults}" if faults else "")]
+    if interrupted:
+        out.append("  " + _interrupted_history(res, result, phase))
     # findings the run's settings allow are listed, never dropped: a VALID run can still carry them
     if verdict == "UNKNOWN":
         out += _unknown_reasons(res, result)
@@ -272,6 +388,22 @@ def _summary(runner, result) -> list[str]:
     if result.report:
         out.append(f"report: {result.report}")
     return out
+
+
+def _interrupted_history(res: dict, result, phase: str) -> str:
+    """What an interrupted run's history holds, and the command that checks it again."""
+    if phase == "setup" and not sum((res.get("client-ops") or {}).values()):
+        return "interrupted before the workload started: no op ran"
+    still_running = any("workers still running" in e for e in (res.get("harness") or {}).get("errors") or [])
+    held = ("the history holds every op up to the interrupt, except the last ops of workers that were still "
+            "running" if still_running else "the history is complete up to the interrupt")
+    drained = (", but the final drain was skipped: acknowledged writes it did not read are not counted as lost"
+               if res.get("history-cut") else ", and the final drain read back what was written")
+    options = res.get("options") or {}
+    flags = "".join(f" --{flag} {options[key]}" for key, flag, default in
+                    (("sub-via", "sub-via", "assign"), ("delivery", "delivery", "exactly-once"))
+                    if options.get(key, default) != default)
+    return f"{held}{drained}; check it again with: acked check {result.run_dir}{flags}"
 
 
 def totals(res: dict) -> str:
@@ -355,7 +487,8 @@ class _Progress:
             clock = f"{min(now - s.main_started, d.time_limit):5.1f}/{d.time_limit:g} s"
         else:
             clock = f"{now - s.started:5.1f} s"
-        head = f"[{s.phase}] {clock}  {rate:5.0f} ops/s  ok {s.ok} fail {s.fail} info {s.info}  faults: "
+        phase = f"{s.phase}, interrupted" if getattr(self.runner, "interrupted", False) else s.phase
+        head = f"[{phase}] {clock}  {rate:5.0f} ops/s  ok {s.ok} fail {s.fail} info {s.info}  faults: "
         return (head + _fit(list(s.faults), self.WIDTH - len(head)))[:self.WIDTH]
 
 
@@ -376,7 +509,7 @@ def _plain_display(runner, done: threading.Event) -> None:
     progress = _Progress(runner)
     progress.line()
     while not done.wait(5.0):
-        print(progress.line(), flush=True)
+        _emit(progress.line())
 
 
 def _rich_display(runner, done: threading.Event) -> None:

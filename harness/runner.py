@@ -191,6 +191,8 @@ class Runner:
         self._workers: list[threading.Thread] = []
         self.errors: list[str] = []
         self.interrupted = False
+        #: skip the recovery wait and the final drain (set by acked run's second Ctrl-C)
+        self.skip_drain = False
         self.main_ops = 0
         self.main_seconds = 0.0
 
@@ -538,8 +540,10 @@ class Runner:
             # also after Ctrl-C or an error in main: without the drain every unread write would be "unseen";
             # another Ctrl-C skips ahead to teardown
             interrupted = self.interrupted
-            guarded("recover", self._recover)
-            guarded("drain", self._drain)
+            if not self.skip_drain:
+                guarded("recover", self._recover)
+            if not self.skip_drain:
+                guarded("drain", self._drain)
             if self.interrupted == interrupted:
                 guarded("replicas", self._replicas)
         guarded("teardown", self._teardown)

@@ -1,12 +1,16 @@
 """`acked run` end to end on the local backend, as its user sees it: the verdict line's totals agree with
-results.json, the report and the runs index (issue 18, item 3)."""
+results.json, the report and the runs index (issue 18, item 3); Ctrl-C says at once what acked does, a second one
+skips the drain, and the run ends with one verdict line saying what the history holds (item 5)."""
 from __future__ import annotations
 
 import html
 import json
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from harness.report import client_ops, client_ops_text
@@ -44,3 +48,134 @@ def test_the_verdict_line_results_json_the_report_and_the_runs_index_show_the_sa
 
     index = (results_dir / "index.html").read_text()
     assert f'title="{terminal}">{ok + fail + info}<' in index
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------------------------------
+
+NOTICE = "interrupted: healing faults, draining, tearing down (Ctrl-C again to skip the drain)"
+SKIP = "skipping the final drain: "
+
+
+class LiveRun:
+    """`acked run --plain` in a subprocess whose stdout lines are collected as they come."""
+
+    def __init__(self, tmp_path: Path, *argv: str):
+        self.tmp_path = tmp_path
+        self.proc = subprocess.Popen([ACKED, "run", "--backend", "local", "--nodes", "3", "--plain",
+                                      "--results-dir", str(tmp_path), "--name", "ctrl-c", *argv],
+                                     cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+
+    def wait_for_line(self, predicate, after: int = 0, limit: float = 120) -> int:
+        """The index of the first line from `after` on that satisfies predicate (a guard against a hang, not a
+        measurement: `limit` seconds)."""
+        deadline = time.monotonic() + limit
+        with self.changed:
+            while True:
+                for i in range(after, len(self.lines)):
+                    if predicate(self.lines[i]):
+                        return i
+                assert self.proc.poll() is None, "\n".join(self.lines)
+                assert self.changed.wait(max(deadline - time.monotonic(), 0)), "\n".join(self.lines)
+
+    def history(self) -> Path | None:
+        runs = list((self.tmp_path / "ctrl-c").glob("*/history.jsonl"))
+        return runs[0] if runs else None
+
+    def wait_for_a_fault(self) -> None:
+        """Until the nemesis has hit a node: a heal has something to do."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            h = self.history()
+            if h and b'"process":"nemesis","type":"info"' in h.read_bytes():
+                return
+            time.sleep(0.2)
+        raise AssertionError("no fault was recorded in time:\n" + "\n".join(self.lines))
+
+    def finish(self) -> tuple[int, list[str], str]:
+        try:
+            status = self.proc.wait(timeout=300)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.reader.join(10)
+        return status, self.lines, self.proc.stderr.read()
+
+    def no_process_left(self) -> None:
+        pids = subprocess.run(["pgrep", "-f", str(self.tmp_path)], capture_output=True, text=True).stdout.split()
+        assert pids == [], pids    # every broker and ZooKeeper of the run is gone
+
+
+def test_ctrl_c_says_at_once_what_acked_does_then_heals_drains_tears_down_and_the_history_checks_valid(tmp_path):
+    run = LiveRun(tmp_path, "--nemesis", "kill", "--nemesis-interval", "2", "--time-limit", "60", "--seed", "5")
+    try:
+        run.wait_for_line(lambda line: line == "phase main")
+        run.wait_for_a_fault()
+        run.proc.send_signal(signal.SIGINT)
+        status, lines, stderr = run.finish()
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    out = "\n".join(lines)
+    assert status == 3, out + stderr        # interrupted: no verdict on the test, whatever the history says
+    assert stderr == "", stderr
+    # the notice comes at once: before the workers' last ops are awaited and the faults healed, not at the end
+    notice = lines.index(NOTICE)
+    assert notice < lines.index("phase heal") < lines.index("phase drain") < lines.index("phase teardown"), out
+    assert not [line for line in lines if line.startswith("interrupted during")], out   # one message, not two
+    verdict = [i for i, line in enumerate(lines) if re.match(r"(VALID|INVALID|UNKNOWN)\b", line)]
+    assert len(verdict) == 1, out
+    assert lines[verdict[0]].startswith("VALID, interrupted during main: "), out
+    history_line = lines[verdict[0] + 1]
+    assert "the history is complete up to the interrupt, and the final drain read back what was written" \
+        in history_line, out
+    run_dir = run.history().parent
+    assert history_line.endswith(f"check it again with: acked check {run_dir}"), out
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["harness"]["interrupted"] is True and results["valid"] is True and not results.get("history-cut")
+    ops = json.loads((run_dir / "nemesis.json").read_text())["ops"]
+    assert [o["f"] for o in ops if o["f"] in ("kill", "start")][-1] == "start", ops   # the kill was healed
+    run.no_process_left()
+    again = subprocess.run([ACKED, "check", str(run_dir)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.rstrip().endswith("VALID"), again.stdout + again.stderr
+    page = html.unescape(re.sub(r"<[^>]+>", " ", (run_dir / "index.html").read_text()))
+    assert page.count("interrupted") == 1 and "Harness error" not in page, page[:3000]
+
+
+def test_a_second_ctrl_c_skips_the_final_drain_and_the_verdict_line_says_so(tmp_path):
+    run = LiveRun(tmp_path, "--nemesis", "kill", "--nemesis-interval", "2", "--time-limit", "60", "--seed", "6")
+    try:
+        run.wait_for_line(lambda line: line == "phase main")
+        run.wait_for_a_fault()
+        run.proc.send_signal(signal.SIGINT)
+        notice = run.wait_for_line(lambda line: line == NOTICE)
+        run.proc.send_signal(signal.SIGINT)    # while the workers' last ops are awaited or the faults healed
+        status, lines, stderr = run.finish()
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    out = "\n".join(lines)
+    assert status == 3, out + stderr
+    skip = [i for i, line in enumerate(lines) if line.startswith(SKIP)]
+    assert len(skip) == 1 and skip[0] > notice, out
+    assert "phase drain" not in lines and "phase recover" not in lines, out
+    assert lines.index("phase teardown") > skip[0], out
+    verdict = [i for i, line in enumerate(lines) if re.match(r"(VALID|INVALID|UNKNOWN)\b", line)]
+    assert len(verdict) == 1 and ", interrupted during main: " in lines[verdict[0]], out
+    assert "but the final drain was skipped" in lines[verdict[0] + 1], out
+    run_dir = run.history().parent
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["harness"]["interrupted"] is True and results["history-cut"] is True
+    last = json.loads(run.history().read_text().splitlines()[-1])
+    assert not [e for e in map(json.loads, run.history().read_text().splitlines())
+                if e.get("f") == "run" and e["type"] == "ok"], last   # the run op never completed: no drain
+    run.no_process_left()
