@@ -70,6 +70,90 @@ TYPE_MEANINGS = {
 }
 
 
+# ---- what an unsafe profile is expected to show ----------------------------------------------------------------
+
+_TRUNCATION = frozenset({"lost-write", "unseen", "inconsistent-offsets", "nonmonotonic-send", "int-nonmonotonic-send",
+                         "offset-order-realtime", "nonmonotonic-poll", "poll-skip", "int-nonmonotonic-poll",
+                         "int-poll-skip", "replica-divergence"})
+_RETRY = frozenset({"duplicate", "poll-skip", "nonmonotonic-poll", "int-nonmonotonic-send", "nonmonotonic-send",
+                    "offset-order-realtime"})
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """What the talk (KAFKA-RELIABILITY.md) predicts for one of its unsafe settings -- the profiles other than
+    safe (harness/config.py PROFILES) -- so that a user reads an INVALID verdict as the warning confirmed, not as
+    acked broken. Per fault, the reliability matrix has the finer table (tests/chaos/test_reliability_matrix.py)."""
+
+    #: what the setting is expected to do, after "<profile> is expected to"
+    claim: str
+    #: the anomaly types that show it
+    anomalies: tuple[str, ...]
+    #: every bad type the setting explains (a truncated log shows more than the lost write itself)
+    explains: frozenset
+    #: the fault packages that expose it, the likeliest first
+    faults: tuple[str, ...]
+
+
+DEVIATIONS: dict[str, Deviation] = {
+    "acks-1": Deviation("lose acknowledged writes when a leader dies, pauses or loses its disk before its followers "
+                        "copy them", ("lost-write",), _TRUNCATION,
+                        ("kill", "pause", "disk-errors", "isolate-leader-then-kill", "lose-unfsynced",
+                         "isolate-leader-then-lose-unfsynced", "partition", "partition-then-kill-leader", "clock",
+                         "packet", "disk-stall", "lose-acks")),
+    "acks-0": Deviation("lose writes it counted as acknowledged once they were on the socket, when a leader dies or "
+                        "is cut off", ("lost-write", "unseen"), _TRUNCATION | {"duplicate"},
+                        ("kill", "pause", "partition", "isolate-leader-then-kill", "partition-then-kill-leader",
+                         "disk-errors", "lose-unfsynced", "isolate-leader-then-lose-unfsynced", "packet", "clock",
+                         "disk-stall", "lose-acks")),
+    "unclean-election": Deviation("lose acknowledged writes when the ISR has shrunk to the leader and the leader "
+                                  "dies: a stale follower is elected (the talk's trap)", ("lost-write", "unseen"),
+                                  _TRUNCATION, ("isolate-leader-then-kill", "isolate-leader-then-lose-unfsynced",
+                                                "partition-then-kill-leader")),
+    "min-isr-1": Deviation("lose acknowledged writes when an in-sync replica set of one loses power before it "
+                           "fsynced them", ("lost-write",), _TRUNCATION,
+                           ("isolate-leader-then-lose-unfsynced", "lose-unfsynced")),
+    "no-idempotence": Deviation("store a write twice or out of order when the producer retries a batch the broker "
+                                "had stored (its acknowledgement was lost, or the leader moved)", ("duplicate",),
+                                _RETRY, ("lose-acks", "kill", "pause", "partition", "packet", "disk-stall",
+                                         "disk-errors", "isolate-leader-then-kill", "partition-then-kill-leader",
+                                         "clock")),
+    # the queue workload records what poll returned, not what an application processed (docs/suites.md)
+    "auto-commit": Deviation("skip or re-deliver records that a crashed consumer had received but not processed; "
+                             "the queue workload records what poll returned, not what was processed, so no verdict "
+                             "of it can show that", (), frozenset(), ()),
+}
+
+
+def expectation(profile: str | None, nemeses, valid=None, bad=()) -> str | None:
+    """One sentence on what the run's profile is expected to show -- before the run (valid=None) or against its
+    verdict -- for the talk's unsafe deviations; None for safe. The terminal prints it under the header and the
+    verdict line, the report under the verdict banner."""
+    dev = DEVIATIONS.get(profile or "")
+    if dev is None:
+        return None
+    packages = [str(n).partition(":")[0] for n in nemeses or []]
+    head = f"{profile} is expected to {dev.claim}" + (f" ({', '.join(dev.anomalies)})" if dev.anomalies else "")
+    if not dev.anomalies:
+        return head + (f"; {', '.join(bad)} is not what the talk predicts for it: a finding to look into"
+                       if valid is False else "")
+    exposed = [p for p in packages if p in dev.faults]
+    faults = f"this run's faults ({', '.join(packages)})" if packages else "a run without faults"
+    hint = "" if exposed else f" (--nemesis {dev.faults[0]} exposes it)"
+    if valid is None:
+        return (f"{head}: an INVALID verdict would confirm the talk's warning, not a fault of acked"
+                + ("" if exposed else f"; {faults} may not expose it{hint}"))
+    if valid is False:
+        unexplained = [a for a in bad if a not in dev.explains]
+        if unexplained:
+            return (f"{head}, but {', '.join(unexplained)} is not what the talk predicts for {profile}: a finding to "
+                    f"look into")
+        return f"{head}: INVALID here confirms the talk's warning, not a fault of acked"
+    if valid is True:
+        return f"{head}; {faults} did not expose it this time{hint}: VALID does not show {profile} safe"
+    return None
+
+
 # ---- the run's totals ------------------------------------------------------------------------------------------
 
 def client_ops(by_f: dict) -> dict[str, int]:
@@ -595,6 +679,9 @@ def load_run(run_dir: Path) -> dict:
         "unknown_reason": res.get("unknown-reason") if results is not None
         else "not checked: the run left no results.json",
         "checked": results is not None,
+        "expectation": expectation(((test or {}).get("test") or {}).get("profile"),
+                                   ((test or {}).get("test") or {}).get("nemeses"),
+                                   valid if results is not None else "unknown", res.get("bad-anomaly-types") or []),
         "notes": notes,
         "harness": {"error": None if _interruption(harness, res) and str(harness.get("error")).startswith(
                         INTERRUPTION_ERRORS) else harness.get("error"),

@@ -219,6 +219,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_USAGE
     desc = runner.desc
     print(_header(desc), flush=True)
+    from harness.report import expectation
+    expected = expectation(desc.profile, desc.nemeses)
+    if expected:   # an unsafe profile: say before the verdict that INVALID is the talk's prediction
+        print(f"  {expected}", flush=True)
     done = threading.Event()
     display = threading.Thread(target=_rich_display if live else _plain_display, args=(runner, done), daemon=True)
     display.start()
@@ -370,6 +374,10 @@ def _summary(runner, result, interrupts=None) -> list[str]:
              (result.error or "").removeprefix("interrupted during ") or "the run")
     out = [f"{verdict}" + (f" ({counts})" if counts else "") + (f", interrupted during {phase}" if interrupted else "")
            + f": {totals(res)}" + (f"; faults: {faults}" if faults else "")]
+    from harness.report import expectation
+    expected = expectation(runner.desc.profile, runner.desc.nemeses, result.valid, bad)
+    if expected:
+        out.append(f"  {expected}")
     if interrupted:
         out.append("  " + _interrupted_history(res, result, phase))
     # findings the run's settings allow are listed, never dropped: a VALID run can still carry them

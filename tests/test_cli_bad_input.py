@@ -175,7 +175,7 @@ def _history(path: Path, sends: list[tuple[str, str | None]]) -> Path:
 def _summary_of(tmp_path, results, sends) -> list[str]:
     _history(tmp_path / "history.jsonl", sends)
     runner = SimpleNamespace(stats=SimpleNamespace(ok=0, fail=len(sends), info=0), nemesis=None,
-                             desc=SimpleNamespace(seed=7))
+                             desc=SimpleNamespace(seed=7, profile="safe", nemeses=[]))
     result = SimpleNamespace(valid="unknown", results=results, run_dir=tmp_path, report=None, error=None)
     return _summary(runner, result)
 

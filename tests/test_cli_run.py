@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from harness.report import client_ops, client_ops_text
 
 ACKED = str(Path(sys.executable).parent / "acked")
@@ -179,3 +181,83 @@ def test_a_second_ctrl_c_skips_the_final_drain_and_the_verdict_line_says_so(tmp_
     assert not [e for e in map(json.loads, run.history().read_text().splitlines())
                 if e.get("f") == "run" and e["type"] == "ok"], last   # the run op never completed: no drain
     run.no_process_left()
+
+
+# ---- an unsafe profile's expected failure ------------------------------------------------------------------------
+
+def test_every_unsafe_profile_says_what_it_is_expected_to_show_and_safe_says_nothing():
+    from harness.config import PROFILES
+    from harness.report import DEVIATIONS, expectation
+    assert set(DEVIATIONS) == set(PROFILES) - {"safe"}
+    assert expectation("safe", ["kill"], False, ["lost-write"]) is None
+    for profile in DEVIATIONS:
+        assert expectation(profile, ["kill"]).startswith(f"{profile} is expected to ")
+
+
+@pytest.mark.parametrize("profile,nemeses,valid,bad,words", [
+    ("acks-1", ["kill"], None, [], ["acks-1 is expected to lose acknowledged writes", "(lost-write)",
+                                     "an INVALID verdict would confirm the talk's warning, not a fault of acked"]),
+    ("acks-1", [], None, [], ["a run without faults may not expose it (--nemesis kill exposes it)"]),
+    ("acks-1", ["kill:leader"], False, ["lost-write", "unseen"], ["INVALID here confirms the talk's warning"]),
+    ("acks-1", ["kill"], False, ["lost-write", "G1c"], ["but G1c is not what the talk predicts for acks-1"]),
+    ("acks-1", ["kill"], True, [], ["this run's faults (kill) did not expose it this time",
+                                    "VALID does not show acks-1 safe"]),
+    ("unclean-election", ["kill"], True, [], ["did not expose it this time (--nemesis isolate-leader-then-kill "
+                                              "exposes it)"]),
+    ("no-idempotence", ["lose-acks"], False, ["duplicate"], ["(duplicate)", "confirms the talk's warning"]),
+    ("auto-commit", ["kill"], True, [], ["what poll returned, not what was processed"]),
+])
+def test_the_expectation_of_an_unsafe_profile_matches_the_verdict(profile, nemeses, valid, bad, words):
+    from harness.report import expectation
+    text = expectation(profile, nemeses, valid, bad)
+    for w in words:
+        assert w in text, text
+
+
+def _unsafe_run_dir(tmp_path: Path, valid, bad: list[str]) -> Path:
+    run_dir = tmp_path / "queue-acks-1" / "20261205T000000.000"
+    run_dir.mkdir(parents=True)
+    events = [{"index": 0, "time": 1000, "process": 0, "type": "invoke", "f": "send", "value": [["send", "1", 1]]},
+              {"index": 1, "time": 2000, "process": 0, "type": "ok", "f": "send", "value": [["send", "1", [0, 1]]]}]
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "test.json").write_text(json.dumps({"test": {"name": "queue-acks-1", "profile": "acks-1",
+                                                            "nemeses": ["kill"]}, "seed": 1}))
+    anomalies = {a: [{"ops": [1], "explanation": f"{a} of value 1"}] for a in bad}
+    (run_dir / "results.json").write_text(json.dumps({
+        "valid": valid, "anomaly-types": bad, "bad-anomaly-types": bad, "anomalies": anomalies,
+        "anomaly-counts": {a: 1 for a in bad}, "stats": {"by-f": {"send": {"ok": 1, "fail": 0, "info": 0}}}}))
+    return run_dir
+
+
+@pytest.mark.parametrize("valid,bad,words", [
+    (False, ["lost-write"], "INVALID here confirms the talk's warning, not a fault of acked"),
+    (True, [], "this run's faults (kill) did not expose it this time: VALID does not show acks-1 safe"),
+])
+def test_the_report_of_an_unsafe_profile_says_under_its_verdict_what_the_talk_predicts(tmp_path, valid, bad, words):
+    from harness import report
+    page = report.render(_unsafe_run_dir(tmp_path, valid, bad)).read_text()
+    note = html.unescape(re.sub(r"<[^>]+>", "", re.search(r'<div class="note" id="expected">(.*?)</div>', page,
+                                                          re.S).group(1)))
+    assert note.startswith("Expected: acks-1 is expected to lose acknowledged writes") and words in note, note
+    assert page.index('id="verdict"') < page.index('id="expected"') < page.index('id="totals"')
+
+
+def test_an_unsafe_run_says_before_and_after_what_its_profile_is_expected_to_show(tmp_path):
+    proc = subprocess.run([ACKED, "run", "--backend", "local", "--nodes", "3", "--profile", "acks-1",
+                           "--nemesis", "kill", "--nemesis-interval", "2", "--time-limit", "8", "--final-time-limit",
+                           "30", "--seed", "2", "--plain", "--results-dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("acked run queue-acks-1: profile acks-1"), proc.stdout
+    assert lines[1].startswith("  acks-1 is expected to lose acknowledged writes") and \
+        lines[1].endswith("an INVALID verdict would confirm the talk's warning, not a fault of acked"), proc.stdout
+    verdict = [i for i, line in enumerate(lines) if re.match(r"(VALID|INVALID|UNKNOWN)\b", line)]
+    assert len(verdict) == 1, proc.stdout
+    after = lines[verdict[0] + 1]
+    # either outcome is the talk's: INVALID is its warning confirmed, VALID a run in which the kills missed
+    if proc.returncode == 1:
+        assert after.endswith("INVALID here confirms the talk's warning, not a fault of acked") or \
+            "is not what the talk predicts" in after, proc.stdout
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert after.endswith("did not expose it this time: VALID does not show acks-1 safe"), proc.stdout
