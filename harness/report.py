@@ -170,6 +170,35 @@ def client_ops_text(ops: dict[str, int]) -> str:
     return f"{ops['ok']} ok, {ops['fail']} fail, {ops['info']} info"
 
 
+def send_failures(history) -> dict | None:
+    """Why an UNKNOWN run's sends failed, when at least half of the completed sends did not succeed:
+    {"failed": sends that failed with the commonest error, "sends": all completed sends, "error": that error}
+    (results.json's `send-failures`, the verdict line's "256 of 256 sends failed: ...", the report's banner);
+    None otherwise, or without a readable history."""
+    import collections
+    import json
+    errors: collections.Counter = collections.Counter()
+    total = 0
+    try:
+        with open(history, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("f") != "send" or e.get("type") not in ("ok", "fail", "info") or e.get("process") == "nemesis":
+                    continue
+                total += 1
+                if e["type"] != "ok":
+                    errors[str(e.get("error") or e["type"])] += 1
+    except OSError:
+        return None
+    if not total or sum(errors.values()) * 2 < total:
+        return None
+    error, n = errors.most_common(1)[0]
+    return {"failed": n, "sends": total, "error": error}
+
+
 # ---- entry points ----------------------------------------------------------------------------------------------
 
 def render(path: str | os.PathLike) -> Path:
@@ -676,6 +705,7 @@ def load_run(run_dir: Path) -> dict:
         "dir": str(run_dir), "name": _run_name(run_dir, test), "stamp": run_dir.name,
         "verdict": verdict, "bad_types": res.get("bad-anomaly-types") or [],
         "anomaly_types": res.get("anomaly-types") or [],
+        "send_failures": res.get("send-failures"),
         "unknown_reason": res.get("unknown-reason") if results is not None
         else "not checked: the run left no results.json",
         "checked": results is not None,

@@ -424,6 +424,10 @@ def totals(res: dict) -> str:
     return f"{client_ops_text(ops)} client ops completed" if ops else "the history was not checked"
 
 
+def send_failures_text(failed: dict) -> str:
+    return f"{failed['failed']} of {failed['sends']} sends failed: {failed['error']}"
+
+
 def _unknown_reasons(res: dict, result) -> list[str]:
     """Why no verdict: the checker's reason, and the client error most sends failed with, if one did."""
     out = []
@@ -431,38 +435,13 @@ def _unknown_reasons(res: dict, result) -> list[str]:
         out.append(f"  why: {res['unknown-reason']}")
     elif result.error:
         out.append(f"  why: the harness failed ({result.error})")
-    failed = send_failures(result.run_dir / "history.jsonl") if result.run_dir else None
+    failed = res.get("send-failures")
+    if failed is None and result.run_dir:
+        from harness.report import send_failures
+        failed = send_failures(result.run_dir / "history.jsonl")
     if failed:
-        n, total, error = failed
-        out.append(f"  {n} of {total} sends failed: {error}")
+        out.append(f"  {send_failures_text(failed)}")
     return out
-
-
-def send_failures(history) -> tuple[int, int, str] | None:
-    """(sends that failed with the commonest error, all completed sends, that error) when at least half of the
-    completed sends did not succeed; None otherwise (or without a readable history)."""
-    import collections
-    import json
-    errors: collections.Counter = collections.Counter()
-    total = 0
-    try:
-        with open(history, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if e.get("f") != "send" or e.get("type") not in ("ok", "fail", "info") or e.get("process") == "nemesis":
-                    continue
-                total += 1
-                if e["type"] != "ok":
-                    errors[str(e.get("error") or e["type"])] += 1
-    except OSError:
-        return None
-    if not total or sum(errors.values()) * 2 < total:
-        return None
-    error, n = errors.most_common(1)[0]
-    return n, total, error
 
 
 def _fault_counts(runner) -> str:

@@ -567,6 +567,10 @@ class Runner:
         if results.get("stats"):
             from harness.report import client_ops   # the run's totals, as the terminal and the report show them
             results["client-ops"] = client_ops(results["stats"].get("by-f") or {})
+        if results.get("valid") == "unknown":
+            from harness.report import send_failures   # an UNKNOWN run says why: the error most sends failed with
+            if failed := send_failures(self.run_dir / "history.jsonl"):
+                results["send-failures"] = failed
         _write_json(self.run_dir / "results.json", results)
         report = guarded("report", lambda: render_report(self.run_dir))
         self._phase("done")

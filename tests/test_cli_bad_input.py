@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from harness.config import PROFILES, ConfigError, TestDescription
-from harness.run_cli import _summary, send_failures
+from harness.report import send_failures
+from harness.run_cli import _summary
 
 BIN = Path(sys.executable).parent
 ACKED = str(BIN / "acked")
@@ -197,7 +199,7 @@ def test_an_unknown_summary_names_no_client_error_when_most_sends_succeeded(tmp_
 
 def test_send_failures_counts_send_completions_only(tmp_path):
     path = _history(tmp_path / "h.jsonl", [("fail", "A"), ("fail", "B"), ("fail", "A"), ("ok", None)])
-    assert send_failures(path) == (2, 4, "A")
+    assert send_failures(path) == {"failed": 2, "sends": 4, "error": "A"}
 
 
 def test_a_local_run_whose_sends_are_all_refused_ends_unknown_with_the_reason(tmp_path):
@@ -214,6 +216,12 @@ def test_a_local_run_whose_sends_are_all_refused_ends_unknown_with_the_reason(tm
     assert failed, proc.stdout
     n, total = failed[0].split(" sends")[0].split(" of ")
     assert int(n) == int(total) > 0
+    # results.json and the report's banner say the same
+    run_dir = Path(re.search(r"^run directory: (\S+)", proc.stdout, re.M).group(1))
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["send-failures"] == {"failed": int(n), "sends": int(total), "error": "MSG_SIZE_TOO_LARGE"}
+    banner = re.search(r'id="verdict">(.*?)</section>', (run_dir / "index.html").read_text(), re.S).group(1)
+    assert "no poll completed ok" in banner and f"{int(n)} of {int(total)} sends failed: MSG_SIZE_TOO_LARGE" in banner
 
 
 # ---- 4. acked-broker: an unusable data directory --------------------------------------------------------------
