@@ -33,6 +33,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="acked",
         description="Jepsen-style correctness harness for a replicated Kafka-protocol log broker.",
+        epilog="Exit statuses: 0 valid (or done), 1 invalid, 2 unknown (the checker could not decide), 3 the "
+               "harness failed (acked check: the history could not be read), 4 bad arguments or test description "
+               "(one line on stderr, before anything starts). docs/running.md lists each command's.",
     )
     parser.add_argument("--version", action="version", version=f"acked {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -22,8 +22,9 @@ def register(subparsers) -> None:
         "run", help="run a test: cluster, workload under faults, history, verdict",
         description="Run one test: start a cluster, drive real Kafka clients under faults, record the history in "
                     "results/<name>/<timestamp>/, check it. Exit 0 valid, 1 invalid, 2 unknown (the checker "
-                    "could not decide), 3 the harness failed, 4 bad arguments or test description (one line on "
-                    "stderr). The defaults shown apply where neither a flag nor the test file sets a field.")
+                    "could not decide), 3 the harness failed or the run was interrupted, 4 bad arguments or test "
+                    "description (one line on stderr, before anything starts). The defaults shown apply where "
+                    "neither a flag nor the test file sets a field.")
     p.add_argument("test_file", nargs="?", help="a TOML test description; flags override its settings")
     p.add_argument("--name", help="test name (the run directory is results/<name>/<timestamp>)")
     p.add_argument("--profile", choices=sorted(PROFILES), help="reliability profile (see `acked profiles`)")
@@ -83,7 +84,9 @@ def register(subparsers) -> None:
         "report", help="write the HTML report of a run directory, or the index of a results directory",
         description="Write RUN_DIR/index.html (verdict, test, totals, anomalies, plots, links to logs; "
                     "self-contained) and the results directory's index.html of all runs. Given a results "
-                    "directory, re-render the runs whose report is missing or stale, then its index.")
+                    "directory, re-render the runs whose report is missing or stale, then its index. Exit 0 "
+                    "written, 4 bad arguments or a path that is not a run or results directory (one line on "
+                    "stderr).")
     r.add_argument("path", metavar="RUN_DIR|RESULTS_DIR", help="a run directory (results/<name>/<timestamp>) "
                    "or a results directory (default layout: results/)")
     r.set_defaults(func=cmd_report)

@@ -232,6 +232,18 @@ def _broker(tmp_path: Path, log_dirs: str, timeout: float = 30) -> subprocess.Co
                           cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.parametrize("argv,words", [
+    (["/dev/null", "--override", "log.segment.bytes=lots"], ["invalid value 'lots' for log.segment.bytes",
+                                                              "expected an integer"]),
+    (["/dev/null", "--override", "foo"], ["--override 'foo' is not key=value"]),
+    (["no/such.properties"], ["cannot read config file no/such.properties", "No such file or directory"]),
+], ids=["bad value", "override without =", "missing config file"])
+def test_a_broker_given_bad_settings_exits_2_with_one_line(tmp_path, argv, words):
+    proc = subprocess.run([BROKER_BIN, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert_one_line(proc.stderr, ["acked-broker: error:", *words])
+
+
 def _regular_file(tmp_path: Path) -> str:
     (tmp_path / "a-file").write_text("x")
     return str(tmp_path / "a-file" / "data")
@@ -367,3 +379,17 @@ def test_the_status_line_fits_80_columns_and_its_clock_stops_at_the_time_limit()
     assert len(line) <= 80 and line.endswith("faults: kill,pause +3"), line
     stats.faults = []
     assert _Progress(SimpleNamespace(stats=stats, desc=TestDescription(time_limit=8))).line().endswith("faults: none")
+
+
+@pytest.mark.parametrize("argv,codes", [
+    ([], ["0 valid", "1 invalid", "2 unknown", "3 the harness failed", "4 bad arguments or test description"]),
+    (["run"], ["3 the harness failed or the run was interrupted", "4 bad arguments or test description"]),
+    (["check"], ["3 the history could not be read", "4 bad arguments or -o cannot be written"]),
+    (["report"], ["Exit 0 written, 4 bad arguments or a path that is not a run or results directory"]),
+], ids=["acked", "run", "check", "report"])
+def test_help_states_the_exit_statuses_as_the_docs_do(argv, codes):
+    proc = subprocess.run([ACKED, *argv, "--help"], capture_output=True, text=True, timeout=30)
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0
+    for c in codes:
+        assert c in text, c
