@@ -6,21 +6,12 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 
 from broker.controller import (
     CONTROLLER, CONTROLLER_EPOCH, PartitionState, StateWrite, ZkBroker, state_path,
 )
-
-
-def wait_for(what, predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+from conftest import wait_until
 
 
 @pytest.fixture
@@ -64,10 +55,35 @@ def expire_session(connect: str, broker: ZkBroker) -> None:
     killer.close()
 
 
+def full_rereads(controller: ZkBroker) -> list[float]:
+    """From now on, the start times of the controller's rounds that re-read every partition (appended once
+    each round is done): a decision it did not take is shown by a round that started after the fact."""
+    started_rounds: list[float] = []
+    real = controller.reconcile
+
+    def reconcile(new_topics_only: bool = False):
+        started = time.monotonic()
+        done = real(new_topics_only)
+        if not new_topics_only:
+            started_rounds.append(started)
+        return done
+    controller.reconcile = reconcile
+    return started_rounds
+
+
+def wait_for_a_full_reread(rounds: list[float]) -> None:
+    """Until a full round that started after this call is done (the idle one comes within 5 s)."""
+    since = time.monotonic()
+    wait_until(lambda: any(t > since for t in rounds), 15, what="a full re-read by the controller")
+
+
 def controller_of(zk) -> tuple[int, int] | None:
-    if zk.exists(CONTROLLER) is None:
+    """(controller id, controller epoch); None until both are written (a new controller creates /controller
+    before it bumps /controller_epoch, which does not exist before the first election)."""
+    try:
+        return json.loads(zk.get(CONTROLLER)[0])["brokerid"], int(zk.get(CONTROLLER_EPOCH)[0])
+    except NoNodeError:
         return None
-    return json.loads(zk.get(CONTROLLER)[0])["brokerid"], int(zk.get(CONTROLLER_EPOCH)[0])
 
 
 def state(zk, topic, p) -> PartitionState | None:
@@ -83,10 +99,10 @@ def test_registration_is_ephemeral_json_like_kafka(brokers, zk_client):
     assert reg["host"] == "127.0.0.1" and reg["port"] == 9001
     assert reg["endpoints"] == ["PLAINTEXT://127.0.0.1:9001"]
     assert stat.ephemeralOwner == b.zk.client_id[0]
-    assert wait_for("controller", lambda: controller_of(zk_client)) == (1, 1)
+    assert wait_until(lambda: controller_of(zk_client), 15, what="controller") == (1, 1)
     b.stop()
-    wait_for("registration removed", lambda: zk_client.exists("/brokers/ids/1") is None)
-    wait_for("controller removed", lambda: zk_client.exists(CONTROLLER) is None)
+    wait_until(lambda: zk_client.exists("/brokers/ids/1") is None, 15, what="registration removed")
+    wait_until(lambda: zk_client.exists(CONTROLLER) is None, 15, what="controller removed")
 
 
 def test_second_broker_with_same_id_is_refused_clearly(brokers, zookeeper):
@@ -101,28 +117,29 @@ def test_second_broker_with_same_id_is_refused_clearly(brokers, zookeeper):
 
 def test_controller_failover_when_its_session_dies(brokers, zookeeper, zk_client):
     b1, b2, b3 = brokers(1), brokers(2), brokers(3)
-    first, epoch = wait_for("a controller", lambda: controller_of(zk_client))
+    first, epoch = wait_until(lambda: controller_of(zk_client), 15, what="a controller")
     old = {1: b1, 2: b2, 3: b3}[first]
     assert old.is_controller
     expire_session(zookeeper.connect_string, old)
-    new, new_epoch = wait_for("another controller", lambda: (c := controller_of(zk_client)) and c[0] != first and c)
+    new, new_epoch = wait_until(lambda: (c := controller_of(zk_client)) and c[0] != first and c[1] > epoch and c,
+                                15, what="another controller, in a new controller epoch")
     assert new_epoch == epoch + 1
-    wait_for("old controller resigned", lambda: not old.is_controller)
+    wait_until(lambda: not old.is_controller, 15, what="old controller resigned")
     # the expired broker registers again with its new session
-    wait_for("re-registration", lambda: zk_client.exists(f"/brokers/ids/{first}") is not None)
+    wait_until(lambda: zk_client.exists(f"/brokers/ids/{first}") is not None, 15, what="re-registration")
     assert zk_client.get(f"/brokers/ids/{first}")[1].ephemeralOwner == old.zk.client_id[0]
 
 
 def test_stale_controller_write_is_rejected(brokers, zookeeper, zk_client):
     b1 = brokers(1)
-    wait_for("b1 controller", lambda: b1.is_controller)
+    wait_until(lambda: b1.is_controller, 15, what="b1 controller")
     b2 = brokers(2)
     b1.create_topic("t", {0: [1, 2]})
-    wait_for("state", lambda: state(zk_client, "t", 0))
+    wait_until(lambda: state(zk_client, "t", 0), 15, what="state")
     stale_epoch_version = b1._controller_epoch_version
     expire_session(zookeeper.connect_string, b1)
-    wait_for("b2 controller", lambda: b2.is_controller)
-    wait_for("b1 back with a new session", lambda: zk_client.exists("/brokers/ids/1") is not None)
+    wait_until(lambda: b2.is_controller, 15, what="b2 controller")
+    wait_until(lambda: zk_client.exists("/brokers/ids/1") is not None, 15, what="b1 back with a new session")
     current = b2.partition_state("t", 0)
     forged = StateWrite("t", 0, PartitionState(1, current.state.leader_epoch + 7, (1,), 1), current.zk_version, "stale")
     # even with the right znode version, the /controller_epoch check fences the old controller
@@ -138,7 +155,7 @@ def test_leader_isr_write_is_compare_and_set(brokers, zk_client):
     b1 = brokers(1)
     brokers(2)
     b1.create_topic("t", {0: [1, 2]})
-    seen = wait_for("state", lambda: b1.partition_state("t", 0))
+    seen = wait_until(lambda: b1.partition_state("t", 0), 15, what="state")
     assert seen.state.isr == (1, 2)
     shrunk = b1.write_isr("t", 0, seen, [seen.state.leader])
     assert shrunk is not None and shrunk.state.isr == (seen.state.leader,)
@@ -153,7 +170,7 @@ def test_brokers_learn_their_role_from_state_watches(brokers, zk_client):
     b1 = brokers(1, seen=seen1)
     brokers(2, seen=seen2)
     b1.create_topic("t", {0: [1, 2]}, {"min.insync.replicas": "2"})
-    wait_for("b2 sees the state", lambda: any(vs is not None for _, _, vs, _ in seen2))
+    wait_until(lambda: any(vs is not None for _, _, vs, _ in seen2), 15, what="b2 sees the state")
     topic, p, vs, replicas = [s for s in seen2 if s[2] is not None][-1]
     assert (topic, p, replicas) == ("t", 0, (1, 2))
     assert vs.state.leader == 1 and vs.state.isr == (1, 2)
@@ -164,18 +181,19 @@ def test_brokers_learn_their_role_from_state_watches(brokers, zk_client):
 
 def test_election_on_broker_loss_and_return(brokers, zk_client):
     b1, b2, b3 = brokers(1), brokers(2), brokers(3)
-    wait_for("b1 controller", lambda: b1.is_controller)
+    wait_until(lambda: b1.is_controller, 15, what="b1 controller")
+    rounds = full_rereads(b1)
     b1.create_topic("t", {0: [2, 3, 1]})
-    first = wait_for("state", lambda: state(zk_client, "t", 0))
+    first = wait_until(lambda: state(zk_client, "t", 0), 15, what="state")
     assert first.leader == 2 and first.isr == (2, 3, 1)
     b2.stop()                                                    # the leader goes
-    after = wait_for("new leader", lambda: (s := state(zk_client, "t", 0)) and s.leader != 2 and s)
+    after = wait_until(lambda: (s := state(zk_client, "t", 0)) and s.leader != 2 and s, 15, what="new leader")
     assert after.leader == 3 and after.leader_epoch == first.leader_epoch + 1 and after.isr == (3, 1)
     b3.stop()                                                    # a follower goes: ISR shrinks
-    after2 = wait_for("isr shrink", lambda: (s := state(zk_client, "t", 0)) and s.leader == 1 and s)
+    after2 = wait_until(lambda: (s := state(zk_client, "t", 0)) and s.leader == 1 and s, 15, what="isr shrink")
     assert after2.leader_epoch == after.leader_epoch + 1 and after2.isr == (1,)
     brokers(2)                                                   # comes back: not in the ISR, nothing changes
-    time.sleep(1.0)
+    wait_for_a_full_reread(rounds)
     assert state(zk_client, "t", 0) == after2
 
 
@@ -183,60 +201,63 @@ def test_a_new_topic_makes_the_controller_read_that_topic_only(brokers, zk_clien
     # keys rotate: a harness run creates a topic a second; re-reading every topic on each creation
     # made the controller's work (and ZooKeeper's) grow with the length of the run
     b1, _ = brokers(1), brokers(2)
-    wait_for("b1 controller", lambda: b1.is_controller)
+    wait_until(lambda: b1.is_controller, 15, what="b1 controller")
     for i in range(5):
         b1.create_topic(f"old{i}", {0: [1, 2], 1: [2, 1]})
-    wait_for("old topics' states", lambda: all(state(zk_client, f"old{i}", p) for i in range(5) for p in (0, 1)))
+    wait_until(lambda: all(state(zk_client, f"old{i}", p) for i in range(5) for p in (0, 1)), 15,
+               what="old topics' states")
     read = []
     real = b1.partition_state
     b1.partition_state = lambda topic, p: read.append(topic) or real(topic, p)
     b1.create_topic("new", {0: [2, 1], 1: [1, 2]})
-    assert wait_for("the new topic's states", lambda: state(zk_client, "new", 0) and state(zk_client, "new", 1))
+    assert wait_until(lambda: state(zk_client, "new", 0) and state(zk_client, "new", 1), 15,
+                      what="the new topic's states")
     assert set(read) == {"new"}
     # brokers coming and going still make it look at everything
     brokers(3)
-    wait_for("a full round", lambda: {f"old{i}" for i in range(5)} <= set(read))
+    wait_until(lambda: {f"old{i}" for i in range(5)} <= set(read), 15, what="a full round")
 
 
 @pytest.mark.parametrize("unclean", ["false", "true"])
 def test_unclean_election_on_and_off(brokers, zk_client, unclean):
     b1, b2 = brokers(1), brokers(2)
-    wait_for("b1 controller", lambda: b1.is_controller)
+    wait_until(lambda: b1.is_controller, 15, what="b1 controller")
+    rounds = full_rereads(b1)
     b1.create_topic("t", {0: [2, 1]}, {"unclean.leader.election.enable": unclean})
-    first = wait_for("state", lambda: b2.partition_state("t", 0))
+    first = wait_until(lambda: b2.partition_state("t", 0), 15, what="state")
     assert first.state.leader == 2
     # the leader drops the follower out of the ISR (as on replica.lag.time.max.ms)
     assert b2.write_isr("t", 0, first, [2]) is not None
     b2.stop()                                                    # the only ISR member goes
     if unclean == "true":
-        s = wait_for("unclean leader", lambda: (s := state(zk_client, "t", 0)) and s.leader == 1 and s)
+        s = wait_until(lambda: (s := state(zk_client, "t", 0)) and s.leader == 1 and s, 15, what="unclean leader")
         assert s.isr == (1,) and s.leader_epoch == first.state.leader_epoch + 1
     else:
-        s = wait_for("offline", lambda: (s := state(zk_client, "t", 0)) and s.leader == -1 and s)
+        s = wait_until(lambda: (s := state(zk_client, "t", 0)) and s.leader == -1 and s, 15, what="offline")
         assert s.isr == (2,) and s.leader_epoch == first.state.leader_epoch + 1
-        time.sleep(1.0)
+        wait_for_a_full_reread(rounds)
         assert state(zk_client, "t", 0) == s                     # stays offline
         brokers(2)                                               # the ISR member returns: it leads again
-        back = wait_for("leader back", lambda: (x := state(zk_client, "t", 0)) and x.leader == 2 and x)
+        back = wait_until(lambda: (x := state(zk_client, "t", 0)) and x.leader == 2 and x, 15, what="leader back")
         assert back.leader_epoch == s.leader_epoch + 1 and back.isr == (2,)
 
 
 def test_broker_default_for_unclean_applies_without_topic_value(brokers, zk_client):
     b1 = brokers(1, unclean_default=True)
-    wait_for("b1 controller", lambda: b1.is_controller)
+    wait_until(lambda: b1.is_controller, 15, what="b1 controller")
     b2 = brokers(2, unclean_default=True)
     b1.create_topic("t", {0: [2, 1]})
-    first = wait_for("state", lambda: b2.partition_state("t", 0))
+    first = wait_until(lambda: b2.partition_state("t", 0), 15, what="state")
     assert b2.write_isr("t", 0, first, [2]) is not None
     b2.stop()
-    wait_for("unclean leader", lambda: (s := state(zk_client, "t", 0)) and s.leader == 1)
+    wait_until(lambda: (s := state(zk_client, "t", 0)) and s.leader == 1, 15, what="unclean leader")
 
 
 def test_controlled_shutdown_moves_leadership_first(brokers, zk_client):
     b1, b2 = brokers(1), brokers(2)
-    wait_for("b1 controller", lambda: b1.is_controller)
+    wait_until(lambda: b1.is_controller, 15, what="b1 controller")
     b1.create_topic("t", {0: [2, 1], 1: [1, 2]})
-    wait_for("states", lambda: state(zk_client, "t", 0) and state(zk_client, "t", 1))
+    wait_until(lambda: state(zk_client, "t", 0) and state(zk_client, "t", 1), 15, what="states")
     assert b2.controlled_shutdown(timeout=10) == []
     s0, s1 = state(zk_client, "t", 0), state(zk_client, "t", 1)
     assert s0.leader == 1 and s0.isr == (1,) and s0.leader_epoch == 1
@@ -246,24 +267,25 @@ def test_controlled_shutdown_moves_leadership_first(brokers, zk_client):
 
 def test_restarted_leader_gets_a_new_epoch(brokers, zookeeper, zk_client):
     b1 = brokers(1)
-    wait_for("b1 controller", lambda: b1.is_controller)
+    wait_until(lambda: b1.is_controller, 15, what="b1 controller")
     seen2 = []
     b2 = brokers(2, seen=seen2)
     b1.create_topic("t", {0: [2, 1]})
-    first = wait_for("state", lambda: state(zk_client, "t", 0))
+    first = wait_until(lambda: state(zk_client, "t", 0), 15, what="state")
     assert first.leader == 2
     # broker 2 loses its session and comes back as the same id; the controller may never see
     # it missing, yet it must not resume the old epoch
     expire_session(zookeeper.connect_string, b2)
-    s = wait_for("re-election", lambda: (s := state(zk_client, "t", 0)) and s.leader_epoch > first.leader_epoch and s)
+    s = wait_until(lambda: (s := state(zk_client, "t", 0)) and s.leader_epoch > first.leader_epoch and s, 15,
+                   what="re-election")
     assert s.leader in (1, 2)
     # broker 2's watches were re-armed on its new session: it sees the new epoch too
-    wait_for("b2 sees the new epoch", lambda: any(vs is not None and vs.state.leader_epoch == s.leader_epoch
-                                                  for _, _, vs, _ in seen2))
+    wait_until(lambda: any(vs is not None and vs.state.leader_epoch == s.leader_epoch for _, _, vs, _ in seen2), 15,
+               what="b2 sees the new epoch")
     # its new registration is the znode's (the worker thread records it just after the create returns: wait, as
     # a slow machine can run this check in between; until then the broker does not lead, replica_manager._role)
-    wait_for("b2 records its new registration",
-             lambda: b2.registration_zxid > 0 and zk_client.get("/brokers/ids/2")[1].czxid == b2.registration_zxid)
+    wait_until(lambda: b2.registration_zxid > 0 and zk_client.get("/brokers/ids/2")[1].czxid == b2.registration_zxid,
+               15, what="b2 records its new registration")
 
 
 def test_registration_survives_a_connection_lost_to_a_stalled_zookeeper(zookeeper, brokers, zk_client):
@@ -305,14 +327,17 @@ def test_a_restarted_broker_whose_session_expires_while_it_waits_for_its_old_nod
     old.ensure_path("/brokers/ids")
     old.create("/brokers/ids/8", b"{}", ephemeral=True)        # the crashed predecessor's node
     b = ZkBroker(zookeeper.connect_string, 8, "127.0.0.1", 9008, session_timeout_ms=4000)
+    looked_at_the_old_node = []                                  # register() reads a node it found existing
+    real_get = b.zk.get
+    b.zk.get = lambda path, *a, **kw: looked_at_the_old_node.append(path) or real_get(path, *a, **kw)
     started = threading.Thread(target=b.start, kwargs={"timeout": 30})
     try:
         started.start()
-        wait_for("the new broker to connect", lambda: b.zk.connected and b.zk.client_id is not None)
+        wait_until(lambda: "/brokers/ids/8" in looked_at_the_old_node, 15, what="the new broker waits on NodeExists")
         first_session = b.zk.client_id[0]
-        time.sleep(0.5)                                          # it is waiting on NodeExists now
         expire_session(zookeeper.connect_string, b)              # its own session is gone
-        wait_for("a new session", lambda: b.zk.client_id is not None and b.zk.client_id[0] != first_session)
+        wait_until(lambda: b.zk.client_id is not None and b.zk.client_id[0] != first_session, 15,
+                   what="a new session")
         old.stop()                                               # the old node goes at last
         old.close()
         started.join(30)
