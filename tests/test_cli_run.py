@@ -59,17 +59,27 @@ SKIP = "skipping the final drain: "
 
 
 class LiveRun:
-    """`acked run --plain` in a subprocess whose stdout lines are collected as they come."""
+    """`acked run --plain` under leader kills in a subprocess whose stdout lines are collected as they come;
+    killed on leaving the with block if it still runs."""
 
-    def __init__(self, tmp_path: Path, *argv: str):
+    def __init__(self, tmp_path: Path, seed: int):
         self.tmp_path = tmp_path
         self.proc = subprocess.Popen([ACKED, "run", "--backend", "local", "--nodes", "3", "--plain",
-                                      "--results-dir", str(tmp_path), "--name", "ctrl-c", *argv],
+                                      "--nemesis", "kill", "--nemesis-interval", "2", "--time-limit", "60",
+                                      "--seed", str(seed), "--results-dir", str(tmp_path), "--name", "ctrl-c"],
                                      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+
+    def __enter__(self) -> "LiveRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -93,22 +103,20 @@ class LiveRun:
         runs = list((self.tmp_path / "ctrl-c").glob("*/history.jsonl"))
         return runs[0] if runs else None
 
-    def wait_for_a_fault(self) -> None:
-        """Until the nemesis has hit a node: a heal has something to do."""
+    def interrupt_during_a_fault(self) -> None:
+        """SIGINT in the main phase once the nemesis has hit a node: a heal has something to do."""
+        self.wait_for_line(lambda line: line == "phase main")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             h = self.history()
             if h and b'"process":"nemesis","type":"info"' in h.read_bytes():
+                self.proc.send_signal(signal.SIGINT)
                 return
             time.sleep(0.2)
         raise AssertionError("no fault was recorded in time:\n" + "\n".join(self.lines))
 
     def finish(self) -> tuple[int, list[str], str]:
-        try:
-            status = self.proc.wait(timeout=300)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+        status = self.proc.wait(timeout=300)
         self.reader.join(10)
         return status, self.lines, self.proc.stderr.read()
 
@@ -118,15 +126,9 @@ class LiveRun:
 
 
 def test_ctrl_c_says_at_once_what_acked_does_then_heals_drains_tears_down_and_the_history_checks_valid(tmp_path):
-    run = LiveRun(tmp_path, "--nemesis", "kill", "--nemesis-interval", "2", "--time-limit", "60", "--seed", "5")
-    try:
-        run.wait_for_line(lambda line: line == "phase main")
-        run.wait_for_a_fault()
-        run.proc.send_signal(signal.SIGINT)
+    with LiveRun(tmp_path, seed=5) as run:
+        run.interrupt_during_a_fault()
         status, lines, stderr = run.finish()
-    finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
     out = "\n".join(lines)
     assert status == 3, out + stderr        # interrupted: no verdict on the test, whatever the history says
     assert stderr == "", stderr
@@ -154,17 +156,11 @@ def test_ctrl_c_says_at_once_what_acked_does_then_heals_drains_tears_down_and_th
 
 
 def test_a_second_ctrl_c_skips_the_final_drain_and_the_verdict_line_says_so(tmp_path):
-    run = LiveRun(tmp_path, "--nemesis", "kill", "--nemesis-interval", "2", "--time-limit", "60", "--seed", "6")
-    try:
-        run.wait_for_line(lambda line: line == "phase main")
-        run.wait_for_a_fault()
-        run.proc.send_signal(signal.SIGINT)
+    with LiveRun(tmp_path, seed=6) as run:
+        run.interrupt_during_a_fault()
         notice = run.wait_for_line(lambda line: line == NOTICE)
         run.proc.send_signal(signal.SIGINT)    # while the workers' last ops are awaited or the faults healed
         status, lines, stderr = run.finish()
-    finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
     out = "\n".join(lines)
     assert status == 3, out + stderr
     skip = [i for i, line in enumerate(lines) if line.startswith(SKIP)]
@@ -177,9 +173,8 @@ def test_a_second_ctrl_c_skips_the_final_drain_and_the_verdict_line_says_so(tmp_
     run_dir = run.history().parent
     results = json.loads((run_dir / "results.json").read_text())
     assert results["harness"]["interrupted"] is True and results["history-cut"] is True
-    last = json.loads(run.history().read_text().splitlines()[-1])
-    assert not [e for e in map(json.loads, run.history().read_text().splitlines())
-                if e.get("f") == "run" and e["type"] == "ok"], last   # the run op never completed: no drain
+    events = [json.loads(line) for line in run.history().read_text().splitlines()]
+    assert not [e for e in events if e.get("f") == "run" and e["type"] == "ok"]   # the run op never completed
     run.no_process_left()
 
 
