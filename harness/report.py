@@ -72,9 +72,11 @@ TYPE_MEANINGS = {
 
 # ---- what an unsafe profile is expected to show ----------------------------------------------------------------
 
+#: what a log truncated below acknowledged writes shows besides the loss itself (as the reliability matrix says)
 _TRUNCATION = frozenset({"lost-write", "unseen", "inconsistent-offsets", "nonmonotonic-send", "int-nonmonotonic-send",
                          "offset-order-realtime", "nonmonotonic-poll", "poll-skip", "int-nonmonotonic-poll",
-                         "int-poll-skip", "replica-divergence"})
+                         "int-poll-skip"})
+#: what a retried batch shows when it is stored twice or after a later one
 _RETRY = frozenset({"duplicate", "poll-skip", "nonmonotonic-poll", "int-nonmonotonic-send", "nonmonotonic-send",
                     "offset-order-realtime"})
 

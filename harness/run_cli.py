@@ -1,4 +1,5 @@
-"""`acked run` and `acked profiles` (registered by harness/cli.py)."""
+"""`acked run`, `acked nemeses`, `acked profiles` and `acked report` (registered by harness/cli.py): a test
+description from flags and a TOML file, the run with its live status line, Ctrl-C handling and verdict lines."""
 from __future__ import annotations
 
 import argparse
@@ -326,8 +327,10 @@ class Interrupts:
                             where if where in ("recover", "drain") else None)
         elif phase in ("check", "report"):
             notice, stop = (f"interrupted: skipping the {phase} (acked {phase} {r.run_dir} does it later)", phase)
+        elif phase == "teardown":
+            notice, stop = "interrupted: tearing down the cluster (acked ends when it is gone)", None
         else:
-            notice, stop = f"interrupted: finishing {phase}, then tearing down the cluster; acked ends after", None
+            notice, stop = f"interrupted during {phase}: finishing it, then tearing down the cluster", None
         r.interrupted = True
         if not redelivered:
             _say(notice)
