@@ -11,9 +11,17 @@ import sys
 from .config import BrokerConfig, ConfigError, parse_listener
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line and exit 2, as a bad config is; the usage block only on --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"acked-broker: error: {message} (see acked-broker --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="acked-broker",
+    p = _Parser(
+        prog="acked-broker", epilog="exit statuses: 0 shut down cleanly (SIGTERM); 2 bad arguments, a bad "
+                                    "config or an unusable log.dirs (one line on stderr)",
         description="A Kafka-protocol log broker (the system under test of acked). "
                     "Reads a Kafka-style properties file with Kafka's key names; "
                     "SIGTERM shuts it down cleanly. See docs/broker.md.")

@@ -18,16 +18,19 @@ CAPABILITIES = ("net", "disk", "clock", "acks")
 class BadInput(ClusterError):
     """The command line asks for something impossible; nothing was started."""
 DEFAULT_WORK_DIR = Path("results/.clusters")
+#: every `acked image` and `acked cluster` subcommand's --help ends with its exit statuses (docs/running.md)
+EXIT_STATUSES = ("exit statuses: 0 done; 1 nothing to act on (down --name: no such cluster); "
+                 "3 it failed (the error on stderr, one line); 4 bad arguments")
 
 
 def register(subparsers) -> None:
 
     # ---- acked image build
-    image = subparsers.add_parser("image", help="the node image (built from Debian packages, no registry)",
+    image = subparsers.add_parser("image", epilog=EXIT_STATUSES, help="the node image (built from Debian packages, no registry)",
                                   description="Build the docker image the cluster nodes run.")
     image_sub = image.add_subparsers(dest="image_command", metavar="SUBCOMMAND")
     build = image_sub.add_parser(
-        "build", help="build the node image unless it is current",
+        "build", epilog=EXIT_STATUSES, help="build the node image unless it is current",
         description="debootstrap Debian bookworm (minbase) from the host's apt mirror, add ZooKeeper, Java, "
                     "iproute2, iptables, sshd, FUSE, libfaketime and the broker's Python packages, and "
                     "docker-import it as acked-node:<recipe hash>. Rebuilds only when the recipe changed.")
@@ -36,13 +39,13 @@ def register(subparsers) -> None:
     image.set_defaults(func=lambda args: _help(image))
 
     # ---- acked cluster ...
-    cluster = subparsers.add_parser("cluster", help="bring a cluster up or down by hand",
+    cluster = subparsers.add_parser("cluster", epilog=EXIT_STATUSES, help="bring a cluster up or down by hand",
                                     description="Manual clusters: up prints the bootstrap servers; they stay "
                                                 "until `acked cluster down`.")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND")
     cluster.set_defaults(func=lambda args: _help(cluster))
 
-    up = cluster_sub.add_parser("up", help="start ZooKeeper and brokers; print the bootstrap servers",
+    up = cluster_sub.add_parser("up", epilog=EXIT_STATUSES, help="start ZooKeeper and brokers; print the bootstrap servers",
                                 description="Start a cluster and leave it running; prints bootstrap.servers.")
     up.add_argument("--backend", choices=BACKENDS, default="docker",
                     help="local: processes on 127.0.0.1; docker: containers; ssh: the hosts of --cluster")
@@ -58,21 +61,21 @@ def register(subparsers) -> None:
     up.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="where cluster state is kept")
     up.set_defaults(func=cmd_up)
 
-    down = cluster_sub.add_parser("down", help="stop and remove manual clusters (and leftovers of killed runs)",
+    down = cluster_sub.add_parser("down", epilog=EXIT_STATUSES, help="stop and remove manual clusters (and leftovers of killed runs)",
                                   description="Remove the named cluster, or every manual cluster and every "
                                               "leftover whose owning process is gone.")
     down.add_argument("--name", help="only this cluster")
     down.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     down.set_defaults(func=cmd_down)
 
-    status = cluster_sub.add_parser("status", help="list clusters and their daemons",
+    status = cluster_sub.add_parser("status", epilog=EXIT_STATUSES, help="list clusters and their daemons",
                                     description="Clusters known here: local ones under --work-dir, docker ones "
                                                 "by label, ssh ones started by `up`.")
     status.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
-    logs = cluster_sub.add_parser("logs", help="copy every node's logs into a directory",
+    logs = cluster_sub.add_parser("logs", epilog=EXIT_STATUSES, help="copy every node's logs into a directory",
                                   description="Copy each node's logs into DEST/<node>/.")
     logs.add_argument("dest", type=Path, help="destination directory")
     logs.add_argument("--name", help="cluster name (default: the only one running)")

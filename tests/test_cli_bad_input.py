@@ -237,7 +237,9 @@ def _broker(tmp_path: Path, log_dirs: str, timeout: float = 30) -> subprocess.Co
                                                               "expected an integer"]),
     (["/dev/null", "--override", "foo"], ["--override 'foo' is not key=value"]),
     (["no/such.properties"], ["cannot read config file no/such.properties", "No such file or directory"]),
-], ids=["bad value", "override without =", "missing config file"])
+    (["/dev/null", "--bogus"], ["unrecognized arguments: --bogus", "acked-broker --help"]),
+    ([], ["the following arguments are required: CONFIG"]),
+], ids=["bad value", "override without =", "missing config file", "unknown option", "no config"])
 def test_a_broker_given_bad_settings_exits_2_with_one_line(tmp_path, argv, words):
     proc = subprocess.run([BROKER_BIN, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
@@ -304,6 +306,14 @@ def test_version_prints_the_installed_packages_version(binary, name):
     proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"{name} {version('acked')}"
+
+
+@pytest.mark.parametrize("argv", [["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["cluster", "logs"],
+                                  ["image", "build"]])
+def test_every_cluster_and_image_subcommand_states_its_exit_statuses_in_its_help(argv):
+    proc = subprocess.run([ACKED, *argv, "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    assert "exit statuses: 0 done;" in proc.stdout and "4 bad arguments" in " ".join(proc.stdout.split())
 
 
 def test_run_help_shows_the_defaults_and_that_the_default_nemesis_is_none():
