@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from checkers.history import client_ops, client_ops_text
+
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_BAD_HISTORY, EXIT_ERROR = 0, 1, 2, 3, 4
 EXIT_BAD_USAGE = 4
 
@@ -140,8 +142,8 @@ def summary(res: dict, path: str) -> str:
     lines = [f"{path}: {st['events']} events, {st['keys']} keys, "
              f"{st['acknowledged']} acknowledged, {st['acknowledged-and-read']} of them read, "
              f"{st['acknowledged-but-never-read']} never read"]
-    comp = st["completions"]
-    lines.append(f"completions: {comp.get('ok', 0)} ok, {comp.get('fail', 0)} fail, {comp.get('info', 0)} info")
+    # the run's totals as `acked run` and the report write them: client ops, not the faults' ops
+    lines.append(f"client ops completed: {client_ops_text(client_ops(st.get('by-f') or {}))}")
     if res.get("history-problem-count"):
         first = res["history-problems"][0]
         lines.append(f"history problems: {res['history-problem-count']} "

@@ -27,6 +27,25 @@ RUN_F = "run"
 RUN_INVOKE = {"process": HARNESS, "type": "invoke", "f": RUN_F, "value": {"writer": "acked", "final-drain": True}}
 
 
+#: the client functions of the history format (docs/history-format.md); every other function in the checker's
+#: stats.by-f is a fault's (the nemesis process)
+CLIENT_FUNCTIONS = ("send", "poll", "txn", "assign", "subscribe", "crash")
+
+
+def client_ops(by_f: dict) -> dict[str, int]:
+    """A run's totals, one definition for `acked check`, the terminal's verdict line, results.json's `client-ops`,
+    the report's "client ops completed" and the runs index: client ops completed per outcome (ok; fail: certainly
+    not done; info: may or may not have happened), summed over the checker's stats.by-f for the client functions --
+    every op of the client processes, the final drain's included; not the faults' ops, and not the harness's run
+    op (the checker does not count it). The live status line counts the main phase as it goes, and may differ."""
+    return {t: sum(int((by_f.get(f) or {}).get(t, 0)) for f in CLIENT_FUNCTIONS) for t in ("ok", "fail", "info")}
+
+
+def client_ops_text(ops: dict[str, int]) -> str:
+    """"1207 ok, 0 fail, 6 info": how every command and page writes the totals."""
+    return f"{ops['ok']} ok, {ops['fail']} fail, {ops['info']} info"
+
+
 def run_completion(stopped: str, keys: int) -> dict:
     """The run op's ok completion, written when the final drain finished.
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from checkers.history import CLIENT_FUNCTIONS, client_ops, client_ops_text  # the totals: one definition
+
 TEMPLATES = Path(__file__).with_name("templates")
 
 MAX_RECORDS_PER_TYPE = 8       # anomaly records shown with their explanation, per type
@@ -40,9 +42,6 @@ RUN_FILES = ("history.jsonl", "results.json", "test.json")
 TIMESTAMP = re.compile(r"^\d{8}T\d{6}")
 
 OUTCOME_COLORS = {"ok": "#2b9348", "info": "#f4a300", "fail": "#d62828"}
-#: the client functions of the history format (docs/history-format.md); every other function in the checker's
-#: stats.by-f is a fault's
-CLIENT_FUNCTIONS = ("send", "poll", "txn", "assign", "subscribe", "crash")
 F_STYLES = {"send": "-", "poll": "--", "txn": "-."}
 
 # One sentence per type so a reader needs no other page; docs/anomalies.md has the details.
@@ -157,20 +156,6 @@ def expectation(profile: str | None, nemeses, valid=None, bad=()) -> str | None:
 
 
 # ---- the run's totals ------------------------------------------------------------------------------------------
-
-def client_ops(by_f: dict) -> dict[str, int]:
-    """The run's totals, one definition for the terminal's verdict line, results.json's `client-ops`, the report's
-    "client ops completed" and the runs index: client ops completed per outcome (ok; fail: certainly not done;
-    info: may or may not have happened), summed over the checker's stats.by-f for the client functions -- every
-    op of the client processes, the final drain's included; not the faults' ops, and not the harness's run op
-    (the checker does not count it). The live status line counts the main phase as it goes, and may differ."""
-    return {t: sum(int((by_f.get(f) or {}).get(t, 0)) for f in CLIENT_FUNCTIONS) for t in ("ok", "fail", "info")}
-
-
-def client_ops_text(ops: dict[str, int]) -> str:
-    """"1207 ok, 0 fail, 6 info": how the terminal, the report and the runs index write the totals."""
-    return f"{ops['ok']} ok, {ops['fail']} fail, {ops['info']} info"
-
 
 def send_failures(history) -> dict | None:
     """Why an UNKNOWN run's sends failed, when at least half of the completed sends did not succeed:

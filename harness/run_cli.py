@@ -423,7 +423,7 @@ def _interrupted_history(res: dict, result, phase: str) -> str:
 def totals(res: dict) -> str:
     """The run's totals as the report and the runs index show them (harness.report.client_ops): the checker's
     counts, not the live status line's."""
-    from harness.report import client_ops, client_ops_text
+    from checkers.history import client_ops, client_ops_text
     ops = res.get("client-ops")
     if ops is None and (res.get("stats") or {}).get("by-f") is not None:
         ops = client_ops(res["stats"]["by-f"])

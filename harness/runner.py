@@ -565,7 +565,7 @@ class Runner:
                                              "ops-per-second": round(self.main_ops / self.main_seconds, 1)
                                              if self.main_seconds else 0.0}}
         if results.get("stats"):
-            from harness.report import client_ops   # the run's totals, as the terminal and the report show them
+            from checkers.history import client_ops   # the run's totals, as the terminal and the report show them
             results["client-ops"] = client_ops(results["stats"].get("by-f") or {})
         if results.get("valid") == "unknown":
             from harness.report import send_failures   # an UNKNOWN run says why: the error most sends failed with

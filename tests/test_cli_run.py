@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import client_ops, client_ops_text
+from checkers.history import client_ops, client_ops_text
 
 ACKED = str(Path(sys.executable).parent / "acked")
 
@@ -50,6 +50,11 @@ def test_the_verdict_line_results_json_the_report_and_the_runs_index_show_the_sa
 
     index = (results_dir / "index.html").read_text()
     assert f'title="{terminal}">{ok + fail + info}<' in index
+
+    # and `acked check` of the same history
+    check = subprocess.run([ACKED, "check", str(run_dir / "history.jsonl")], capture_output=True, text=True,
+                           timeout=120)
+    assert f"client ops completed: {terminal}" in check.stdout, check.stdout
 
 
 # ---- Ctrl-C ------------------------------------------------------------------------------------------------------
