@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 
 import pytest
 from confluent_kafka import KafkaException, Producer, TopicPartition, Consumer
@@ -15,6 +14,7 @@ from kio.schema.api_versions.v4.request import ApiVersionsRequest as ApiVersions
 from broker.protocol import SUPPORTED
 from broker.records import build_batch
 from broker_fixtures import RawClient, broker, broker_factory, fetch_request, produce_req  # noqa: F401
+from conftest import wait_until
 
 
 def fetch_req(topic, offset, wait_ms=0, min_bytes=1, partition=0):
@@ -78,21 +78,21 @@ def test_min_insync_replicas_above_isr_refuses_acks_all(broker):
 
 def test_fetch_offsets_long_poll_and_acks0(broker):
     make_topic(broker, "f")
-    c = RawClient(broker.port)
+    make_topic(broker, "f-marker")
+    c = RawClient(broker.port, timeout=120)
     other = RawClient(broker.port)
     assert c.request(fetch_req("f", 5)).responses[0].partitions[0].error_code.value == 1  # OFFSET_OUT_OF_RANGE
-    t0 = time.monotonic()
-    empty = c.request(fetch_req("f", 0, wait_ms=400))
-    assert time.monotonic() - t0 >= 0.35 and empty.responses[0].partitions[0].records in (b"", None)
-    # A waiting fetch returns as soon as data arrives on another connection.
-    c.send_frame(c.encode(fetch_req("f", 0, wait_ms=10000)))
-    time.sleep(0.2)
-    # acks=0: no response at all; the next request's answer is the next frame.
-    other.send_frame(other.encode(produce_req("f", build_batch([b"late"]), acks=0)))
-    t0 = time.monotonic()
-    frame = c.recv_frame()
-    assert time.monotonic() - t0 < 5
-    assert b"late" in frame
+    empty = c.request(fetch_req("f", 0, wait_ms=400))     # nothing to read: answered, empty, at max_wait
+    assert empty.responses[0].partitions[0].records in (b"", None)
+    # A waiting fetch returns as soon as data arrives on another connection: long before its own max_wait.
+    c.send(fetch_req("f", 0, wait_ms=600_000))
+    # Requests on a connection are handled in order, so once a produce sent behind the fetch has landed, the
+    # fetch is parked.  acks=0: no response at all; the next request's answer is the next frame.
+    c.send(produce_req("f-marker", build_batch([b"behind the fetch"]), acks=0))
+    wait_until(lambda: other.request(fetch_req("f-marker", 0)).responses[0].partitions[0].high_watermark == 1,
+               what="the produce behind the parked fetch")
+    other.send(produce_req("f", build_batch([b"late"]), acks=0))
+    assert b"late" in c.recv_frame()
     resp = other.request(ApiVersionsRequest(client_software_name="t", client_software_version="1"))
     assert resp.error_code.value == 0
     c.close()

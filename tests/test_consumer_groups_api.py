@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import struct
-import time
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -29,6 +28,7 @@ from kio.schema.offset_fetch.v8.request import (OffsetFetchRequest as FetchV8, O
 from kio.schema.sync_group.v0.request import SyncGroupRequest as SyncV0, SyncGroupRequestAssignment
 
 from broker_fixtures import RawClient, broker_factory  # noqa: F401
+from conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,9 +171,10 @@ def test_member_that_stops_heartbeating_expires_after_session_timeout(gbroker):
         j = join_v0(c, "expire", session_ms=800)
         c.request(SyncV0(group_id="expire", generation_id=1, member_id=j.member_id, assignments=()))
         assert c.request(DescribeGroupsRequest(groups=("expire",))).groups[0].group_state == "Stable"
-        time.sleep(1.5)
-        d = c.request(DescribeGroupsRequest(groups=("expire",))).groups[0]
-        assert (d.group_state, len(d.members)) == ("Empty", 0)
+        # no heartbeat (DescribeGroups is none): the member is removed once its session timeout passed
+        d = wait_until(lambda: (g := c.request(DescribeGroupsRequest(groups=("expire",))).groups[0])
+                       .group_state == "Empty" and g, 10, what="the silent member's removal")
+        assert len(d.members) == 0
         h = c.request(HeartbeatRequest(group_id="expire", generation_id=1, member_id=j.member_id))
         assert code(h.error_code) == 25  # UNKNOWN_MEMBER_ID: fenced
     finally:
@@ -187,7 +188,8 @@ def test_dropped_connection_with_parked_join_does_not_disturb_the_group(gbroker)
         a.request(SyncV0(group_id="drop", generation_id=1, member_id=first.member_id, assignments=()))
         b.send_frame(b.encode(JoinV0(group_id="drop", session_timeout=5000 * MS, member_id="",
                                      protocol_type="consumer", protocols=(ProtoV0(name="range", metadata=b""),))))
-        time.sleep(0.3)
+        wait_until(lambda: a.request(DescribeGroupsRequest(groups=("drop",))).groups[0].group_state
+                   == "PreparingRebalance", 10, what="the second member's join parked")
         b.close()  # its parked join will be answered into a closed connection
         again = join_v0(a, "drop", member=first.member_id)
         assert code(again.error_code) == 0

@@ -64,6 +64,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # no
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from broker_fixtures import broker_factory, gbroker  # noqa: E402,F401
+from conftest import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -132,14 +133,12 @@ class Children:
         return self._read(self.processed)
 
     def wait(self, cond, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                logs = "\n".join((self.tmp / f"child{i}.log").read_text(errors="replace")[-2000:]
-                                 for i in range(len(self.procs)))
-                raise AssertionError(f"timed out waiting for {what}; received {self.received_offsets()}, "
-                                     f"processed {self.processed_offsets()}\n{logs}")
-            time.sleep(0.05)
+        """wait_until cond(), failing with what the children received and processed, and their logs."""
+        if not wait_until(cond, timeout, 0.05):
+            logs = "\n".join((self.tmp / f"child{i}.log").read_text(errors="replace")[-2000:]
+                             for i in range(len(self.procs)))
+            raise AssertionError(f"timed out waiting for {what}; received {self.received_offsets()}, "
+                                 f"processed {self.processed_offsets()}\n{logs}")
 
 
 @pytest.fixture
@@ -174,10 +173,7 @@ def _killed_before_processing(gbroker, children, commit: str) -> tuple[int, list
     ch.wait(lambda: STALL in ch.received_offsets(), 30, "the consumer to receive the record it stalls on")
     if commit == "auto":
         # let the timer commit what poll returned: past what was processed
-        deadline = time.monotonic() + 10
-        while committed_offset(bs, group, topic) <= STALL:
-            assert time.monotonic() < deadline, "auto-commit did not commit the received records"
-            time.sleep(0.1)
+        ch.wait(lambda: committed_offset(bs, group, topic) > STALL, 10, "auto-commit of the received records")
     else:
         time.sleep(1.0)  # several auto-commit intervals' worth: nothing more may be committed
     at_kill = committed_offset(bs, group, topic)
@@ -212,10 +208,7 @@ def test_auto_commit_consumer_killed_after_processing_before_next_commit_redeliv
     ch = children(group, topic)
     first = ch.start(commit="auto", interval_ms=5000)
     ch.wait(lambda: 9 in ch.processed_offsets(), 30, "the first ten records to be processed")
-    deadline = time.monotonic() + 15
-    while committed_offset(bs, group, topic) != 10:  # the timer's commit
-        assert time.monotonic() < deadline, "auto-commit never committed offset 10"
-        time.sleep(0.05)
+    ch.wait(lambda: committed_offset(bs, group, topic) == 10, 15, "the timer's commit of offset 10")
     # the next timer commit is ~5 s away: produce, process and kill well before it
     produce(bs, topic, 10)
     ch.wait(lambda: 19 in ch.processed_offsets(), 4, "the next ten records to be processed")
@@ -295,19 +288,13 @@ def test_commit_in_revoke_callback_avoids_reprocessing_after_rebalance(gbroker, 
     c2 = None
     try:
         c1.subscribe([topic], on_revoke=on_revoke)
-        deadline = time.monotonic() + 30
-        while len(processed) < 30:
-            assert time.monotonic() < deadline, processed
-            consume(c1)
+        assert wait_until(lambda: consume(c1) or len(processed) >= 30, 30, 0), processed
         # c1 processed all 30 but committed only up to 10 per partition
         assert committed_offset(bs, group, topic, 0) == 10 and committed_offset(bs, group, topic, 1) == 10
         c2 = Consumer(conf)
         c2.subscribe([topic], on_revoke=on_revoke)
-        deadline = time.monotonic() + 30
-        while not (c1.assignment() and c2.assignment()):
-            assert time.monotonic() < deadline, "the second consumer never got a partition"
-            consume(c1)
-            consume(c2)
+        assert wait_until(lambda: consume(c1) or consume(c2) or (c1.assignment() and c2.assignment()), 30, 0), \
+            "the second consumer never got a partition"
         quiet_until = time.monotonic() + 2.0  # let any re-delivery arrive
         while time.monotonic() < quiet_until:
             consume(c1)

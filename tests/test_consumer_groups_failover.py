@@ -18,6 +18,8 @@ from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaExcep
 from confluent_kafka.admin import AdminClient, NewTopic
 from kazoo.client import KazooClient
 
+from conftest import wait_until
+
 pytestmark = pytest.mark.timeout(240)
 
 TOPIC, GROUP, PARTITIONS = "fo", "fo-group", 3
@@ -37,16 +39,6 @@ def offsets_leader(zk: KazooClient) -> dict | None:
     if zk.exists(path) is None:
         return None
     return json.loads(zk.get(path)[0])
-
-
-def wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Member:
@@ -137,7 +129,7 @@ def test_sigkill_of_the_coordinator_group_reforms_and_no_committed_offset_goes_b
 
         assert step_all(60, lambda: all(acked.get(p) == 20 for p in range(PARTITIONS))), \
             f"the group did not commit everything before the kill: {acked}"
-        state = wait(lambda: offsets_leader(zk), 10, "the state of __consumer_offsets-0")
+        state = wait_until(lambda: offsets_leader(zk), 10, what="the state of __consumer_offsets-0")
         coordinator = state["leader"]
         assert set(state["isr"]) == {1, 2, 3}, state
         before = dict(acked)
@@ -145,8 +137,8 @@ def test_sigkill_of_the_coordinator_group_reforms_and_no_committed_offset_goes_b
 
         node = next(n for n in cluster.nodes if n.broker_id == coordinator)
         cluster.stop_broker(node, "KILL")
-        new = wait(lambda: (s := offsets_leader(zk)) and s["leader"] not in (-1, coordinator) and s, 30,
-                   "a new leader of __consumer_offsets-0")
+        new = wait_until(lambda: (s := offsets_leader(zk)) and s["leader"] not in (-1, coordinator) and s, 30,
+                         what="a new leader of __consumer_offsets-0")
         assert new["leader_epoch"] > state["leader_epoch"]
 
         # right after the failover the new coordinator has every acknowledged commit
@@ -224,9 +216,10 @@ def test_commit_is_answered_only_once_the_isr_has_it(local_cluster_factory, min_
         admin.create_topics([NewTopic(TOPIC, 1, 3)])[TOPIC].result(15)
         anyone = RawClient(cluster.broker_ports[cluster.nodes[0].name])
         clients.append(anyone)
-        found = wait(lambda: (r := anyone.request(FindCoordinatorRequest(key="raw-group"))).error_code.value == 0 and r,
-                     30, "a coordinator for the group")
-        state = wait(lambda: (s := offsets_leader(zk)) and len(s["isr"]) == 3 and s, 30, "an in-sync offsets partition")
+        found = wait_until(lambda: (r := anyone.request(FindCoordinatorRequest(key="raw-group"))).error_code.value == 0
+                           and r, 30, what="a coordinator for the group")
+        state = wait_until(lambda: (s := offsets_leader(zk)) and len(s["isr"]) == 3 and s, 30,
+                           what="an in-sync offsets partition")
         assert found.node_id == state["leader"]
         coord = RawClient(found.port)
         clients.append(coord)
@@ -249,16 +242,16 @@ def test_commit_is_answered_only_once_the_isr_has_it(local_cluster_factory, min_
         for b in stopped:
             assert nodes[b].signal("broker", "CONT")
         stopped = []
-        wait(lambda: len(offsets_leader(zk)["isr"]) == 3, 30, "the followers back in the ISR")
+        wait_until(lambda: len(offsets_leader(zk)["isr"]) == 3, 30, what="the followers back in the ISR")
         assert _raw_commit(coord, 12) == 0 and _raw_fetch(coord) == 12
 
         # and the next coordinator has it
         cluster.stop_broker(nodes[state["leader"]], "KILL")
-        new = wait(lambda: (s := offsets_leader(zk)) and s["leader"] not in (-1, state["leader"]) and s, 30,
-                   "a new leader of __consumer_offsets-0")
+        new = wait_until(lambda: (s := offsets_leader(zk)) and s["leader"] not in (-1, state["leader"]) and s, 30,
+                         what="a new leader of __consumer_offsets-0")
         successor = RawClient(cluster.broker_ports[nodes[new["leader"]].name])
         clients.append(successor)
-        assert wait(lambda: _raw_fetch(successor) == 12, 15, "the new coordinator to serve offset 12")
+        assert wait_until(lambda: _raw_fetch(successor) == 12, 15, what="the new coordinator to serve offset 12")
     finally:
         for b in stopped:
             nodes[b].signal("broker", "CONT")
