@@ -265,6 +265,8 @@ class ZkBroker:
         self._settled: set[str] = set()
         self._watched_topics: set[str] = set()
         self._watched_partitions: set[TP] = set()
+        #: partitions whose state change could not be delivered (ZooKeeper dropped mid-callback): re-read
+        self._resync_pending: set[TP] = set()
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -401,6 +403,8 @@ class ZkBroker:
                 if "connected" in events and self.zk.exists(f"{BROKER_IDS}/{self.broker_id}") is None:
                     self.register(timeout=60)
                 if self.zk.state == KazooState.CONNECTED:
+                    if self._resync_pending:
+                        self._resync()
                     self._try_elect()
                     if self.is_controller:
                         # Only new topics: their partitions need first states, nothing else changed.
@@ -604,6 +608,38 @@ class ZkBroker:
         return watcher
 
     def _on_state(self, topic: str, p: int, data, stat) -> bool | None:
+        """A partition's state changed (kazoo's DataWatch). This callback reads ZooKeeper too (does the topic
+        still exist, its replicas): when the connection drops in between, the state must still reach the
+        broker and the watch must live on. An exception escaping here lost both: a broker that the controller
+        had just elected never learned it (a partition stayed leaderless for the rest of a run under
+        partitions, its acknowledged record unreadable). So a failure queues the partition for a re-read by
+        the worker thread once connected (`_resync`)."""
+        try:
+            return self._deliver_state(topic, p, data, stat)
+        except Exception as exc:  # noqa: BLE001 -- ZooKeeper trouble: re-read the state when connected again
+            log.warning("%s-%d: state change not delivered (%s: %s); re-reading it when connected",
+                        topic, p, type(exc).__name__, exc)
+            with self._lock:
+                self._resync_pending.add((topic, p))
+            self._events.put("resync")
+            return None
+
+    def _resync(self) -> None:
+        """Deliver the states whose watch callback failed: read each again (the worker thread, connected)."""
+        with self._lock:
+            pending, self._resync_pending = self._resync_pending, set()
+        for topic, p in sorted(pending):
+            try:
+                data, stat = self.zk.get(state_path(topic, p))
+            except NoNodeError:
+                data, stat = None, None
+            except Exception:
+                with self._lock:
+                    self._resync_pending.add((topic, p))
+                raise
+            self._on_state(topic, p, data, stat)
+
+    def _deliver_state(self, topic: str, p: int, data, stat) -> bool | None:
         if data is None and stat is None and self.zk.exists(topic_path(topic)) is None:
             with self._lock:
                 self._watched_partitions.discard((topic, p))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import ConnectionLoss, NoNodeError
 
 from broker.controller import (
     CONTROLLER, CONTROLLER_EPOCH, PartitionState, StateWrite, ZkBroker, state_path,
@@ -347,3 +347,31 @@ def test_a_restarted_broker_whose_session_expires_while_it_waits_for_its_old_nod
     finally:
         started.join(30)
         b.stop()
+
+
+def test_a_state_change_whose_delivery_loses_the_zookeeper_connection_still_reaches_the_broker(brokers, zk_client):
+    """Seen in a nightly run under partitions: the broker the controller had just elected lost its ZooKeeper
+    connection inside the state watch's callback (it reads the topic's replicas there), the exception escaped
+    into kazoo, and the broker never learned it led: the partition stayed leaderless to the end of the run.
+    Here the read fails once, as it did, on a real ZooKeeper."""
+    seen2 = []
+    b1 = brokers(1)
+    b2 = brokers(2, seen=seen2)
+    real = b2.topic_assignment
+    failures = []
+
+    def flaky(topic):
+        if not failures:
+            failures.append(topic)
+            raise ConnectionLoss()
+        return real(topic)
+    b2.topic_assignment = flaky
+    b1.create_topic("t", {0: [2, 1]}, {})
+    assert wait_until(lambda: any(vs is not None and vs.state.leader == 2 for _, _, vs, _ in seen2), 15,
+                      what="broker 2 learns it leads t-0")
+    assert failures == ["t"]
+    # and the watch lives on: the next change reaches the broker too
+    current = b1.partition_state("t", 0)
+    b2.write_isr("t", 0, current, (2,))
+    assert wait_until(lambda: any(vs is not None and vs.state.isr == (2,) for _, _, vs, _ in seen2), 15,
+                      what="broker 2 sees the ISR it wrote")
