@@ -444,10 +444,16 @@ def test_completed_drain_makes_unseen_invalid():
     assert "history-cut" not in res and "unseen" not in res["allowed-anomalies"]
 
 
-@pytest.mark.parametrize("stopped", ["log-end", "time-limit"])
-def test_a_drain_that_stopped_short_still_completed(stopped):
-    res = unseen_tail().run_done(stopped).check()
+def test_a_drain_that_found_the_logs_ended_short_completed():
+    res = unseen_tail().run_done("log-end").check()
     assert res["valid"] is False and res["bad-anomaly-types"] == ["unseen"]
+
+
+def test_a_drain_that_ran_out_of_time_did_not_complete_so_unseen_values_are_unknown():
+    """The drain gave up with keys short of their ends while the logs went on: what it did not read may be
+    there (a nightly run's drain could not read a partition left without a leader)."""
+    res = unseen_tail().run_done("time-limit").check()
+    assert res["valid"] == "unknown" and res["history-cut"] is True and res["bad-anomaly-types"] == []
 
 
 def test_cut_history_with_a_lost_write_is_invalid():
