@@ -157,12 +157,35 @@ def _covering_read(fold, k, o):
 
 # -- per process: the order of reads and sends ----------------------------------------------------------------
 
+def _resolved(fold, steps, scope):
+    """The steps of one scope with both offsets known, each with a note for its explanation. An offset a send
+    did not report is the one where the version order holds its value (a poll returned it there), as Jepsen
+    ranks values in its version order; a step with an offset still unknown says nothing."""
+    for sc, k, o1, o2, ops, v1, v2, p in steps:
+        if sc != scope:
+            continue
+        note = ""
+        if o1 is None or o2 is None:
+            inferred = []
+            if o1 is None:
+                o1 = fold.offset_of(k, v1)
+                inferred.append((v1, o1))
+            if o2 is None:
+                o2 = fold.offset_of(k, v2)
+                inferred.append((v2, o2))
+            if o1 is None or o2 is None:
+                continue
+            note = " (" + "; ".join(f"{v!r} is at offset {o} in the version order: its send reported no offset"
+                                    for v, o in inferred) + ")"
+        yield (sc, k, o1, o2, ops, v1, v2, p), note
+
+
 def _skips(fold, steps, scope):
     """Steps of one scope that jump over known offsets: (step, skipped offsets, the record's common fields,
-    the skipped records as text)."""
-    for step in steps:
-        sc, k, o1, o2, ops = step[:5]
-        if sc != scope or o2 <= o1 + 1:
+    the skipped records as text, note)."""
+    for step, note in _resolved(fold, steps, scope):
+        _, k, o1, o2, ops = step[:5]
+        if o2 <= o1 + 1:
             continue
         so = fold.sorted_offsets(k)
         lo = bisect_right(so, o1)
@@ -174,46 +197,46 @@ def _skips(fold, steps, scope):
         shown = ", ".join(f"{log[o]!r}@{o}" for o in skipped[:8]) + (" ..." if len(skipped) > 8 else "")
         rec = {"key": k, "offsets": [o1, o2], "skipped-offsets": skipped[:32],
                "skipped-values": [log[o] for o in skipped[:32]], "delta": hi - lo + 1, "ops": list(ops)}
-        yield step, skipped, rec, shown
+        yield step, skipped, rec, shown, note
 
 
-def _backwards(steps, scope):
-    """Steps of one scope that go back or repeat an offset."""
-    for step in steps:
-        if step[0] == scope and step[3] <= step[2]:
-            yield step
+def _backwards(fold, steps, scope):
+    """Steps of one scope that go back or repeat an offset, each with its note."""
+    for step, note in _resolved(fold, steps, scope):
+        if step[3] <= step[2]:
+            yield step, note
 
 
 def _skip_cases(steps, fold, scope, kind, explanation, values=False):
     """Records of the steps of one scope that jump over known offsets; explanation: a template of the step's
     fields (k, o1, o2, ops, v1, v2), the number of skipped records n and the skipped records `shown`."""
-    for (_, k, o1, o2, ops, v1, v2, _), skipped, rec, shown in _skips(fold, steps, scope):
+    for (_, k, o1, o2, ops, v1, v2, _), skipped, rec, shown, note in _skips(fold, steps, scope):
         if values:
             rec["values"] = [v1, v2]
         rec["explanation"] = explanation.format(k=k, o1=o1, o2=o2, ops=ops, v1=v1, v2=v2, n=len(skipped),
-                                                shown=shown)
+                                                shown=shown) + note
         yield kind, rec
 
 
-def _int_backwards_cases(steps, scope, kind, explanation):
+def _int_backwards_cases(fold, steps, scope, kind, explanation):
     """Records of the steps inside one op that go back or repeat an offset."""
-    for _, k, o1, o2, (idx,), v1, v2, _ in _backwards(steps, scope):
+    for (_, k, o1, o2, (idx,), v1, v2, _), note in _backwards(fold, steps, scope):
         yield kind, {"key": k, "values": [v1, v2], "offsets": [o1, o2], "ops": [idx],
-                     "explanation": explanation.format(k=k, o1=o1, o2=o2, idx=idx, v1=v1, v2=v2)}
+                     "explanation": explanation.format(k=k, o1=o1, o2=o2, idx=idx, v1=v1, v2=v2) + note}
 
 
 def poll_skip_cases(fold):
     return _skip_cases(fold.read_steps, fold, "poll", "poll-skip",
-                       "op {ops[0]} read key {k} up to offset {o1}; the same process's next poll, op {ops[1]}, "
-                       "started at offset {o2}, skipping {n} known record(s): {shown}.")
+                       "op {ops[0]} read key {k} up to offset {o1}; the same process's next poll from there, "
+                       "op {ops[1]}, started at offset {o2}, skipping {n} known record(s): {shown}.")
 
 
 def nonmonotonic_poll_cases(fold):
-    for _, k, o1, o2, (op1, idx), v1, _, p in _backwards(fold.read_steps, "poll"):
+    for (_, k, o1, o2, (op1, idx), v1, _, p), _ in _backwards(fold, fold.read_steps, "poll"):
         yield "nonmonotonic-poll", {
             "key": k, "offsets": [o1, o2], "process": p, "ops": [op1, idx],
             "explanation": f"process {p} read key {k} up to offset {o1} ({v1!r}) in op {op1}; its "
-                           f"next poll, op {idx}, started at offset {o2}: the consumer went "
+                           f"next poll from there, op {idx}, started at offset {o2}: the consumer went "
                            "backwards without an assign or subscribe in between."}
 
 
@@ -224,17 +247,17 @@ def int_poll_skip_cases(fold):
 
 
 def int_nonmonotonic_poll_cases(fold):
-    return _int_backwards_cases(fold.read_steps, "int-poll", "int-nonmonotonic-poll",
+    return _int_backwards_cases(fold, fold.read_steps, "int-poll", "int-nonmonotonic-poll",
                                 "op {idx} read {v1!r} at offset {o1} of key {k} and then {v2!r} at offset {o2}: "
                                 "inside one poll the consumer went backwards (or repeated an offset).")
 
 
 def nonmonotonic_send_cases(fold):
-    for _, k, o1, o2, (op1, idx), v1, v2, p in _backwards(fold.send_steps, "send"):
+    for (_, k, o1, o2, (op1, idx), v1, v2, p), note in _backwards(fold, fold.send_steps, "send"):
         yield "nonmonotonic-send", {
             "key": k, "values": [v1, v2], "offsets": [o1, o2], "process": p, "ops": [op1, idx],
             "explanation": f"process {p} sent {v1!r} to key {k} at offset {o1} (op {op1}), then its later op "
-                           f"{idx} sent {v2!r} which landed at offset {o2}, not after it."}
+                           f"{idx} sent {v2!r} which landed at offset {o2}, not after it.{note}"}
 
 
 def int_send_skip_cases(fold):
@@ -244,7 +267,7 @@ def int_send_skip_cases(fold):
 
 
 def int_nonmonotonic_send_cases(fold):
-    return _int_backwards_cases(fold.send_steps, "int-send", "int-nonmonotonic-send",
+    return _int_backwards_cases(fold, fold.send_steps, "int-send", "int-nonmonotonic-send",
                                 "op {idx} sent {v1!r} then {v2!r} to key {k}, but they landed at offsets {o1} then "
                                 "{o2}: the second send is not after the first in the log.")
 

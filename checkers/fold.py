@@ -39,6 +39,7 @@ _COMPLETIONS = frozenset(("ok", "fail", "info"))
 _MALFORMED = (TypeError, ValueError, AttributeError, IndexError, KeyError)
 
 _UNSET = object()
+_NO_READS: dict = {}  # shared, never changed: the reads of a graph vertex that polled nothing
 _decode_ok_poll = msgspec.json.Decoder(
     tuple[tuple[Literal["poll"], dict[str, list[tuple[int, int | str]]]]]).decode
 _decode_ok_send = msgspec.json.Decoder(tuple[tuple[Literal["send"], str, tuple[int, int | str]]]).decode
@@ -157,6 +158,16 @@ class KeyIndex:
         self.voff = voff
         self.dups = {v: sorted(offs) for v, offs in where.items()} or None
 
+    def below_acked_max(self, o, op, v) -> bool:
+        """Op `op` acknowledged value v at offset o: raise the highest acknowledged offset, or say whether o
+        is below it (then the offset order in real time is to be checked)."""
+        am = self.acked_max
+        if am is None or o > am[0]:
+            self.acked_max = am = (o, op, v)
+            self.am_hist.append(am)
+            return False
+        return o < am[0]
+
     def writer(self, v):
         """The op that sent value v (ok, else info, else failed), or None."""
         for d in (self.acked, self.info, self.failed):
@@ -191,7 +202,7 @@ class Fold:
         self.stats = StatsCollector()
         self.n_events = 0
         self.any_ok_read = False
-        self.last_time = None
+        self.last_time = None  # time of the last completion; its state is sampled at the next one or at close
         self.run_done = None   # type of the harness's run op completion (None: not seen)
         self._sorted_offsets = {}
 
@@ -214,6 +225,15 @@ class Fold:
     def writer_of(self, k, v):
         ks = self.keys.get(k)
         return None if ks is None else ks.writer(v)
+
+    def offset_of(self, k, v):
+        """The offset where the version order holds value v of key k (its lowest), or None."""
+        ks = self.keys.get(k)
+        if ks is None:
+            return None
+        if ks.voff is None:  # the parent of a two-process check indexes the child's log on demand
+            ks.index_values()
+        return ks.voff.get(v)
 
     def sorted_offsets(self, k) -> list:
         """The known offsets of key k, sorted (computed once, after the pass)."""
@@ -292,6 +312,8 @@ class HistoryPass:
         stats = fold.stats
         sample = stats.sample
         next_sample = self.next_sample
+        # The last completion's time: its state is sampled when the next completion comes (or at close).
+        due = fold.last_time if fold.last_time is not None else -1
         fold_poll = self._fold_poll
         fold_ok_send = self._fold_ok_send
         general = self._general_completion
@@ -325,10 +347,11 @@ class HistoryPass:
                         problems.append((lineno, f"completion of process {p} has no invocation"))
                     inv = (None, None, f, None, None)
                 lats.append(-1 if inv[1] is None else time - inv[1])
+            if due >= next_sample:
+                sample(due, keys)
+                next_sample = due + SAMPLE_NS
+            due = time
             times.append(time)
-            if time >= next_sample:
-                sample(time, keys)
-                next_sample = time + SAMPLE_NS
             if t != "ok" or (f != "send" and f != "poll"):
                 self._other_completion(lineno, ev, t, p, f, inv, kinds, times, lats)
             elif f == "send":
@@ -366,9 +389,10 @@ class HistoryPass:
         if events:
             fold.n_events = events[-1].index + 1
         self.next_sample = next_sample
+        if due != -1:
+            fold.last_time = due
         if times:
             stats.add_block(kinds, times, lats)
-            fold.last_time = times[-1]
 
     def _other_completion(self, lineno, ev, t, p, f, inv, kinds, times, lats):
         """The fast path's rarer completions: fail, info, assign, crash, nemesis and the harness's run op."""
@@ -443,21 +467,18 @@ class HistoryPass:
                 inv = (None, None, f, None, None)
             elif type(inv) is Event:  # invoked in a block the fast path folded
                 inv = _inv_tuple(inv)
+            if time is not None:  # the previous completion's state is sampled now, after it was folded
+                if last_time is not None and last_time >= next_sample:
+                    st.sample(last_time, keys)
+                    next_sample = last_time + SAMPLE_NS
+                last_time = time
             if p == HARNESS:  # as the fast path: sampled, not counted
                 self._harness_completion(t, f)
-                if time is not None and time >= next_sample:
-                    st.sample(time, keys)
-                    next_sample = time + SAMPLE_NS
                 continue
             if counts_stats:
                 kind_append(kind_index(f, t))
                 tdone_append(-1 if time is None else time)
                 lat_append(-1 if time is None or inv[1] is None else time - inv[1])
-            if time is not None:
-                last_time = time
-                if time >= next_sample:
-                    st.sample(time, keys)
-                    next_sample = time + SAMPLE_NS
             if f == "poll" or f == "send":
                 value = ev.get("value")
                 if value is None:
@@ -518,8 +539,8 @@ class HistoryPass:
     def _send_one(self, idx, p, mop, inv):
         """An ok send of a single record."""
         k, o, v = _send_parts(mop)
-        if o is None:
-            self.fold.acked(k, v, idx)
+        if o is None:  # no offset reported: its place in the process's send order is inferred at the end
+            self._order_ok_send(self.fold.acked(k, v, idx), idx, p, k, o, v, inv)
         else:
             self._fold_ok_send(idx, p, k, o, v, inv)
 
@@ -596,29 +617,28 @@ class HistoryPass:
         self._order_ok_send(ks, idx, p, k, o, v, inv)
 
     def _order_ok_send(self, ks, idx, p, k, o, v, inv):
-        self._raise_acked_max(ks, k, o, v, idx, inv)
+        """An ok single-record send in the key's offset order and in its process's send order."""
+        if o is not None and ks.below_acked_max(o, idx, v):
+            self._below_acked_max(ks, k, o, v, idx, inv)
+        self._send_position(idx, p, k, o, v)
+
+    def _send_position(self, idx, p, k, o, v):
+        """This send against the process's previous send to key k: a step unless it is known to land after it
+        (an offset not reported is inferred at the end, from where a poll returned the value)."""
         send_pos = self.fold.send_pos
         ps = send_pos.get(p)
         if ps is None:
             ps = send_pos[p] = {}
         prev = ps.get(k)
-        if prev is not None and o <= prev[0]:
-            self._send_step("send", k, prev[0], o, (prev[1], idx), prev[2], v, p)
+        if prev is not None:
+            po = prev[0]
+            if o is None or po is None or o <= po:
+                self._send_step("send", k, po, o, (prev[1], idx), prev[2], v, p)
         ps[k] = (o, idx, v)
 
-    def _raise_acked_max(self, ks, k, o, v, idx, inv):
-        """Track the key's highest acknowledged offset; an ok send below the one acknowledged before it
-        was invoked is an offset-order-realtime finding."""
-        am = ks.acked_max
-        if am is None or o > am[0]:
-            ks.acked_max = am = (o, idx, v)
-            ks.am_hist.append(am)
-        elif o < am[0]:
-            self._below_acked_max(ks, k, o, v, idx, inv)
-
     def _below_acked_max(self, ks, k, o, v, idx, inv):
-        """o is below the key's highest acknowledged offset: was that one acknowledged before this send
-        was invoked (offset-order-realtime)?"""
+        """An ok send at o, below the key's highest acknowledged offset: was that one acknowledged before
+        this send was invoked (offset-order-realtime)?"""
         inv_idx = _inv_tuple(inv)[0]
         if inv_idx is None:
             return
@@ -628,61 +648,70 @@ class HistoryPass:
 
     # -- everything else: ops of several micro-ops, odd shapes, fail and info ----
     def _client_op(self, idx, t, p, f, value, inv, ev):
-        txn_on = self.collect_txn or f == "txn"
-        writes = {} if txn_on else None  # k -> [values], for the dependency graph
+        # Dependency graph vertices (checkers/txn.py): with --txn every op; else the ops that can close a
+        # cycle by themselves: txns and ops of several micro-ops. Only a txn's own writes are kept
+        # (precommitted-read); the graph's edges come from the key indexes.
+        txn = self.collect_txn or f == "txn"
+        txn_on = txn or len(value) > 1
+        writes = {} if txn else None  # k -> [values]
         reads = {}       # k -> [first offset, last offset, last value, values (for the graph) or None]
         last_send = {}   # k -> (offset, value) of this op's previous send to k
+        if f == "send":  # sends only (a micro-op of another kind is malformed, found by _send_parts)
+            self._op_sends(idx, t, p, value, inv, writes, last_send)
+            value = ()
         for mop in value:
             mf = mop[0]
             if mf == "send":
-                self._op_send(idx, t, p, mop, inv, writes, last_send)
+                self._op_sends(idx, t, p, (mop,), inv, writes, last_send)
             elif mf == "poll":
                 if len(mop) >= 2 and mop[1]:  # an invocation's ["poll"] returned nothing
                     self._op_poll(idx, t == "ok", mop[1], ev, reads, txn_on)
             else:
                 raise ValueError(f"unknown micro-op {mf!r}")
-        if reads and t == "ok":
-            self._poll_order(p, idx, reads)
-        if txn_on and (writes or reads):
+        if reads:
+            self._poll_order(p, idx, reads, t == "ok")
+        if txn_on and (writes or reads or last_send):
             self.fold.txn_ops.append((idx, p, inv[0], t, writes,
-                                      {k: r[3] for k, r in reads.items() if r[3] is not None}))
+                                      {k: r[3] for k, r in reads.items() if r[3] is not None} if reads else _NO_READS))
 
-    def _op_send(self, idx, t, p, mop, inv, writes, last_send):
-        k, o, v = _send_parts(mop)
-        ks = self.fold.key(k)
-        if writes is not None:
-            writes.setdefault(k, []).append(v)
-        if t == "fail":
-            ks.failed[v] = idx
-            return
-        if t == "ok":
-            ks.acked[v] = idx
-            if v not in ks.read:
-                ks.unseen.add(v)
-            if o is not None:
-                ks.place(o, v, idx)
-                self._raise_acked_max(ks, k, o, v, idx, inv)
-        else:  # info: committed only if a read proves it; decided at the end
-            ks.info[v] = idx
-            self._info_pending(idx, k, o, v)
-        if o is not None:
-            self._op_send_order(idx, p, k, o, v, last_send)
-
-    def _op_send_order(self, idx, p, k, o, v, last_send):
-        """Order of this process's sends (ok and info) to key k, inside the op and across ops."""
-        ps = self.fold.send_pos.get(p)
-        if ps is None:
-            ps = self.fold.send_pos[p] = {}
-        lo = last_send.get(k)
-        if lo is not None:
-            if o <= lo[0] or o > lo[0] + 1:
-                self._send_step("int-send", k, lo[0], o, (idx,), lo[1], v, p)
-        else:
-            prev = ps.get(k)
-            if prev is not None and o <= prev[0]:
-                self._send_step("send", k, prev[0], o, (prev[1], idx), prev[2], v, p)
-        last_send[k] = (o, v)
-        ps[k] = (o, idx, v)
+    def _op_sends(self, idx, t, p, mops, inv, writes, last_send):
+        """Send micro-ops of an op (all of a send op's at once): acknowledged, failed or indeterminate;
+        version order; the order of this process's sends to each key (ok and info): the op's first send to
+        a key against the process's previous one, each later one against the op's previous send to it. A
+        send without an offset takes part too: its offset is inferred at the end from the reads (Jepsen's
+        version order)."""
+        keys = self.fold.keys
+        ok = t == "ok"
+        for mop in mops:
+            k, o, v = _send_parts(mop)
+            ks = keys.get(k)
+            if ks is None:
+                ks = keys[k] = KeyIndex()
+            if writes is not None:
+                writes.setdefault(k, []).append(v)
+            if t == "fail":
+                ks.failed[v] = idx
+                continue
+            if ok:
+                ks.acked[v] = idx
+                if v not in ks.read:
+                    ks.unseen.add(v)
+                if o is not None:
+                    ks.place(o, v, idx)
+                    if ks.below_acked_max(o, idx, v):
+                        self._below_acked_max(ks, k, o, v, idx, inv)
+            else:  # info: committed only if a read proves it; decided at the end
+                ks.info[v] = idx
+                self._info_pending(idx, k, o, v)
+            lo = last_send.get(k)
+            last_send[k] = (o, v)
+            if lo is None:
+                self._send_position(idx, p, k, o, v)
+                continue
+            lo_o = lo[0]
+            if o is None or lo_o is None or o <= lo_o or o > lo_o + 1:
+                self._send_step("int-send", k, lo_o, o, (idx,), lo[1], v, p)
+            self.fold.send_pos[p][k] = (o, idx, v)
 
     def _send_step(self, scope, k, o1, o2, ops, v1, v2, p):
         self.fold.send_steps.append((scope, k, o1, o2, ops, v1, v2, p))
@@ -791,10 +820,15 @@ class HistoryPass:
         if o2 <= o1 or o2 > o1 + 1:
             self.fold.read_steps.append(("int-poll", k, o1, o2, (idx,), v1, v2, None))
 
-    def _poll_order(self, p, idx, reads):
+    def _poll_order(self, p, idx, reads, moves):
+        """Where this op's reads of each key start, against where the process's last ok poll of the key
+        ended. Only an ok poll moves that position: the reads of a failed or crashed poll are rolled back,
+        yet they must continue from it too (Jepsen's poll-skip+nonmonotonic-cases)."""
         rp = self.fold.read_pos
         pr = rp.get(p)
         if pr is None:
+            if not moves:
+                return
             pr = rp[p] = {}
         for k, (first_o, last_o, last_v, _) in reads.items():
             if first_o is None:
@@ -802,7 +836,8 @@ class HistoryPass:
             prev = pr.get(k)
             if prev is not None:
                 self._poll_step(p, k, prev, first_o, idx)
-            pr[k] = (last_o, idx, last_v)
+            if moves:
+                pr[k] = (last_o, idx, last_v)
 
     def _poll_step(self, p, k, prev, first_o, idx):
         """A poll's first offset of k against where this process's last poll of k ended."""

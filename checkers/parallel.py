@@ -53,17 +53,12 @@ class ProcessHalf(QueueChecker):
         if not polled:
             return
         fold = self.fold
-        keys = fold.keys
-        pr = fold.read_pos.get(p)
-        if pr is None:
-            pr = fold.read_pos[p] = {}
+        pr = fold.read_pos.setdefault(p, {})
         for k, pairs in polled.items():
             n = len(pairs)
             if not n:
                 continue
-            ks = keys.get(k)
-            if ks is None:
-                ks = keys[k] = KeyIndex()
+            ks = fold.key(k)
             o0 = pairs[0][0]
             ol, lv = pairs[-1]
             if type(o0) is not int or type(ol) is not int or (n > 1 and [x[0] for x in pairs] != list(range(o0, o0 + n))):
@@ -80,8 +75,7 @@ class ProcessHalf(QueueChecker):
 
     def _send_one(self, idx, p, mop, inv):
         k, o, v = _send_parts(mop)
-        if o is not None:
-            self._order_ok_send(self.fold.key(k), idx, p, k, o, v, inv)
+        self._order_ok_send(self.fold.key(k), idx, p, k, o, v, inv)
 
 
 def check_path_parallel(path, opts: dict, open_history) -> dict:
@@ -101,7 +95,7 @@ def check_path_parallel(path, opts: dict, open_history) -> dict:
                 "anoms": chk.anoms,
                 "counts": chk.counts,
                 "lost": list(lost_writes(fold)),
-                "logs": {k: ks.log for k, ks in fold.keys.items()},
+                "logs": {k: (ks.log, ks.conflicts) for k, ks in fold.keys.items()},
                 "totals": _totals(fold),
                 "unseen-samples": [u for _, u, _ in fold.stats.samples],
             }
@@ -126,8 +120,9 @@ def check_path_parallel(path, opts: dict, open_history) -> dict:
         raise RuntimeError("the per-key half of the check failed:\n" + payload["error"])
     fold = chk.fold
     # The parent's keys know only offsets progress; take the version order from the child.
-    for k, log in payload["logs"].items():
-        fold.keys.setdefault(k, KeyIndex()).log = log
+    for k, (log, conflicts) in payload["logs"].items():
+        ks = fold.keys.setdefault(k, KeyIndex())
+        ks.log, ks.conflicts = log, conflicts
     if fold.last_time is not None:
         fold.stats.sample(fold.last_time, fold.keys)
     chk.anoms = payload["anoms"]

@@ -1,33 +1,37 @@
 """Transactional anomalies: precommitted reads and dependency cycles (G0, G1c).
 
-Ops (send, poll and txn completions that are ok or info) are vertices. Edges:
+Jepsen's counterparts are precommitted-read-cases and cycles! in jepsen.tests.kafka, which hand Elle a graph
+of ww and wr edges plus Elle's realtime graph. Here the vertices are the ops the fold collected (txn ops and
+ops of several micro-ops; every op with --txn), completed ok or info. Edges:
 
 - wr: op A sent value v to key k and op B polled v from k (B != A);
 - ww (only with ww-deps): A sent v1 and B sent v2, the next value after v1 in
-  k's offset order;
-- process: A and B ran on the same process, A first;
-- realtime: A completed before B was invoked (transitively reduced).
+  k's offset order that a vertex sent (values of other ops in between are
+  passed over: the order is transitive);
+- process: A and B completed ok on the same process, A first (Elle's process graph);
+- realtime: A completed ok before B was invoked (transitively reduced; an info
+  op never completes, so it precedes nothing, as in Elle's realtime graph).
 
-A cycle of ww edges alone is G0; one that needs a wr edge is G1c. A cycle that
-also needs process (realtime) edges gets the -process (-realtime) suffix, as
-in Elle. One cycle per strongly connected component and kind is reported,
-step by step.
+Process and realtime edges point forward in time, so every cycle needs a ww or
+wr edge: only ops with one of those become vertices, and without any there is
+no graph to build. A cycle of ww edges alone is G0; one that needs a wr edge is
+G1c. A cycle that also needs process (realtime) edges gets the -process
+(-realtime) suffix, as in Elle. One cycle per strongly connected component and
+kind is reported, step by step.
 """
 from __future__ import annotations
 
 from collections import deque
 
-import networkx as nx
-
 MAX_COMPONENTS = 100
 _PREFERENCE = ("ww", "wr", "process", "realtime")
 
 
-def analyse_txns(chk):
+def analyse_txns(fold):
     out = []
-    ops = [o for o in chk.txn_ops if o[3] in ("ok", "info")]
-    out.extend(_precommitted(ops))
-    out.extend(_cycles(chk, ops))
+    # A consumer must never see uncommitted records, whatever becomes of its own transaction: every outcome.
+    out.extend(_precommitted([o for o in fold.txn_ops if o[4] and o[5]]))
+    out.extend(_cycles(fold, [o for o in fold.txn_ops if o[3] in ("ok", "info")]))
     return out
 
 
@@ -47,10 +51,13 @@ def _precommitted(ops):
                                    "not committed."}
 
 
-def _graph(chk, ops):
+def _graph(fold, ops):
+    """The dependency graph, or None when no ww or wr edge exists (then no cycle can)."""
+    if not fold.opts["ww-deps"] and not any(o[5] for o in ops):
+        return None  # nothing read and no ww edges: no edge to start a cycle
+    import networkx as nx  # only histories with a graph to build pay for the import
     g = nx.DiGraph()
     nodes = {o[0] for o in ops}
-    g.add_nodes_from(nodes)
 
     def link(a, b, kind, data):
         if a == b:
@@ -63,32 +70,28 @@ def _graph(chk, ops):
     for idx, p, inv, t, writes, reads in ops:
         for k, vs in reads.items():
             for v in vs:
-                w = chk.writer_of(k, v)
+                w = fold.writer_of(k, v)
                 if w is not None and w in nodes:
                     link(w, idx, "wr", {"key": k, "value": v})
-    if chk.opts["ww-deps"]:
-        for k, ks in chk.keys.items():
-            prev = None
-            for o in sorted(ks.log):
-                v = ks.log[o]
-                w = chk.writer_of(k, v)
-                if w is None or w not in nodes:
-                    prev = None
-                    continue
-                if prev is not None and prev[0] != w:
-                    link(prev[0], w, "ww", {"key": k, "value": prev[1], "value'": v})
-                prev = (w, v)
+    if fold.opts["ww-deps"]:
+        _ww_edges(fold, nodes, link)
+    if not g.number_of_edges():
+        return None
+    ops = [o for o in ops if o[0] in g]  # only ops with a ww or wr edge can be on a cycle
     last_of = {}
     for idx, p, inv, t, writes, reads in sorted(ops):
+        if t != "ok":
+            continue
         if p in last_of:
             link(last_of[p], idx, "process", {"process": p})
         last_of[p] = idx
     # Realtime order, transitively reduced: on invoke, the predecessors are
-    # the ops completed so far that no later completion has superseded.
+    # the ops completed ok so far that no later completion has superseded.
     events = []
     for idx, p, inv, t, writes, reads in ops:
         events.append((inv if inv is not None else idx, 0, idx))
-        events.append((idx, 1, idx))
+        if t == "ok":
+            events.append((idx, 1, idx))
     events.sort()
     frontier, preds = set(), {}
     for _, kind, op in events:
@@ -103,10 +106,31 @@ def _graph(chk, ops):
     return g
 
 
-def _cycles(chk, ops):
+def _ww_edges(fold, nodes, link):
+    """Each vertex's value linked to the next value of another vertex in the key's offset order."""
+    for k, ks in fold.keys.items():
+        prev = None
+        between = 0  # values of ops that are not vertices, passed over
+        for o in sorted(ks.log):
+            v = ks.log[o]
+            w = ks.writer(v)
+            if w is None or w not in nodes:
+                between += prev is not None
+                continue
+            if prev is not None and prev[0] != w:
+                link(prev[0], w, "ww", {"key": k, "value": prev[1], "value'": v, **({"between": between}
+                                                                                    if between else {})})
+            prev = (w, v)
+            between = 0
+
+
+def _cycles(fold, ops):
     if len(ops) < 2:
         return []
-    g = _graph(chk, ops)
+    g = _graph(fold, ops)
+    if g is None:
+        return []
+    import networkx as nx
     layers = [({"ww"}, "ww", ""), ({"ww", "wr"}, "wr", ""),
               ({"ww", "wr", "process"}, "process", "-process"),
               ({"ww", "wr", "process", "realtime"}, "realtime", "-realtime")]
@@ -163,7 +187,8 @@ def _steps(g, cyc, allowed):
         if kind == "ww":
             v2 = d["value'"]
             text = (f"op {a} sent {d['value']!r} to key {d['key']}, and op {b} sent {v2!r}, "
-                    "the next value in that key's offset order")
+                    + ("the next value in that key's offset order" if "between" not in d else
+                       f"a later value in that key's offset order ({d['between']} value(s) of other ops between)"))
         elif kind == "wr":
             text = f"op {a} sent {d['value']!r} to key {d['key']}, which op {b} polled"
         elif kind == "process":

@@ -334,6 +334,22 @@ def test_precommitted_read():
     assert res["anomalies"]["precommitted-read"][0]["ops"] == [t]
 
 
+def test_a_failed_txn_that_polled_its_own_send_is_still_a_precommitted_read():
+    """Jepsen counts every outcome: the poll saw the record before any commit, whatever came after."""
+    h = H()
+    t = h.txn(0, [["send", "x", 1], ["poll"]], [["send", "x", [0, 1]], ["poll", {"x": [[0, 1]]}]], t="fail")
+    res = h.check()
+    assert [r["ops"] for r in res["anomalies"]["precommitted-read"]] == [[t]]
+
+
+def test_a_precommitted_read_needs_the_txns_own_value():
+    """Near miss: the txn polled the value at the same offset of another, committed send."""
+    h = H()
+    h.send(1, "x", 2, 0)
+    h.txn(0, [["send", "x", 1], ["poll"]], [["send", "x", [1, 1]], ["poll", {"x": [[0, 2]]}]])
+    assert "precommitted-read" not in types(h.check(txn=True))
+
+
 def test_g1c_cycle_step_by_step():
     h = H()
     # T1 writes x=1 and reads y=2; T2 writes y=2 and reads x=1: each read the other's write.
@@ -362,6 +378,52 @@ def test_g0_with_ww_deps_is_allowed():
     assert "G0" in types(res) and res["valid"] is True
     assert [s["type"] for s in res["anomalies"]["G0"][0]["steps"]] == ["ww", "ww"]
     assert "G0" not in types(h.check(txn=True))  # no ww edges without ww-deps
+
+
+def test_g0_runs_through_the_value_of_an_op_outside_the_graph():
+    """Without --txn a single send is no vertex; its value between two multi-key sends' on x still orders
+    them (a before c before b), and y orders them the other way."""
+    h = H()
+    h.events += [
+        {"process": 0, "type": "invoke", "f": "send", "value": [["send", "x", "a"], ["send", "y", "a"]]},
+        {"process": 1, "type": "invoke", "f": "send", "value": [["send", "x", "b"], ["send", "y", "b"]]},
+        {"process": 0, "type": "ok", "f": "send", "value": [["send", "x", [0, "a"]], ["send", "y", [1, "a"]]]},
+        {"process": 1, "type": "ok", "f": "send", "value": [["send", "x", [2, "b"]], ["send", "y", [0, "b"]]]},
+    ]
+    h.send(2, "x", "c", 1)
+    res = h.check(ww_deps=True)
+    [g0] = res["anomalies"]["G0"]
+    assert set(g0["cycle"]) == {2, 3}
+    [via_x] = [s for s in g0["steps"] if s["key"] == "x"]
+    assert (via_x["value"], via_x["value'"], via_x["between"]) == ("a", "b", 1)
+    assert "1 value(s) of other ops between" in via_x["explanation"]
+
+
+def test_single_micro_op_sends_and_polls_build_no_graph_without_txn():
+    """Near miss of G1c-realtime: the same future read with a send and a poll of one micro-op each is only
+    looked for with --txn (docs/anomalies.md, "Differences from Jepsen")."""
+    h = H()
+    h.poll(1, {"x": [(0, 1)]})
+    h.send(0, "x", 1, 0)
+    assert not {"G1c", "G1c-realtime"} & types(h.check())
+    assert "G1c-realtime" in types(h.check(txn=True))
+
+
+def test_a_crashed_txn_precedes_nothing_in_real_time():
+    """Near miss of G1c-realtime: T2 read T1's write and T1 began after T2 crashed: T2 may have run on past
+    its info completion (Elle's realtime graph), so no cycle."""
+    h = H()
+    h.events += [
+        {"process": 1, "type": "invoke", "f": "txn", "value": [["poll"]]},
+        {"process": 1, "type": "info", "f": "txn", "value": [["poll", {"x": [[0, 1]]}]]},
+        {"process": 0, "type": "invoke", "f": "txn", "value": [["send", "x", 1]]},
+        {"process": 0, "type": "ok", "f": "txn", "value": [["send", "x", [0, 1]]]},
+        {"process": 2, "type": "invoke", "f": "poll", "value": [["poll"]]},
+        {"process": 2, "type": "ok", "f": "poll", "value": [["poll", {"x": [[0, 1]]}]]},
+    ]
+    assert not {"G1c-realtime", "G1c"} & types(h.check(txn=True))
+    h.events[1]["type"] = "ok"  # completed: a read of a write that began later
+    assert "G1c-realtime" in types(h.check(txn=True))
 
 
 def test_g1c_realtime():

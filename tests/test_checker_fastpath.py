@@ -1,11 +1,12 @@
 """The fast path of `check_path` (msgspec-decoded blocks, checkers.fold._feed_events)
 must decide exactly what the general path decides.
 
-Every hand-written history of test_checker_anomalies and every generated one of
-test_checker_properties is checked twice more: written as history.jsonl and
-folded by the fast path, once in big blocks and once in blocks of a few lines
-(so invocations and completions land in different blocks); each result must
-equal the general path's, field for field.
+Every hand-written history of test_checker_anomalies and test_checker_jepsen_parity
+and every generated one of test_checker_properties is checked again: written as
+history.jsonl and folded by the fast path, once in big blocks and once in blocks of
+a few lines (so invocations and completions land in different blocks), and by the
+two processes of --jobs 2; each result must equal the general path's, field for
+field.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from checkers.history import Event, iter_event_batches
 from checkers.queue import QueueChecker
 
 import test_checker_anomalies as anomalies  # noqa: E402  (tests/ is on sys.path under pytest)
+import test_checker_jepsen_parity as parity  # noqa: E402
 import test_checker_properties as properties  # noqa: E402
 
 _real_check = checkers.check
@@ -49,6 +51,8 @@ def check_all_paths(events, **opts):
         with open(path, "wb") as f:
             f.write(blob)
         assert checkers.check_path(path, **opts) == general
+        if hasattr(os, "fork"):
+            assert checkers.check_path(path, parallel=True, **opts) == general, "--jobs 2 disagrees"
     return general
 
 
@@ -60,6 +64,12 @@ def _plain_tests(module):
 @pytest.mark.parametrize("test", _plain_tests(anomalies), ids=lambda fn: fn.__name__)
 def test_hand_written_histories_agree(test, monkeypatch):
     monkeypatch.setattr(anomalies, "check", check_all_paths)
+    test()
+
+
+@pytest.mark.parametrize("test", _plain_tests(parity), ids=lambda fn: fn.__name__)
+def test_jepsens_histories_agree(test, monkeypatch):
+    monkeypatch.setattr(parity, "check", check_all_paths)
     test()
 
 
