@@ -241,9 +241,12 @@ def test_metadata_is_answered_from_the_cached_view_while_zookeeper_is_unreachabl
     finally:
         warm.close()
     zk_node = c.cluster.zookeeper.nodes[0]
+    logged = {b: len(c.broker_log(b)) for b in (1, 2, 3)}
     assert zk_node.signal("zookeeper", "STOP")
     try:
-        time.sleep(SESSION_MS / 1000 + 1)     # the brokers' ZooKeeper connections have dropped
+        # kazoo logs it when a connection dropped or timed out
+        wait_until(lambda: all("Transition to CONNECTING" in c.broker_log(b)[logged[b]:] for b in (1, 2, 3)),
+                   SESSION_MS / 1000 + 10, what="every broker's ZooKeeper connection drops")
         client = RawClient(port, timeout=20)
         try:
             for body in (MetadataRequest(topics=None, allow_auto_topic_creation=False,
