@@ -144,7 +144,9 @@ def _cycles(fold, ops):
             cyc = _cycle_through(g, h, comp, allowed, required)
             if cyc is None:
                 continue
-            steps = _steps(g, cyc, allowed)
+            # a -process or -realtime cycle shows that order where an edge has it (one process's ops are
+            # also in real-time order)
+            steps = _steps(g, cyc, allowed, required if suffix else None)
             base = "G1c" if any(s["type"] == "wr" for s in steps) else "G0"
             kind = base + suffix
             found.append((kind, _record(cyc, steps, kind)))
@@ -178,11 +180,11 @@ def _bfs(h, comp, src, dst):
     return None
 
 
-def _steps(g, cyc, allowed):
+def _steps(g, cyc, allowed, prefer=None):
     steps = []
     for a, b in zip(cyc, cyc[1:]):
         types = g[a][b]["types"]
-        kind = next(t for t in _PREFERENCE if t in types and t in allowed)
+        kind = prefer if prefer in types else next(t for t in _PREFERENCE if t in types and t in allowed)
         d = types[kind]
         if kind == "ww":
             v2 = d["value'"]

@@ -13,10 +13,13 @@ from __future__ import annotations
 import inspect
 import io
 import os
+import random
 import tempfile
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import checkers
 from checkers.history import Event, iter_event_batches
@@ -79,6 +82,84 @@ def test_jepsens_histories_agree(test, monkeypatch):
 def test_generated_histories_agree(test, monkeypatch):
     monkeypatch.setattr(properties, "check", check_all_paths)
     test()
+
+
+@st.composite
+def read_heavy_histories(draw):
+    """(events, fault): writers append runs of records to a few keys; readers, each assigned every key, poll
+    up to max_poll records at a time until every reader has read every value. With a fault, some polls are
+    bent: a record dropped (drop), its last record repeated (repeat), the next poll starting one record back
+    (back) or one further on (gap)."""
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    keys = [str(k) for k in range(draw(st.integers(1, 4)))]
+    writers = draw(st.integers(1, 3))
+    readers = [100 + r for r in range(draw(st.integers(1, 5)))]
+    per_key = draw(st.integers(1, 400))
+    batch = draw(st.integers(1, 50))
+    max_poll = draw(st.integers(10, 1000))
+    fault = draw(st.sampled_from([None, "drop", "repeat", "back", "gap"]))
+    logs = {k: [] for k in keys}
+    left = dict.fromkeys(keys, per_key)
+    pos = {(r, k): 0 for r in readers for k in keys}
+    events = []
+
+    def op(p, f, inv, value):
+        for t, v in (("invoke", inv), ("ok", value)):
+            events.append({"process": p, "type": t, "f": f, "value": v, "index": len(events),
+                           "time": len(events) * 1000})
+
+    for r in readers:
+        op(r, "assign", keys, keys)
+    value = 0
+    while any(left.values()) or any(pos[r, k] < len(logs[k]) for r in readers for k in keys):
+        behind = [r for r in readers if any(pos[r, k] < len(logs[k]) for k in keys)]
+        if any(left.values()) and (not behind or rng.random() < 0.4):
+            k = rng.choice([k for k in keys if left[k]])
+            n = min(left[k], rng.randint(1, batch))
+            vals = list(range(value, value + n))
+            value += n
+            base = len(logs[k])
+            logs[k].extend(vals)
+            left[k] -= n
+            op(rng.randrange(writers), "send", [["send", k, v] for v in vals],
+               [["send", k, [base + i, v]] for i, v in enumerate(vals)])
+            continue
+        r = rng.choice(behind)
+        budget = rng.randint(1, max_poll)
+        polled = {}
+        for k in rng.sample(keys, len(keys)):
+            start = pos[r, k]
+            end = min(len(logs[k]), start + budget)
+            budget -= end - start
+            if end > start or rng.random() < 0.2:
+                polled[k] = [[o, logs[k][o]] for o in range(start, end)]
+            pos[r, k] = end
+            if fault and end > start and rng.random() < 0.05:
+                if fault == "drop" and end - start > 2:
+                    del polled[k][1]
+                elif fault == "repeat":
+                    polled[k].append(polled[k][-1])
+                elif fault == "back":
+                    pos[r, k] -= 1
+                elif fault == "gap" and end < len(logs[k]):
+                    pos[r, k] += 1
+        op(r, "poll", [["poll"]], [["poll", polled]])
+    return events, fault, len(readers) * len(keys) * per_key
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(read_heavy_histories())
+def test_read_heavy_histories_agree(history):
+    """Many records per poll, every reader reading every value: the fast path, the general path and --jobs 2
+    decide the same, and a history with no fault is valid with every value read by every reader."""
+    events, fault, reads = history
+    res = check_all_paths(events)
+    assert res["history-problem-count"] == 0
+    if fault is None:
+        assert res["valid"] is True and res["anomaly-types"] == []
+        records = sum(len(pairs) for e in events if e["f"] == "poll" and e["type"] == "ok"
+                      for pairs in e["value"][0][1].values())
+        assert records == reads and res["stats"]["acknowledged-but-never-read"] == 0
 
 
 def test_bad_lines_between_fast_blocks(tmp_path):
