@@ -499,7 +499,7 @@ class RacingReplication(RuleBasedStateMachine):
 
     # -- faults: paced (at most one every `pace` steps, `pace` drawn per run), so that replication gets going
     # between them, but for the one aimed at KIP-101's moment, which comes whenever that moment does ------------
-    @initialize(pace=st.integers(3, 30), lag_ms=st.sampled_from([200, 1000]))
+    @initialize(pace=st.integers(3, 30), lag_ms=st.sampled_from([100, 1000]))
     def settings_of_the_run(self, pace, lag_ms):
         """A short replica.lag.time.max.ms churns the ISR (shrinks and expansions in flight), a long one keeps
         followers in it while they lag in what they know of the HW."""
@@ -600,6 +600,6 @@ class RacingReplication(RuleBasedStateMachine):
         raise AssertionError(f"no convergence: {[b.log for b in self.b.values()]}, state {self.zk}")
 
 
-RacingReplication.TestCase.settings = settings(max_examples=400, stateful_step_count=100, deadline=None,
+RacingReplication.TestCase.settings = settings(max_examples=600, stateful_step_count=100, deadline=None,
                                                suppress_health_check=[HealthCheck.too_slow])
 TestRacingReplication = RacingReplication.TestCase
