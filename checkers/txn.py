@@ -25,6 +25,7 @@ from collections import deque
 
 MAX_COMPONENTS = 100
 _PREFERENCE = ("ww", "wr", "process", "realtime")
+_REALTIME_PREFERENCE = ("ww", "wr", "realtime", "process")
 
 
 def analyse_txns(fold):
@@ -144,9 +145,9 @@ def _cycles(fold, ops):
             cyc = _cycle_through(g, h, comp, allowed, required)
             if cyc is None:
                 continue
-            # a -process or -realtime cycle shows that order where an edge has it (one process's ops are
-            # also in real-time order)
-            steps = _steps(g, cyc, allowed, required if suffix else None)
+            # a -realtime cycle shows real time where an edge has it and process order too (one process's
+            # ops are also in real-time order); ww and wr come first, so they name the cycle
+            steps = _steps(g, cyc, allowed, _REALTIME_PREFERENCE if required == "realtime" else _PREFERENCE)
             base = "G1c" if any(s["type"] == "wr" for s in steps) else "G0"
             kind = base + suffix
             found.append((kind, _record(cyc, steps, kind)))
@@ -180,11 +181,11 @@ def _bfs(h, comp, src, dst):
     return None
 
 
-def _steps(g, cyc, allowed, prefer=None):
+def _steps(g, cyc, allowed, preference):
     steps = []
     for a, b in zip(cyc, cyc[1:]):
         types = g[a][b]["types"]
-        kind = prefer if prefer in types else next(t for t in _PREFERENCE if t in types and t in allowed)
+        kind = next(t for t in preference if t in types and t in allowed)
         d = types[kind]
         if kind == "ww":
             v2 = d["value'"]
