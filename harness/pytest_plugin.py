@@ -10,8 +10,8 @@ What a suite author gets (ducktape's test runner and kafkatest, Jepsen's `test-a
 - `acked_run(description=None, cluster=None, **fields)` runs one test (fields as in harness.config.TestDescription)
   and returns a harness.runner.RunResult (run_dir, valid, exit_status, results, error, report). With
   `cluster=acked_cluster` it runs on the shared cluster; without, it starts and removes its own.
-- `acked_cluster`: a started cluster shared by the tests of the session (or of each module, with
-  `--acked-cluster-scope module`), reset between tests (Cluster.reuse / reset: no topic, group, fault or log
+- `acked_cluster`: a started cluster shared by the tests of a module (or of the session, with
+  `--acked-cluster-scope session`), reset between tests (Cluster.reuse / reset: no topic, group, fault or log
   line of one test reaches the next). Docker clusters are made with every capability, so any fault can run.
 - `acked_node_image`: the docker node image, built once if missing.
 - A per-test timeout (`--acked-timeout`, `@pytest.mark.acked_timeout(seconds)`) fails a hung test with a message;
@@ -66,8 +66,9 @@ def pytest_addoption(parser):
     group.addoption("--acked-columns", default="",
                     help="comma-separated matrix columns (a test's fault parameter) to run, deselecting the rest: "
                          "a shard of a suite, as each nightly job runs one fault family")
-    group.addoption("--acked-cluster-scope", default="session", choices=("session", "module"),
-                    help="how widely one acked_cluster is shared (default session)")
+    group.addoption("--acked-cluster-scope", default="module", choices=("session", "module"),
+                    help="how widely one acked_cluster is shared (default module: a suite's module shares one; "
+                         "the cluster is gone before the next module's tests, which may count containers)")
 
 
 def pytest_configure(config):
