@@ -115,10 +115,14 @@ def test_reset_wipes_data_without_recreating_containers(cluster, tmp_path):
     zk.start(timeout=10)
     zk.create("/before-reset", b"x")
     zk.stop()
-    cluster.nodes[0].run(["iptables", "-A", "OUTPUT", "-d", "192.0.2.1", "-j", "DROP"], check=True)
+    # a fault's rule lives in an ACKED-* chain, as the nemeses make them; a rule of the host's own must stay
+    cluster.nodes[0].run("iptables -N ACKED-TEST && iptables -A OUTPUT -j ACKED-TEST && "
+                         "iptables -A ACKED-TEST -d 192.0.2.1 -j DROP && "
+                         "iptables -A OUTPUT -d 192.0.2.2 -j ACCEPT", check=True)
     cluster.reset()
     assert [n.container.id for n in cluster.nodes] == ids
-    assert "192.0.2.1" not in cluster.nodes[0].run(["iptables", "-S"]).stdout
+    rules = cluster.nodes[0].run(["iptables", "-S"]).stdout
+    assert "192.0.2.1" not in rules and "-A OUTPUT -d 192.0.2.2/32 -j ACCEPT" in rules
     zk = KazooClient(hosts=cluster.zookeeper_connect_from_host, timeout=5)
     zk.start(timeout=10)
     try:
