@@ -27,6 +27,7 @@ from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from produce import create_topic, free_port, percentile  # noqa: E402
+from sidebyside import side_by_side  # noqa: E402
 
 PROXY = str(REPO / "nemesis" / "ackproxy.py")
 
@@ -108,18 +109,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--messages", type=int, default=2000)
     args = ap.parse_args()
-    rows = []
-    for r in range(1, args.rounds + 1):
-        for mode in ("direct", "proxy"):
-            row = one(mode, args.messages)
-            rows.append(row)
-            print(f"round {r} {mode:6} mean {row['mean_ms']:.3f} ms  p50 {row['p50_ms']:.3f} ms  "
-                  f"p99 {row['p99_ms']:.3f} ms", flush=True)
-    for mode in ("direct", "proxy"):
-        mine = [x for x in rows if x["mode"] == mode]
-        print(f"{mode:6} median of rounds: mean {statistics.median(x['mean_ms'] for x in mine):.3f} ms  "
-              f"p50 {statistics.median(x['p50_ms'] for x in mine):.3f} ms  "
-              f"p99 {statistics.median(x['p99_ms'] for x in mine):.3f} ms")
+    side_by_side(("direct", "proxy"), args.rounds, lambda mode: one(mode, args.messages),
+                 [("mean_ms", ".3f", " ms"), ("p50_ms", ".3f", " ms"), ("p99_ms", ".3f", " ms")])
     return 0
 
 

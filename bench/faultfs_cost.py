@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from clusters.remote import FAULTFS_WRITEBACK_S  # noqa: E402
 from produce import bench_consume, bench_produce, create_topic, start_broker  # noqa: E402
+from sidebyside import side_by_side  # noqa: E402
 
 FAULTFS = str(REPO / "nemesis" / "faultfs.py")
 
@@ -97,20 +97,9 @@ def main() -> int:
     ap.add_argument("--acks", default="1")
     ap.add_argument("--paced-rate", type=float, default=5_000, help="msg/s for the latency measurement")
     args = ap.parse_args()
-    rows = []
-    for r in range(1, args.rounds + 1):
-        for mode in ("plain", "faultfs"):
-            row = {"round": r, **one(mode, args)}
-            rows.append(row)
-            print(f"round {r} {mode:8} produce {row['produce']:>9,} msg/s  consume {row['consume']:>9,} msg/s  "
-                  f"paced {args.paced_rate:,.0f} msg/s: p50 {row['p50']} ms p99 {row['p99']} ms  "
-                  f"errors {row['errors']}", flush=True)
-    print()
-    for mode in ("plain", "faultfs"):
-        mine = [x for x in rows if x["mode"] == mode]
-        print(f"{mode:8} median produce {statistics.median(x['produce'] for x in mine):>9,.0f} msg/s  "
-              f"consume {statistics.median(x['consume'] for x in mine):>9,.0f} msg/s  "
-              f"p50 {statistics.median(x['p50'] for x in mine)} ms  p99 {statistics.median(x['p99'] for x in mine)} ms")
+    side_by_side(("plain", "faultfs"), args.rounds, lambda mode: one(mode, args),
+                 [("produce", ",.0f", " msg/s"), ("consume", ",.0f", " msg/s"), ("p50", "", " ms"),
+                  ("p99", "", " ms"), ("errors", "", "")])
     return 0
 
 

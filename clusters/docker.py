@@ -23,7 +23,7 @@ from clusters.image import build_image, docker_image_exists, image_tag
 from clusters.local import REPO_ROOT, new_name, process_start_time
 from clusters.node import ShellNode, raise_for
 from clusters.reaper import start_reaper
-from clusters.remote import DATA, LOGS, RemoteCluster
+from clusters.remote import DATA, LOGS, NODE_PACKAGES, RemoteCluster
 
 LABEL_CLUSTER = "acked.cluster"
 LABEL_RUN = "acked.run"
@@ -41,10 +41,6 @@ def docker_client():
     except Exception as e:  # the SDK raises several types for "no daemon"
         raise ClusterError(f"docker is not reachable ({e.__class__.__name__}); start the docker daemon "
                            f"or set DOCKER_HOST") from None
-
-
-#: the packages the nodes run (the broker, node-side fault helpers, the reaper)
-NODE_PACKAGES = ("broker", "clusters", "nemesis")
 
 
 def snapshot_source(dest: Path) -> Path:
@@ -201,7 +197,7 @@ class DockerCluster(RemoteCluster):
         self.image = self.image or build_image(quiet=docker_image_exists(image_tag()))
         if self.owner != MANUAL_OWNER:
             # before anything is created: a harness SIGKILLed from here on leaves nothing behind
-            start_reaper(self.client, self.image, self.owner, str(REPO_ROOT), docker_socket_path())
+            start_reaper(self.client, self.image, self.owner, docker_socket_path())
         self.dir.mkdir(parents=True, exist_ok=True)
         source = snapshot_source(self.dir / "src")
         self.network = self.client.networks.create(f"acked-{self.name}", driver="bridge", labels=self.labels,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import socket
 import sys
 import time
@@ -104,23 +103,18 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- the harness's side (imports the docker SDK only here) ----------------------------------------------------
 
-def start_reaper(client, image: str, token: str, repo_root: str, socket_path: str = "/var/run/docker.sock"):
-    """Start the reaper container for owner `token` unless one runs; returns the container."""
+def start_reaper(client, image: str, token: str, socket_path: str = "/var/run/docker.sock"):
+    """Start the reaper container for owner `token` unless one runs; returns the container. It runs this file's
+    source as it is now (`python3 -c`): nothing to mount, and an edit of the working tree cannot reach it."""
     running = client.containers.list(filters={"label": f"{LABEL_REAPER}={token}"})
     if running:
         return running[0]
-    safe = token.replace(":", "-")
-    # its own copy of this file: the working tree may change while the reaper waits
-    import shutil
-    import tempfile
-    here = tempfile.mkdtemp(prefix=f"acked-reaper-{safe}-")
-    os.makedirs(f"{here}/clusters")
-    shutil.copyfile(os.path.join(repo_root, "clusters", "reaper.py"), f"{here}/clusters/reaper.py")
+    with open(__file__, encoding="utf-8") as f:
+        source = f.read()
     return client.containers.run(
-        image, ["python3", "/src/clusters/reaper.py", "--owner", token], name=f"acked-reaper-{safe}", detach=True,
-        labels={LABEL_REAPER: token}, pid_mode="host", auto_remove=True, network_mode="none",
-        volumes={socket_path: {"bind": "/var/run/docker.sock", "mode": "rw"},
-                 here: {"bind": "/src", "mode": "ro"}})
+        image, ["python3", "-c", source, "--owner", token], name=f"acked-reaper-{token.replace(':', '-')}",
+        detach=True, labels={LABEL_REAPER: token}, pid_mode="host", auto_remove=True, network_mode="none",
+        volumes={socket_path: {"bind": "/var/run/docker.sock", "mode": "rw"}})
 
 
 if __name__ == "__main__":

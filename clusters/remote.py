@@ -21,6 +21,8 @@ from clusters.node import ShellNode
 
 DATA = "/var/lib/acked"           # ZooKeeper data, broker log.dirs
 LOGS = "/var/log/acked"
+#: the packages the nodes run (the broker, the node-side fault helpers): what docker mounts and ssh installs
+NODE_PACKAGES = ("broker", "clusters", "nemesis")
 ETC = "/etc/acked"
 #: the broker's clock offset under libfaketime (nemesis/faults.py ClockNemesis writes it; '+0' when unskewed)
 FAKETIME_FILE = f"{DATA}/faketime"

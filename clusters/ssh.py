@@ -53,7 +53,7 @@ from clusters.base import ClusterError, ClusterSpec, CommandResult
 from clusters.image import NODE_PYTHON_PACKAGES
 from clusters.local import REPO_ROOT, new_name
 from clusters.node import ShellNode, raise_for
-from clusters.remote import ACKPROXY_CHAIN, ACKPROXY_PORT, DATA, FAKETIME_FILE, LOGS, RemoteCluster
+from clusters.remote import ACKPROXY_CHAIN, ACKPROXY_PORT, DATA, FAKETIME_FILE, LOGS, NODE_PACKAGES, RemoteCluster
 
 #: where the ssh backend installs the project and its Python packages on a host
 INSTALL_DIR = "/opt/acked"
@@ -293,7 +293,7 @@ class SSHCluster(RemoteCluster):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             tar.add(node_python_packages(), arcname="lib")
-            for pkg in ("broker", "clusters", "nemesis"):
+            for pkg in NODE_PACKAGES:
                 if (REPO_ROOT / pkg).is_dir():
                     tar.add(REPO_ROOT / pkg, arcname=f"src/{pkg}",
                             filter=lambda t: None if "__pycache__" in t.name else t)

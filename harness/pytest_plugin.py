@@ -182,8 +182,9 @@ def pytest_runtest_makereport(item, call):
         row = next((params[n] for n in ROW_PARAMS if n in params), None)
         if row is not None:
             item.user_properties.append(("acked_row", str(row)))
-        if _column_of(item) is not None:
-            item.user_properties.append(("acked_column", _column_of(item)))
+        column = _column_of(item)
+        if column is not None:
+            item.user_properties.append(("acked_column", column))
         report.user_properties = list(item.user_properties)
 
 

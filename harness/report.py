@@ -163,22 +163,17 @@ def send_failures(history) -> dict | None:
     (results.json's `send-failures`, the verdict line's "256 of 256 sends failed: ...", the report's banner);
     None otherwise, or without a readable history."""
     import collections
-    import json
+    from checkers.history import HistoryError, iter_jsonl
     errors: collections.Counter = collections.Counter()
     total = 0
     try:
-        with open(history, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if e.get("f") != "send" or e.get("type") not in ("ok", "fail", "info") or e.get("process") == "nemesis":
-                    continue
-                total += 1
-                if e["type"] != "ok":
-                    errors[str(e.get("error") or e["type"])] += 1
-    except OSError:
+        for _, e in iter_jsonl(history, []):   # the checker's reader; lines it cannot read are skipped
+            if e["f"] != "send" or e["type"] == "invoke" or e["process"] == "nemesis":
+                continue
+            total += 1
+            if e["type"] != "ok":
+                errors[str(e.get("error") or e["type"])] += 1
+    except (OSError, HistoryError):
         return None
     if not total or sum(errors.values()) * 2 < total:
         return None

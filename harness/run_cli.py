@@ -441,10 +441,7 @@ def _unknown_reasons(res: dict, result) -> list[str]:
         out.append(f"  why: {res['unknown-reason']}")
     elif result.error:
         out.append(f"  why: the harness failed ({result.error})")
-    failed = res.get("send-failures")
-    if failed is None and result.run_dir:
-        from harness.report import send_failures
-        failed = send_failures(result.run_dir / "history.jsonl")
+    failed = res.get("send-failures")   # the runner's, from the history (Runner.run)
     if failed:
         out.append(f"  {send_failures_text(failed)}")
     return out

@@ -519,7 +519,7 @@ class Runner:
                 error = error or f"interrupted during {phase}"
                 self.log(error)
             except TimedOut as e:
-                self.interrupted = self.timed_out = True
+                self.interrupted = self.timed_out = self.skip_drain = True
                 error = error or f"timed out during {phase}: {e}"
                 self.log(error)
             except Exception as e:  # noqa: BLE001 -- every later phase still runs
@@ -536,7 +536,7 @@ class Runner:
         if self._workers and not self._stop_main.is_set():
             guarded("main", self._stop_workers)  # interrupted mid-main: stop the workers before healing
         guarded("heal", self._heal)
-        if self.gen is not None and self.topics is not None and not self.timed_out:
+        if self.gen is not None and self.topics is not None and not self.skip_drain:
             # also after Ctrl-C or an error in main: without the drain every unread write would be "unseen";
             # another Ctrl-C skips ahead to teardown
             interrupted = self.interrupted
@@ -567,7 +567,7 @@ class Runner:
         if results.get("stats"):
             from checkers.history import client_ops   # the run's totals, as the terminal and the report show them
             results["client-ops"] = client_ops(results["stats"].get("by-f") or {})
-        if results.get("valid") == "unknown":
+        if results.get("valid") not in (True, False):
             from harness.report import send_failures   # an UNKNOWN run says why: the error most sends failed with
             if failed := send_failures(self.run_dir / "history.jsonl"):
                 results["send-failures"] = failed

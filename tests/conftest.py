@@ -95,3 +95,32 @@ def key_topics(cluster, key: str):
         yield topics
     finally:
         topics.close()
+
+
+@contextlib.contextmanager
+def ssh_hosts(tmp_path, run_id: str):
+    """Three docker nodes treated as real hosts (sshd, the cluster's key, a known_hosts file), removed at the end
+    whatever happened. Yields (hosts, cluster_file): cluster_file(name="hosts.toml", broker=None) writes an ssh
+    cluster file naming them, with a [broker] table of the given keys when asked."""
+    import json
+    from clusters.docker import DockerCluster
+    from clusters.ssh import cluster_key
+    hosts = DockerCluster(ClusterSpec(backend="docker", nodes=3, brokers=False, work_dir=CLUSTERS_DIR, run_id=run_id))
+    try:
+        hosts.create()
+        hosts.start_sshd()
+        known = hosts.write_known_hosts(tmp_path / "known_hosts")
+        key = cluster_key(hosts.dir)
+
+        def cluster_file(name: str = "hosts.toml", broker: dict | None = None) -> Path:
+            lines = ['user = "root"', f'key = "{key.path}"', f'known_hosts = "{known}"', ""]
+            if broker:   # TOML strings and integers are JSON's
+                lines += ["[broker]", *(f"{k} = {json.dumps(v)}" for k, v in broker.items()), ""]
+            for n in hosts.nodes:
+                lines += ["[[hosts]]", f'name = "{n.name}"', f'address = "{n.ip}"', ""]
+            path = tmp_path / name
+            path.write_text("\n".join(lines))
+            return path
+        yield hosts, cluster_file
+    finally:
+        hosts.teardown()

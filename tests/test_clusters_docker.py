@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
@@ -234,20 +233,10 @@ def test_broker_process_in_a_container_is_reachable_from_the_host(cluster):
 def test_ssh_backend_installs_and_starts_zookeeper_on_hosts(tmp_path):
     """The docker nodes treated as real hosts: a cluster file, install over SFTP, daemons over SSH."""
     from clusters.ssh import SSHCluster
+    from conftest import ssh_hosts
     client = _docker_or_skip()
-    hosts = DockerCluster(ClusterSpec(backend="docker", nodes=3, brokers=False, work_dir=CLUSTERS_DIR,
-                                      run_id="pytest-ssh-hosts"))
-    try:
-        hosts.create()
-        hosts.start_sshd()
-        known = hosts.write_known_hosts(tmp_path / "known_hosts")
-        key = cluster_key(hosts.dir)
-        lines = [f'user = "root"', f'key = "{key.path}"', f'known_hosts = "{known}"', ""]
-        for n in hosts.nodes:
-            lines += ["[[hosts]]", f'name = "{n.name}"', f'address = "{n.ip}"', ""]
-        cluster_file = tmp_path / "hosts.toml"
-        cluster_file.write_text("\n".join(lines))
-        spec = ClusterSpec(backend="ssh", cluster_file=cluster_file, work_dir=CLUSTERS_DIR, brokers=False)
+    with ssh_hosts(tmp_path, "pytest-ssh-hosts") as (hosts, cluster_file):
+        spec = ClusterSpec(backend="ssh", cluster_file=cluster_file(), work_dir=CLUSTERS_DIR, brokers=False)
         ssh_cluster = SSHCluster(spec)
         try:
             ssh_cluster.start()
@@ -261,8 +250,6 @@ def test_ssh_backend_installs_and_starts_zookeeper_on_hosts(tmp_path):
         finally:
             ssh_cluster.teardown()
         assert not hosts.nodes[1].is_running("zookeeper")
-    finally:
-        hosts.teardown()
     assert leftovers(client, hosts.name) == []
 
 

@@ -104,30 +104,15 @@ def test_acked_broker_started_through_the_broker_table_serves_clients_and_surviv
     from test_clusters_docker import _docker_or_skip, leftovers
     from test_clusters_local import produce_and_consume
 
-    from clusters.docker import DockerCluster
-    from clusters.ssh import cluster_key
-    from conftest import CLUSTERS_DIR
+    from conftest import CLUSTERS_DIR, ssh_hosts
     from harness.config import TestDescription
     from harness.runner import run_test
 
     client = _docker_or_skip()
-    hosts = DockerCluster(ClusterSpec(backend="docker", nodes=3, brokers=False, work_dir=CLUSTERS_DIR,
-                                      run_id="pytest-ssh-brokers"))
-    try:
-        hosts.create()
-        hosts.start_sshd()
-        known = hosts.write_known_hosts(tmp_path / "known_hosts")
-        key = cluster_key(hosts.dir)
-
+    with ssh_hosts(tmp_path, "pytest-ssh-brokers") as (hosts, cluster_file):
         def write_cluster_file(name: str, data_dir: str, port: int):
-            lines = ['user = "root"', f'key = "{key.path}"', f'known_hosts = "{known}"', "",
-                     "[broker]", 'command = "{python} -m broker.main {config}"', f'data_dir = "{data_dir}"',
-                     f"port = {port}", 'config = "server.properties"', ""]
-            for n in hosts.nodes:
-                lines += ["[[hosts]]", f'name = "{n.name}"', f'address = "{n.ip}"', ""]
-            path = tmp_path / name
-            path.write_text("\n".join(lines))
-            return path
+            return cluster_file(name, {"command": "{python} -m broker.main {config}", "data_dir": data_dir,
+                                       "port": port, "config": "server.properties"})
 
         first = SSHCluster(ClusterSpec(backend="ssh", cluster_file=write_cluster_file(
             "first.toml", "/srv/acked-ssh/broker-data", 9093), work_dir=CLUSTERS_DIR, brokers=True))
@@ -145,9 +130,9 @@ def test_acked_broker_started_through_the_broker_table_serves_clients_and_surviv
         assert not any(n.is_running("broker") or n.is_running("zookeeper") for n in hosts.nodes)
         assert not hosts.nodes[0].run(["test", "-e", "/srv/acked-ssh/broker-data"]).ok
 
-        # the harness's own cluster on the same hosts. Port 9092: the partition nemesis's client cuts and
-        # leader-from-followers shape name the default broker port (nemesis/faults.py, nemesis/shapes.py)
-        second = write_cluster_file("hosts.toml", "/srv/acked-ssh/broker-data", 9092)
+        # the harness's own cluster on the same hosts, on another port than 9092: the partitions that cut the
+        # clients off the brokers must cut the described port (nemesis/faults.py broker_port)
+        second = write_cluster_file("hosts.toml", "/srv/acked-ssh/broker-data", 9094)
         desc = TestDescription(name="ssh-brokers", backend="ssh", nodes=3, nemeses=["kill", "pause", "partition"],
                                time_limit=20, nemesis_interval=3, seed=1, results_dir=str(tmp_path / "results"))
         result = run_test(desc, cluster_factory=lambda spec: SSHCluster(
@@ -162,7 +147,7 @@ def test_acked_broker_started_through_the_broker_table_serves_clients_and_surviv
         assert not any(n.is_running("broker") for n in hosts.nodes)   # the run tore its cluster down
         # its logs are its own: the first cluster's lines (port 9093) were cleared when it started
         broker_log = (result.run_dir / "logs" / "n1" / "broker.log").read_text()
-        assert ":9092" in broker_log and ":9093" not in broker_log
-    finally:
-        hosts.teardown()
+        assert ":9094" in broker_log and ":9093" not in broker_log
+        cuts = [e["value"] for e in done if e["f"] == "start-partition" and "clients" in str(e["value"].get("cut"))]
+        assert cuts, "no partition cut the clients off this run's brokers"
     assert leftovers(client, hosts.name) == []

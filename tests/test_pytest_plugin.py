@@ -45,13 +45,14 @@ def chromium_dom(page: Path) -> str:
     return out.stdout
 
 
-def acked_processes(cluster_marker: str) -> list[str]:
-    """Processes whose environment names a local cluster (LocalNode.daemon_env ACKED_CLUSTER)."""
+def processes_under(root: Path) -> list[str]:
+    """Processes whose command line names a path below `root`: a local cluster's brokers and ZooKeeper members
+    run with their config files in its directory."""
     found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if f"ACKED_CLUSTER={cluster_marker}".encode() in environ.read_bytes():
-                found.append(environ.parent.name)
+            if str(root).encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
         except OSError:
             continue
     return found
@@ -66,6 +67,7 @@ def local_suite(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--rootdir", str(root), str(root / "test_two.py"),
          "--acked-backend", "local", "--acked-repeat", "2", "--acked-results", str(results), "--acked-suite", "two",
+         "--basetemp", str(root / "tmp"),   # the shared clusters' directories below root too (processes_under)
          "-n", "2"],   # pytest-xdist: each worker its own cluster, the controller writes the suite report
         cwd=root, capture_output=True, text=True, timeout=900, env=INNER_ENV)
     return root, results, proc
@@ -109,7 +111,7 @@ def test_a_hung_test_is_failed_by_its_timeout_and_its_cluster_is_removed(local_s
         assert test["test"]["time_limit"] == 120
     clusters = list((results / "two" / "runs" / ".clusters").glob("*/*"))
     assert clusters == [], clusters   # every run's cluster directory is gone
-    assert acked_processes("hung-") == [] and acked_processes("pytest-gw") == []
+    assert processes_under(root) == []   # no broker or ZooKeeper of the suite's runs or shared clusters is left
 
 
 def test_the_suite_report_and_a_run_report_open_in_chromium_with_their_verdicts_and_markup_as_text(local_suite):

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import docker
 import pytest
@@ -46,9 +45,7 @@ def test_a_sigkilled_run_leaves_no_container_network_or_volume_ten_seconds_later
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    killed = time.monotonic()
-    assert wait_until(lambda: not any(owned(client, name).values()), timeout=15, every=0.5), owned(client, name)
-    assert time.monotonic() - killed < 10, "the reaper took longer than 10 s"
+    assert wait_until(lambda: not any(owned(client, name).values()), timeout=10, every=0.5), owned(client, name)
     # and the reaper took itself away too
     assert wait_until(lambda: not reapers_of(client, proc.pid), timeout=10)
 

@@ -234,7 +234,3 @@ def test_every_cell_has_an_expectation_and_every_expectation_a_cell():
     assert set(EXPECT) - cells == set()
     assert all(e.evidence is None or e.evidence in EVIDENCE for e in EXPECT.values())
     assert sum(e.short for e in EXPECT.values()) <= 8   # make test's matrix
-
-
-def test_safe_is_expected_valid_wherever_the_talk_says_it_survives():
-    assert all(EXPECT[("safe", c)].kind == "valid" for c in COLUMNS if c != "isolate-then-power-loss")
