@@ -176,6 +176,8 @@ def _history(path: Path, sends: list[tuple[str, str | None]]) -> Path:
 
 def _summary_of(tmp_path, results, sends) -> list[str]:
     _history(tmp_path / "history.jsonl", sends)
+    if failed := send_failures(tmp_path / "history.jsonl"):   # as Runner.run records it in results.json
+        results = {**results, "send-failures": failed}
     runner = SimpleNamespace(stats=SimpleNamespace(ok=0, fail=len(sends), info=0), nemesis=None,
                              desc=SimpleNamespace(seed=7, profile="safe", nemeses=[]))
     result = SimpleNamespace(valid="unknown", results=results, run_dir=tmp_path, report=None, error=None)
