@@ -24,7 +24,7 @@ import io
 from bisect import bisect_left
 from collections import Counter
 from contextlib import contextmanager
-from itertools import repeat
+from itertools import filterfalse, repeat
 from operator import itemgetter
 from typing import Literal
 
@@ -40,8 +40,9 @@ _MALFORMED = (TypeError, ValueError, AttributeError, IndexError, KeyError)
 
 _UNSET = object()
 _NO_READS: dict = {}  # shared, never changed: the reads of a graph vertex that polled nothing
-_decode_ok_poll = msgspec.json.Decoder(
-    tuple[tuple[Literal["poll"], dict[str, list[tuple[int, int | str]]]]]).decode
+# An ok poll with each key's records left as raw JSON, and one key's records.
+_decode_ok_poll = msgspec.json.Decoder(tuple[tuple[Literal["poll"], dict[str, msgspec.Raw]]]).decode
+_decode_pairs = msgspec.json.Decoder(list[tuple[int, int | str]]).decode
 _decode_ok_send = msgspec.json.Decoder(tuple[tuple[Literal["send"], str, tuple[int, int | str]]]).decode
 _op_of = itemgetter(1)
 _EMPTY_POLL = msgspec.Raw(b'[["poll",{}]]')
@@ -99,7 +100,8 @@ class KeyIndex:
     """Everything known about one key (one partition)."""
 
     __slots__ = ("log", "voff", "read", "acked", "failed", "info", "unseen",
-                 "conflicts", "dups", "maxread", "maxread_op", "acked_max", "am_hist")
+                 "conflicts", "dups", "maxread", "maxread_op", "acked_max", "am_hist", "recs", "vals", "canon",
+                 "cpos", "rdone")
 
     def __init__(self):
         self.log = {}        # offset -> first value seen there
@@ -118,6 +120,39 @@ class KeyIndex:
         # answers "the highest acknowledged offset when op X was invoked" at X's
         # completion, so invocations need no snapshot.
         self.am_hist = []
+        # The version order's dense prefix, offsets 0, 1, ... as far as the log holds an int or str at each,
+        # extended as the log grows (`extend_recs`); a log offset keeps its first value, so the prefix never
+        # changes. recs: (offset, value) records; vals: the values; canon: the records as the harness writes
+        # them, '[offset,value],' each; cpos: where each record starts in canon, and its end. Every value of an
+        # offset below rdone was read.
+        self.recs = []
+        self.vals = []
+        self.canon = bytearray()
+        self.cpos = [0]
+        self.rdone = 0
+
+    def extend_recs(self):
+        """Extend the dense prefix over the offsets the log now holds."""
+        log = self.log
+        recs = self.recs
+        vals = self.vals
+        canon = self.canon
+        cpos = self.cpos
+        o = len(recs)
+        v = log.get(o)
+        while v is not None:
+            if type(v) is int:
+                canon += b"[%d,%d]," % (o, v)
+            elif type(v) is str:
+                canon += orjson.dumps((o, v))
+                canon += b","
+            else:
+                break
+            recs.append((o, v))
+            vals.append(v)
+            cpos.append(len(canon))
+            o += 1
+            v = log.get(o)
 
     def place(self, o, v, op):
         """Put value v at offset o in the version order; a second value there is a conflict."""
@@ -314,7 +349,7 @@ class HistoryPass:
         next_sample = self.next_sample
         # The last completion's time: its state is sampled when the next completion comes (or at close).
         due = fold.last_time if fold.last_time is not None else -1
-        fold_poll = self._fold_poll
+        fold_poll = self._fold_poll_raw
         fold_ok_send = self._fold_ok_send
         general = self._general_completion
         decode_ok_poll = _decode_ok_poll
@@ -377,14 +412,12 @@ class HistoryPass:
                 # with integer offsets. Anything else takes the general path.
                 try:
                     ((_, polled),) = decode_ok_poll(value)
-                except ValidationError:
-                    general(lineno, ev.index, t, p, f, ev, inv)
-                    continue
-                if polled:
-                    try:
+                    if polled:
                         fold_poll(ev.index, p, polled, inv, ev, read_pos)
-                    except _MALFORMED as e:
-                        problems.append(_malformed(lineno, f, e, decode_value(value)))
+                except ValidationError:  # raised before anything was folded
+                    general(lineno, ev.index, t, p, f, ev, inv)
+                except _MALFORMED as e:
+                    problems.append(_malformed(lineno, f, e, decode_value(value)))
         self.lines += len(events)
         if events:
             fold.n_events = events[-1].index + 1
@@ -544,6 +577,58 @@ class HistoryPass:
         else:
             self._fold_ok_send(idx, p, k, o, v, inv)
 
+    def _fold_poll_raw(self, idx, p, polled, inv, ev, read_pos):
+        """The fast path's ok poll, {key: raw JSON of its records}. The records of a key that continue where
+        this process's last poll of it ended, and hold the values the version order has there, are byte for
+        byte a slice of the key's `canon`: recognised without decoding them. The others are decoded (all of
+        them before anything is folded: a shape msgspec rejects raises ValidationError, and the whole op takes
+        the general path) and folded by _fold_poll. Decides exactly what _fold_poll decides."""
+        keys = self.fold.keys
+        pr = read_pos.get(p)
+        plan = []
+        for k, raw in polled.items():
+            if pr is not None:
+                prev = pr.get(k)
+                if prev is not None:
+                    ks = keys[k]
+                    o0 = prev[0] + 1
+                    cpos = ks.cpos
+                    if o0 >= len(cpos) - 1:
+                        ks.extend_recs()
+                    if 0 <= o0 < len(cpos) - 1:
+                        s = cpos[o0]
+                        e = s + len(raw) - 1  # where canon's record after the last would start
+                        if e > cpos[-1]:
+                            ks.extend_recs()
+                        end = bisect_left(cpos, e, o0 + 1)
+                        if end < len(cpos) and cpos[end] == e and ks.canon.startswith(bytes(raw)[1:-1], s):
+                            plan.append((k, ks, o0, end))
+                            continue
+            plan.append((k, None, _decode_pairs(raw), 0))
+        if pr is None:
+            pr = read_pos[p] = {}
+        for k, ks, o0, end in plan:
+            if ks is None:
+                if o0:
+                    self._fold_poll(idx, p, {k: o0}, inv, ev, read_pos)
+                continue
+            # records o0 .. end - 1, continuing the process's position (no step), nothing to place
+            ol = end - 1
+            rdone = ks.rdone
+            if ol >= rdone:
+                new = ks.vals[o0 if o0 > rdone else rdone:end]
+                rd = ks.read
+                rd.update(zip(filterfalse(rd.__contains__, new), repeat(idx)))
+                if ks.unseen:
+                    ks.unseen.difference_update(new)
+                if o0 <= rdone:
+                    ks.rdone = end
+                if ol > ks.maxread:
+                    ks.maxread = ol
+                    ks.maxread_op = idx
+            pr[k] = (ol, idx, ks.vals[ol])
+        self.fold.any_ok_read = True
+
     def _fold_poll(self, idx, p, polled, inv, ev, read_pos):
         """Fold an ok poll's records {key: [[offset, value], ...]}: version
         order, reads, unseen, highest read and, unless read_pos is None (the
@@ -563,6 +648,35 @@ class HistoryPass:
                 ks = keys[k] = KeyIndex()
             first = pairs[0]
             o0 = first[0]
+            # The common case, above all of a read-heavy history: records at consecutive offsets that hold the
+            # same values in the version order already (pairs decoded by the fast path are tuples, and equal a
+            # slice of the key's `recs`; the general path's lists never do and take the branches below, which
+            # decide the same). Nothing to place; a re-read below `rdone` leaves unseen alone.
+            if type(o0) is int and o0 >= 0:
+                end = o0 + n
+                recs = ks.recs
+                if end > len(recs):
+                    ks.extend_recs()
+                if recs[o0:end] == pairs:
+                    ol = end - 1
+                    rdone = ks.rdone
+                    if ol >= rdone:  # not all read before: reads, unseen, highest read
+                        new = ks.vals[o0 if o0 > rdone else rdone:end]
+                        rd = ks.read
+                        rd.update(zip(filterfalse(rd.__contains__, new), repeat(idx)))
+                        if ks.unseen:
+                            ks.unseen.difference_update(new)
+                        if o0 <= rdone:
+                            ks.rdone = end
+                        if ol > ks.maxread:
+                            ks.maxread = ol
+                            ks.maxread_op = idx
+                    if read_pos is not None:
+                        prev = pr.get(k)
+                        if prev is not None and o0 != prev[0] + 1:
+                            self._poll_step(p, k, prev, o0, idx)
+                        pr[k] = (ol, idx, pairs[-1][1])
+                    continue
             if n == 1:
                 ol, lv = first
                 if type(o0) is not int:
@@ -571,7 +685,8 @@ class HistoryPass:
                 cur = ks.log.get(o0)
                 if cur is None or cur != lv:
                     ks.place(o0, lv, idx)
-                ks.read[lv] = idx
+                if lv not in ks.read:
+                    ks.read[lv] = idx
                 if ks.unseen:
                     ks.unseen.discard(lv)
             else:
@@ -584,7 +699,8 @@ class HistoryPass:
                     for i, cur in enumerate(got):
                         if cur is None or cur != vals[i]:
                             ks.place(offs[i], vals[i], idx)
-                ks.read.update(dict.fromkeys(vals, idx))
+                rd = ks.read
+                rd.update(zip(filterfalse(rd.__contains__, vals), repeat(idx)))
                 if ks.unseen:
                     ks.unseen.difference_update(vals)
                 ol = offs[-1]
@@ -758,7 +874,8 @@ class HistoryPass:
                 if cur is None or cur != vals[i]:
                     ks.place(offs[i], vals[i], idx)
         if ok:
-            ks.read.update(zip(vals, repeat(idx)))
+            rd = ks.read
+            rd.update(zip(filterfalse(rd.__contains__, vals), repeat(idx)))
             if ks.unseen:
                 ks.unseen.difference_update(vals)
             if offs[-1] > ks.maxread:

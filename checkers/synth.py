@@ -187,3 +187,157 @@ def drain(events, logs, process, t, max_poll=100):
         emit({"time": t + 500_000, "process": process, "type": "ok", "f": "poll", "value": [["poll", out]]})
         t += 600_000
     return events
+
+
+def generate_read_heavy(seed=0, *, n_ops=1000, writers=10, readers=80, records_per_poll=80, keys=8,
+                        rotate_every=0, p_fail=0.01, p_info=0.01, p_crash=0.001, batch=1):
+    """A read-heavy history: every value is read by `readers` consumers, each poll returns up to
+    `records_per_poll` records.
+
+    `writers` threads only send (to `keys` active keys, rotating one key every `rotate_every` sends when
+    non-zero); `readers` threads only poll, each its own consumer assigned every key that is active or that
+    it has not read to the end, so each reads every value once (and the final drain once more). A reader
+    polls about as often as `records_per_poll` records arrive, so its polls are mostly full; a lagging reader
+    catches up at `records_per_poll` a poll. Sends fail or end indeterminate with p_fail and p_info; a reader
+    crashes now and then (p_crash per op) and its replacement resumes where the thread's consumer was, as from
+    its group's committed offset. With readers == records_per_poll, about half the ops are sends and half
+    polls (the shape of issue 16: 250k sends, 250k polls of ~80 records, ~20M records read per 1M events).
+
+    n_ops counts client ops of the main phase (each gives two events), not the drain.
+    """
+    rng = random.Random(seed)
+    logs: dict[str, list] = {}
+    active: list[str] = []
+    next_key = 0
+
+    def open_key():
+        nonlocal next_key
+        k = str(next_key)
+        next_key += 1
+        active.append(k)
+        logs[k] = []
+
+    for _ in range(keys):
+        open_key()
+    events: list[dict] = []
+
+    def emit(ev):
+        ev["index"] = len(events)
+        events.append(ev)
+
+    threads = writers + readers
+    proc = list(range(threads))
+    next_process = threads
+    pos = [dict() for _ in range(threads)]         # reader thread -> {key: next offset}, kept across crashes
+    assigned = [None] * threads                    # reader thread -> keys of its current assignment, or None
+    next_value = 0
+    sends = 0
+    # A writer op lasts 0.2-5 ms (2.6 ms on average): a reader's poll takes about as long as records_per_poll
+    # sends take to arrive, so its polls are mostly full.
+    w_mean = 2_600_000
+    r_mean = max(1, int(records_per_poll * w_mean / writers))
+    heap = []
+
+    def start(th, t):
+        nonlocal next_value
+        p = proc[th]
+        if th < writers:
+            k = rng.choice(active)
+            n = 1 if batch <= 1 else rng.randint(1, batch)
+            vals = list(range(next_value, next_value + n))
+            next_value += n
+            op = ("send", k, vals)
+            emit({"time": t, "process": p, "type": "invoke", "f": "send", "value": [["send", k, v] for v in vals]})
+            dt = rng.randint(200_000, 5_000_000)
+        elif rng.random() < p_crash:
+            op = ("crash",)
+            emit({"time": t, "process": p, "type": "invoke", "f": "crash", "value": None})
+            dt = rng.randint(100_000, 1_000_000)
+        elif assigned[th] is None or set(active) - set(assigned[th]):
+            have = pos[th]
+            ks = [k for k in logs if k in active or have.get(k, 0) < len(logs[k])]
+            op = ("assign", ks)
+            emit({"time": t, "process": p, "type": "invoke", "f": "assign", "value": ks})
+            dt = rng.randint(100_000, 1_000_000)
+        else:
+            op = ("poll",)
+            emit({"time": t, "process": p, "type": "invoke", "f": "poll", "value": [["poll"]]})
+            dt = rng.randint(r_mean // 2, r_mean * 3 // 2)
+        heapq.heappush(heap, (t + dt, th, op))
+
+    for th in range(threads):
+        start(th, rng.randint(0, 1_000_000))
+    done = 0
+    t = 0
+    while done < n_ops:
+        t, th, op = heapq.heappop(heap)
+        p = proc[th]
+        kind = op[0]
+        if kind == "send":
+            _, k, vals = op
+            r = rng.random()
+            if r < p_fail:
+                emit({"time": t, "process": p, "type": "fail", "f": "send", "error": "NOT_ENOUGH_REPLICAS",
+                      "value": [["send", k, v] for v in vals]})
+            elif r < p_fail + p_info:
+                if rng.random() < 0.5:
+                    logs[k].extend(vals)
+                emit({"time": t, "process": p, "type": "info", "f": "send", "error": "REQUEST_TIMED_OUT",
+                      "value": [["send", k, [None, v]] for v in vals]})
+                proc[th] = next_process
+                next_process += 1
+            else:
+                log = logs[k]
+                base = len(log)
+                log.extend(vals)
+                emit({"time": t, "process": p, "type": "ok", "f": "send",
+                      "value": [["send", k, [base + i, v]] for i, v in enumerate(vals)]})
+            sends += 1
+            if rotate_every and sends % rotate_every == 0:
+                active.pop(0)
+                open_key()
+        elif kind == "crash":
+            emit({"time": t, "process": p, "type": "info", "f": "crash", "value": None})
+            proc[th] = next_process
+            next_process += 1
+            assigned[th] = None
+        elif kind == "assign":
+            assigned[th] = op[1]
+            emit({"time": t, "process": p, "type": "ok", "f": "assign", "value": op[1]})
+        else:
+            budget = records_per_poll
+            out = {}
+            have = pos[th]
+            for k in assigned[th]:
+                if budget <= 0:
+                    break
+                at = have.get(k, 0)
+                log = logs[k]
+                if at < len(log):
+                    end = min(len(log), at + budget)
+                    out[k] = [[o, log[o]] for o in range(at, end)]
+                    budget -= end - at
+                    have[k] = end
+            emit({"time": t, "process": p, "type": "ok", "f": "poll", "value": [["poll", out]]})
+        done += 1
+        start(th, t)
+    while heap:  # in-flight ops end indeterminate, as when a harness stops its clients
+        t, th, op = heapq.heappop(heap)
+        emit({"time": t, "process": proc[th], "type": "info", "f": op[0],
+              "value": None if op[0] != "send" else [["send", op[1], [None, v]] for v in op[2]],
+              "error": "stopped"})
+        if op[0] == "send" and rng.random() < 0.5:
+            logs[op[1]].extend(op[2])
+    drain(events, logs, next_process, t + 1_000_000, records_per_poll)
+    return events
+
+
+def records_read(events) -> int:
+    """Records returned by ok polls: the read volume of a history."""
+    n = 0
+    for ev in events:
+        if ev["type"] == "ok" and ev["f"] == "poll":
+            for mop in ev["value"]:
+                if len(mop) > 1 and mop[1]:
+                    n += sum(map(len, mop[1].values()))
+    return n
