@@ -10,7 +10,7 @@ NIGHTLY_COLUMNS ?=
 # What `make test` needs beyond that: a browser to open the reports in (tests/test_pytest_plugin.py).
 TEST_PACKAGES := chromium
 
-.PHONY: all venv host-deps test-deps image demo test test-fast nightly bench clean
+.PHONY: all venv host-deps test-deps image demo test test-fast nightly bench mutation clean
 
 all: venv
 
@@ -53,6 +53,26 @@ nightly: venv host-deps image
 bench: venv host-deps
 	$(PY) bench/check_large.py
 	$(PY) bench/produce.py
+
+# Mutation testing of the broker's safety rules (issue 19; docs/broker.md "Mutation testing: survivors", figures in
+# docs/benchmarks.md). Not part of `make test`. Whole replication.py, replica_manager.py and partition.py; of handlers.py
+# the produce, fetch, ListOffsets, OffsetForLeaderEpoch and InitProducerId paths; of controller.py the election
+# decisions. Runs at nice 19 on idle CPU; results stay in mutants/ (`.venv/bin/mutmut show NAME` shows one).
+MUTATION_TARGETS := 'broker.replication.*' 'broker.replica_manager.*' 'broker.partition.*' \
+	'broker.handlers.x_produce*' 'broker.handlers.x__produce_partition*' 'broker.handlers.x_fetch*' \
+	'broker.handlers.x_list_offsets*' 'broker.handlers.x__list_offset*' 'broker.handlers.x_offset_for_leader_epoch*' \
+	'broker.handlers.x_init_producer_id*' \
+	'broker.controller.x_decide_elections*' 'broker.controller.x_decide_new_partitions*' \
+	'broker.controller.x_unclean_election_enabled*' 'broker.controller.x_role_for*' 'broker.controller.x_leaderships_to_move*'
+
+$(VENV)/.mutation-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[test,mutation]'
+	touch $@
+
+mutation: $(VENV)/.mutation-installed
+	rm -rf mutants    # a fresh run each time: figures that do not depend on an earlier run's cache
+	time ACKED_HYPOTHESIS_PROFILE=mutation nice -n 19 $(VENV)/bin/mutmut run $(MUTATION_TARGETS)
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,11 +6,26 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from clusters.base import ClusterSpec
 
 from clusters import local
 from clusters.local import REPO_ROOT, LocalCluster, LocalZooKeeper, new_name
+
+# `make mutation` (issue 19) runs the rule tests once per mutant: ACKED_HYPOTHESIS_PROFILE=mutation gives them a small,
+# derandomized budget (the same examples every run, so a killed mutant stays killed).  `make test` sets nothing and
+# keeps each test's own max_examples.
+settings.register_profile("mutation", max_examples=50, derandomize=True, database=None, deadline=None)
+MUTATION_RUN = os.environ.get("ACKED_HYPOTHESIS_PROFILE") == "mutation"
+if MUTATION_RUN:
+    settings.load_profile("mutation")
+
+
+def examples(n: int) -> int:
+    """A test's max_examples: `n`, or the mutation profile's smaller budget in `make mutation`."""
+    return min(n, settings.get_profile("mutation").max_examples) if MUTATION_RUN else n
+
 
 #: where fixtures keep cluster directories; a killed run's leftovers there are reaped by the next start
 CLUSTERS_DIR = Path(os.environ.get("ACKED_CLUSTERS_DIR", REPO_ROOT / "results" / ".clusters"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
+from conftest import examples
 
 from broker.controller import (
     PartitionState, Role, StateWrite, VersionedState, assignment_from_json, assignment_to_json, config_from_json,
@@ -132,7 +133,7 @@ def test_role_for():
     assert role_for(2, None, (1, 2, 3), 50) is Role.NONE
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(isr=st.lists(st.sampled_from([1, 2, 3]), min_size=1, max_size=3, unique=True),
        leader_idx=st.integers(0, 2), alive=st.sets(st.sampled_from([1, 2, 3])),
        unclean=st.booleans(), shutting=st.sets(st.sampled_from([1, 2, 3]), max_size=1))

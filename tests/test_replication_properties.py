@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from hypothesis import HealthCheck, given, settings, strategies as st, find
+from conftest import examples
 
 from broker.replication import (
     ElectionKind, LeaderEpochCache, LeaderPartition, choose_leader, follower_high_watermark, truncation_point,
@@ -174,20 +175,20 @@ def run(ops, unclean):
     return m
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op, max_size=60))
 def test_clean_elections_never_lose_committed_records(ops):
     m = run(ops, unclean=False)
     assert all(k is not ElectionKind.UNCLEAN for k in m.elections)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op, max_size=60))
 def test_hw_invariants_hold_with_unclean_elections_too(ops):
     run(ops, unclean=True)     # Model._observe asserts monotonic HW and HW <= every ISR LEO
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op, max_size=60))
 def test_followers_converge_to_the_leader_after_healing(ops):
     m = run(ops, unclean=False)
@@ -600,6 +601,6 @@ class RacingReplication(RuleBasedStateMachine):
         raise AssertionError(f"no convergence: {[b.log for b in self.b.values()]}, state {self.zk}")
 
 
-RacingReplication.TestCase.settings = settings(max_examples=600, stateful_step_count=100, deadline=None,
+RacingReplication.TestCase.settings = settings(max_examples=examples(600), stateful_step_count=100, deadline=None,
                                                suppress_health_check=[HealthCheck.too_slow])
 TestRacingReplication = RacingReplication.TestCase

@@ -1,0 +1,400 @@
+"""The replication rules through the broker's own request paths, in one process (tests/replication_in_process.py):
+ReplicaManager and ReplicaFetcher (broker/replica_manager.py) with the produce, fetch, ListOffsets,
+OffsetForLeaderEpoch and InitProducerId handlers (broker/handlers.py).  `make mutation` runs these against
+mutmut's mutants (docs/broker.md, "Mutation testing"); the subprocess-broker tests cover the same rules end to end."""
+from __future__ import annotations
+
+import pytest
+
+from broker import handlers
+from broker.errors import (FENCED_LEADER_EPOCH, INVALID_PRODUCER_EPOCH, NONE, NOT_ENOUGH_REPLICAS,
+                           NOT_ENOUGH_REPLICAS_AFTER_APPEND, NOT_LEADER_OR_FOLLOWER, OFFSET_OUT_OF_RANGE,
+                           OUT_OF_ORDER_SEQUENCE_NUMBER, REQUEST_TIMED_OUT, UNKNOWN_LEADER_EPOCH,
+                           UNKNOWN_TOPIC_OR_PARTITION)
+from replication_in_process import KEY, TOPIC, Cluster, fetched, fetch_request, request
+
+LAG_MS = 10000      # replica.lag.time.max.ms of the nodes
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    made = []
+
+    def make(**kw) -> Cluster:
+        c = Cluster(tmp_path / f"cluster-{len(made)}", monkeypatch, **kw)
+        made.append(c)
+        return c
+    yield make
+    for c in made:
+        c.close()
+
+
+def log_of(c: Cluster, node: int) -> list[tuple[int, bytes]]:
+    """(leader epoch, record value) of each record in node's log, committed or not."""
+    from broker.records import split_batches
+    p = c.nodes[node].partition
+    data = p.log.read(p.log_start_offset, 1 << 20, p.log_end_offset, True) if p.log_end_offset else b""
+    out = []
+    for _pos, h in split_batches(bytes(data)):
+        out += [(h.partition_leader_epoch, h.base_offset + i) for i in range(h.last_offset_delta + 1)]
+    return out
+
+
+def isr(c: Cluster) -> tuple[int, ...]:
+    return c.state[KEY].state.isr
+
+
+# -- acks=all, min.insync.replicas, the high watermark ------------------------------------------------------
+
+def test_an_acks_all_write_is_answered_once_every_isr_member_has_it_and_consumers_see_it_only_then(cluster):
+    c = cluster(topic_config={"min.insync.replicas": "2"})
+    c.elect(1, 1, [1, 2, 3])
+    waiting = c.produce(1, ["a", "b"])
+    assert isinstance(waiting, handlers.Deferred)
+    assert c.fetch(1, 0).offsets == [] and c.list_offsets(1, -1) == (NONE, 0)
+    c.replicate(2, rounds=2)                 # one ISR follower has it, the other not: not committed
+    assert c.answered(waiting) is None
+    assert c.fetch(1, 0).offsets == [] and c.list_offsets(1, -1) == (NONE, 0)
+    assert c.fetch(1, 0, replica_id=3).offsets == [0, 1]     # a follower reads past the high watermark
+    c.replicate(3, rounds=2)
+    assert c.answered(waiting) == (NONE, 0)
+    assert c.fetch(1, 0).offsets == [0, 1] and c.fetch(1, 0).high_watermark == 2
+    assert c.list_offsets(1, -1) == (NONE, 2) and c.list_offsets(1, -2) == (NONE, 0)
+    assert c.nodes[2].partition.high_watermark == 0        # a follower learns the HW on its next fetch
+    c.replicate(2)
+    assert c.nodes[2].partition.high_watermark == 2
+
+
+def test_a_consumer_fetch_between_the_high_watermark_and_the_log_end_gets_no_records_and_no_error(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    c.produce(1, ["b", "c"], acks=1)           # offsets 1-2, not yet on broker 2
+    assert c.fetch(1, 1) == c.fetch(1, 1) and c.fetch(1, 1).error == NONE
+    assert c.fetch(1, 1).records == b"" and c.fetch(1, 1).high_watermark == 1
+    assert c.fetch(1, 0).offsets == [0]
+    assert c.fetch(1, 4).error == OFFSET_OUT_OF_RANGE
+
+
+def test_acks_all_is_refused_before_the_append_while_the_isr_is_smaller_than_min_insync_replicas(cluster):
+    c = cluster(topic_config={"min.insync.replicas": "2"})
+    c.elect(1, 1, [1])
+    assert c.produce(1, ["a"]) == (NOT_ENOUGH_REPLICAS, -1)
+    assert c.nodes[1].partition.log_end_offset == 0
+    assert c.produce(1, ["a"], acks=1) == (NONE, 0)       # acks=1 does not ask for the ISR
+    assert c.produce(1, ["b"], acks=0) is None and c.nodes[1].partition.log_end_offset == 2
+
+
+def test_with_min_insync_replicas_met_by_the_leader_alone_acks_all_is_answered_at_once(cluster):
+    c = cluster()
+    c.elect(1, 1, [1])
+    assert c.produce(1, ["a"]) == (NONE, 0)
+    assert c.produce(1, ["b", "c"]) == (NONE, 1)
+    assert c.list_offsets(1, -1) == (NONE, 3)
+
+
+def test_a_waiting_acks_all_write_whose_isr_shrinks_below_min_insync_fails_after_the_append(cluster):
+    c = cluster(topic_config={"min.insync.replicas": "2"})
+    c.elect(1, 1, [1, 2, 3])
+    waiting = c.produce(1, ["a"])
+    c.now += LAG_MS + 1
+    c.tick(1)                                  # neither follower fetched: both leave the ISR
+    assert isr(c) == (1,) and c.nodes[1].leader_state.isr == (1,)
+    assert c.answered(waiting) == (NOT_ENOUGH_REPLICAS_AFTER_APPEND, 0)
+    assert c.list_offsets(1, -1) == (NONE, 1)  # the ISR of one has it: committed all the same
+
+
+def test_a_waiting_acks_all_write_is_answered_when_the_isr_shrinks_to_members_that_have_it(cluster):
+    c = cluster(topic_config={"min.insync.replicas": "2"})
+    c.elect(1, 1, [1, 2, 3])
+    waiting = c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    c.now += LAG_MS
+    c.tick(1)                                  # exactly replica.lag.time.max.ms: still in sync
+    assert isr(c) == (1, 2, 3) and c.answered(waiting) is None
+    c.now += 1
+    c.tick(1)
+    assert isr(c) == (1, 2)
+    assert c.answered(waiting) == (NONE, 0)
+
+
+def test_a_waiting_acks_all_write_times_out_at_its_deadline_and_not_before(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    waiting = c.produce(1, ["a"], timeout_ms=100)
+    c.now += 99
+    c.tick(1)
+    assert c.answered(waiting) is None
+    c.now += 1
+    c.tick(1)
+    assert c.answered(waiting) == (REQUEST_TIMED_OUT, 0)
+
+
+def test_a_leader_that_loses_leadership_fails_its_waiting_writes_and_takes_no_more(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    waiting = c.produce(1, ["a"])
+    c.elect(2, 2, [2, 3])
+    assert c.answered(waiting) == (NOT_LEADER_OR_FOLLOWER, 0)
+    assert c.produce(1, ["b"]) == (NOT_LEADER_OR_FOLLOWER, -1)
+    assert c.produce(1, ["b"], acks=1) == (NOT_LEADER_OR_FOLLOWER, -1)
+    assert c.fetch(1, 0).error == NOT_LEADER_OR_FOLLOWER
+    assert c.list_offsets(1, -1) == (NOT_LEADER_OR_FOLLOWER, -1)
+
+
+def test_a_produce_to_a_partition_the_broker_does_not_have_is_unknown(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    req = request(0, 8, {"transactional_id": None, "acks": -1, "timeout": 1000, "topic_data": [
+        {"name": "other", "partition_data": [{"index": 0, "records": b""}]}]})
+    from replication_in_process import produce_answer
+    assert produce_answer(handlers.produce(c.nodes[1].broker, req)) == (UNKNOWN_TOPIC_OR_PARTITION, -1)
+
+
+# -- the ISR: shrink, expand, the rejoin clause -------------------------------------------------------------
+
+def test_a_follower_that_stops_fetching_leaves_the_isr_after_the_lag_time_and_rejoins_once_caught_up(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a", "b"], acks=1)
+    c.replicate(2, rounds=2)
+    c.now += LAG_MS
+    c.replicate(2)
+    c.now += 1
+    c.tick(1)
+    assert isr(c) == (1, 2) and c.nodes[1].leader_state.isr == (1, 2)
+    assert c.list_offsets(1, -1) == (NONE, 2)    # the smaller ISR has everything
+    c.replicate(3)                               # fetches at 0: behind the HW, stays out
+    assert isr(c) == (1, 2)
+    c.replicate(3)                               # at 2 = HW and past the epoch start: back in
+    assert isr(c) == (1, 2, 3) and c.nodes[1].leader_state.isr == (1, 2, 3)
+
+
+def test_a_follower_short_of_the_leaders_epoch_start_stays_out_of_the_isr_though_at_its_high_watermark(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a", "b"], acks=1)
+    c.replicate(2, rounds=2)                     # 2 has both; 3 has nothing, so the HW is still 0
+    c.elect(2, 2, [2, 1])                        # 1 stays in the ISR without fetching: the HW stays 0
+    lp = c.nodes[2].leader_state
+    assert (lp.high_watermark, lp.epoch_start_offset) == (0, 2)
+    c.replicate(3)                               # 3 fetches at 0 = the HW, below the epoch start
+    assert isr(c) == (2, 1)
+    c.replicate(3)                               # at 2: it has everything this leader could have committed
+    assert isr(c) == (2, 1, 3)
+
+
+def test_an_isr_change_that_loses_the_compare_and_set_is_dropped_and_proposed_again_from_the_newer_state(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"], acks=1)
+    newer = c.elect(1, 1, [1, 2, 3], to=[])      # the controller rewrote the state; the watch has not fired yet
+    c.now += LAG_MS + 1
+    c.replicate(2, rounds=2)
+    c.tick(1)                                    # proposes (1, 2) from the old version: refused, re-read
+    lp = c.nodes[1].leader_state
+    assert c.state[KEY] == newer and lp.isr == (1, 2, 3) and lp.pending_isr is None
+    c.tick(1)                                    # proposed again, from the version it read
+    assert isr(c) == (1, 2) and lp.isr == (1, 2) and c.state[KEY].zk_version == newer.zk_version + 1
+
+
+def test_an_isr_write_that_fails_leaves_the_isr_as_it_was_and_is_proposed_again(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.nodes[1].zk.refuse_writes = True
+    c.now += LAG_MS + 1
+    c.tick(1)
+    lp = c.nodes[1].leader_state
+    assert lp.isr == (1, 2, 3) and lp.pending_isr is None and isr(c) == (1, 2, 3)
+    c.nodes[1].zk.refuse_writes = False
+    c.deliver()
+    c.tick(1)
+    assert isr(c) == (1,) and lp.isr == (1,)
+
+
+def test_the_controller_shrinking_the_isr_moves_the_leaders_high_watermark(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    waiting = c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    assert c.answered(waiting) is None
+    c.elect(1, 1, [1, 2])                        # broker 3 went away: the controller drops it
+    assert c.nodes[1].leader_state.isr == (1, 2)
+    assert c.answered(waiting) == (NONE, 0) and c.list_offsets(1, -1) == (NONE, 1)
+
+
+# -- fetch epoch fencing ------------------------------------------------------------------------------------
+
+def test_fetch_list_offsets_and_offset_for_leader_epoch_fence_an_older_and_refuse_a_newer_leader_epoch(cluster):
+    c = cluster()
+    c.elect(1, 5, [1])
+    c.produce(1, ["a"])
+    assert c.fetch(1, 0, current_leader_epoch=4).error == FENCED_LEADER_EPOCH
+    assert c.fetch(1, 0, current_leader_epoch=6).error == UNKNOWN_LEADER_EPOCH
+    assert c.fetch(1, 0, current_leader_epoch=5).offsets == [0]
+    assert c.fetch(1, 0, current_leader_epoch=-1).offsets == [0]
+    assert c.list_offsets(1, -1, 4) == (FENCED_LEADER_EPOCH, -1)
+    assert c.list_offsets(1, -1, 6) == (UNKNOWN_LEADER_EPOCH, -1)
+    assert c.list_offsets(1, -1, 5) == (NONE, 1)
+    for current, error in [(4, FENCED_LEADER_EPOCH), (6, UNKNOWN_LEADER_EPOCH), (5, NONE), (-1, NONE)]:
+        assert offset_for_leader_epoch(c, 1, 5, current) == (error, (5, 1) if error == NONE else (-1, -1))
+
+
+def test_a_follower_fetch_in_an_old_epoch_is_fenced_and_does_not_count_towards_the_high_watermark(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    waiting = c.produce(1, ["a"])
+    c.elect(1, 2, [1, 2], to=[1])                # the leader is in epoch 2; broker 2 still thinks 1
+    assert c.answered(waiting) == (NOT_LEADER_OR_FOLLOWER, 0)   # a new leader epoch: a new LeaderPartition
+    waiting = c.produce(1, ["b"])
+    answer = fetched(handlers.fetch(c.nodes[1].broker, fetch_request(2, replica_id=2, current_leader_epoch=1)))
+    assert answer.error == FENCED_LEADER_EPOCH
+    assert c.nodes[1].leader_state.high_watermark == 0 and c.answered(waiting) is None
+    answer = fetched(handlers.fetch(c.nodes[1].broker, fetch_request(2, replica_id=2, current_leader_epoch=2)))
+    assert answer.error == NONE and c.answered(waiting) == (NONE, 1)
+
+
+def test_a_fetch_from_a_broker_that_is_not_a_replica_is_refused(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"], acks=1)
+    assert fetched(handlers.fetch(c.nodes[1].broker, fetch_request(0, replica_id=9))).error == NOT_LEADER_OR_FOLLOWER
+    assert fetched(handlers.fetch(c.nodes[1].broker, fetch_request(5, replica_id=2))).error == OFFSET_OUT_OF_RANGE
+    assert c.nodes[1].leader_state.high_watermark == 0
+
+
+def offset_for_leader_epoch(c: Cluster, node: int, epoch: int, current: int):
+    body = handlers.offset_for_leader_epoch(c.nodes[node].broker, request(23, 3, {"replica_id": -1, "topics": [
+        {"topic": TOPIC, "partitions": [{"partition": 0, "current_leader_epoch": current, "leader_epoch": epoch}]}]}))
+    p = body.topics[0].partitions[0]
+    return p.error_code.value, (p.leader_epoch, p.end_offset)
+
+
+# -- truncation to the leader's epoch end ---------------------------------------------------------------------
+
+def test_a_deposed_leader_cuts_its_uncommitted_tail_at_the_end_of_its_epoch_on_the_new_leader(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    for f in (2, 3):
+        c.replicate(f, rounds=2)
+    c.produce(1, ["x", "y"], acks=1)             # offsets 1-2: only on broker 1, never committed
+    c.elect(2, 2, [2, 3])
+    assert c.produce(2, ["b"], acks=1) == (NONE, 1)
+    assert offset_for_leader_epoch(c, 2, 1, 2) == (NONE, (1, 1))
+    assert offset_for_leader_epoch(c, 2, 2, 2) == (NONE, (2, 2))
+    c.replicate(1)
+    assert log_of(c, 1) == [(1, 0), (2, 1)] == log_of(c, 2)
+    assert c.nodes[1].partition.epoch_cache.entries == c.nodes[2].partition.epoch_cache.entries
+    c.replicate(3, rounds=2)
+    assert log_of(c, 3) == log_of(c, 2)
+
+
+def test_a_follower_lacking_the_leaders_epoch_truncates_in_steps_until_the_epochs_agree(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    for f in (2, 3):
+        c.replicate(f, rounds=2)
+    c.elect(2, 2, [2, 3], to=[2, 3])             # broker 1 misses epochs 2 and 3
+    c.produce(2, ["b"], acks=1)
+    c.replicate(3, rounds=2)
+    c.elect(3, 3, [3], to=[2, 3])
+    c.produce(3, ["c"], acks=1)
+    c.produce(1, ["x", "y"], acks=1)             # broker 1 still leads epoch 1 as far as it knows
+    c.deliver([1])                               # now it follows 3 in epoch 3
+    wire = c.replicate(1)
+    assert log_of(c, 1) == [(1, 0), (2, 1), (3, 2)] == log_of(c, 3)
+    asked = [r.body for r in wire.requests if r.api_key == 23]
+    assert [p.leader_epoch for b in asked for t in b.topics for p in t.partitions] == [1]
+
+
+def test_a_follower_with_nothing_to_cut_keeps_its_log_and_fetches_on(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    c.produce(1, ["a", "b"])
+    c.replicate(2, rounds=2)
+    c.elect(2, 2, [2, 1])
+    c.produce(2, ["c"], acks=1)
+    c.replicate(1, rounds=2)
+    assert log_of(c, 1) == [(1, 0), (1, 1), (2, 2)] == log_of(c, 2)
+    assert c.nodes[1].partition.high_watermark == 3
+
+
+# -- leadership from the partition state ------------------------------------------------------------------------
+
+def test_a_broker_leads_only_in_a_state_written_after_it_registered_and_not_after_losing_its_session(cluster):
+    c = cluster()
+    c.nodes[1].zk.registration_zxid = 10**6      # restarted after the state was written: must not resume
+    c.elect(1, 1, [1, 2, 3])
+    assert c.nodes[1].leader_state is None
+    assert c.produce(1, ["a"]) == (NOT_LEADER_OR_FOLLOWER, -1)
+    c.nodes[1].zk.registration_zxid = 1
+    c.elect(1, 2, [1, 2, 3])
+    assert c.nodes[1].leader_state is not None and c.produce(1, ["a"], acks=1) == (NONE, 0)
+    c.nodes[1].rm._session_lost(1)
+    assert c.nodes[1].leader_state is None and c.produce(1, ["b"], acks=1) == (NOT_LEADER_OR_FOLLOWER, -1)
+    c.deliver([1])                                # the same state again, still without a new session
+    assert c.nodes[1].leader_state is None
+    c.nodes[1].zk.registration_zxid = 2
+    c.elect(1, 3, [1, 2, 3])
+    assert c.nodes[1].leader_state is not None
+
+
+def test_an_older_state_delivered_late_is_ignored(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    old = c.state[KEY]
+    c.elect(2, 2, [2, 3])
+    c.nodes[1].rm._apply_state(TOPIC, 0, old, c.replicas, c.info)
+    assert c.nodes[1].leader_state is None and c.nodes[1].rm.following[KEY] == 2
+
+
+def test_a_new_leader_starts_with_the_high_watermark_it_had_as_follower_and_its_log_end_as_epoch_start(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a", "b"])
+    for f in (2, 3):
+        c.replicate(f, rounds=3)
+    c.produce(1, ["c"], acks=1)
+    c.replicate(2)                                # 2 has offset 2; its HW is 2
+    c.elect(2, 2, [2, 3])
+    lp = c.nodes[2].leader_state
+    assert (lp.high_watermark, lp.epoch_start_offset, lp.log_end_offset) == (2, 3, 3)
+    assert c.nodes[2].partition.epoch_cache.entries[-1].start_offset == 3
+
+
+# -- idempotent producer through the produce path --------------------------------------------------------------
+
+def test_a_retried_idempotent_batch_is_answered_with_its_first_offset_and_gaps_and_old_epochs_are_refused(cluster):
+    c = cluster()
+    c.elect(1, 1, [1])
+    pid = dict(producer_id=7, producer_epoch=0)
+    assert c.produce(1, ["a", "b"], base_sequence=0, **pid) == (NONE, 0)
+    assert c.produce(1, ["c"], base_sequence=2, **pid) == (NONE, 2)
+    assert c.produce(1, ["a", "b"], base_sequence=0, **pid) == (NONE, 0)      # a retry: not written again
+    assert c.nodes[1].partition.log_end_offset == 3
+    assert c.produce(1, ["e"], base_sequence=4, **pid)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert c.produce(1, ["d"], base_sequence=3, producer_id=7, producer_epoch=1)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert c.produce(1, ["d"], base_sequence=0, producer_id=7, producer_epoch=1) == (NONE, 3)
+    assert c.produce(1, ["d"], base_sequence=3, **pid)[0] == INVALID_PRODUCER_EPOCH
+
+
+def test_init_producer_id_bumps_the_epoch_of_a_known_producer_and_gives_a_new_id_otherwise():
+    from broker.protocol import build, request_class, Request
+    from types import SimpleNamespace
+    broker = SimpleNamespace(metadata=SimpleNamespace(producer_id_limit=1000), new_producer_id=lambda: 1000)
+
+    def init(pid, epoch):
+        body = build(request_class(22, 3), {"transactional_id": None, "transaction_timeout": 60000,
+                                            "producer_id": pid, "producer_epoch": epoch})
+        out = handlers.init_producer_id(broker, Request(22, 3, 1, "t", body))
+        return out.error_code.value, out.producer_id, out.producer_epoch
+    assert init(-1, -1) == (NONE, 1000, 0)
+    assert init(5, 0) == (NONE, 5, 1)
+    assert init(5, 32765) == (NONE, 5, 32766)
+    assert init(5, 32766) == (NONE, 1000, 0)           # the epoch would overflow: a new id
+    assert init(999, 3) == (NONE, 999, 4)
+    assert init(1000, 3) == (NONE, 1000, 0)            # an id this cluster never gave out
+    assert init(5, -1) == (NONE, 1000, 0)
