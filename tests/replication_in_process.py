@@ -179,6 +179,7 @@ class Fetched:
     error: int
     high_watermark: int
     records: bytes
+    last_stable_offset: int = -1
 
     @property
     def offsets(self) -> list[int]:
@@ -190,9 +191,9 @@ class Fetched:
 def fetched(reply) -> Fetched | None:
     """The one partition of a handlers.fetch reply, None when the reply leaves it out."""
     for _topic, parts in reply.topics:
-        for part, error, hw, _lso, _start, _aborted, records in parts:
+        for part, error, hw, lso, _start, _aborted, records in parts:
             if part == 0:
-                return Fetched(error, hw, bytes(records))
+                return Fetched(error, hw, bytes(records), lso)
     return None
 
 
@@ -203,16 +204,16 @@ def list_offsets_request(timestamp: int, current_leader_epoch: int = -1) -> prot
 
 
 class Cluster:
-    """Replicas 1..n of one partition of topic `t`."""
+    """Replicas first_id..first_id+n-1 (1..n by default) of one partition of topic `t`."""
 
     def __init__(self, tmp, monkeypatch, n: int = 3, topic_config: dict[str, str] | None = None,
-                 broker_config: dict[str, str] | None = None):
+                 broker_config: dict[str, str] | None = None, first_id: int = 1):
         self.tmp = tmp
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(InlineExecutor())   # the re-read after a lost ISR write, inline
         self.now = 1_000_000
         monkeypatch.setattr(rm_module, "_now_ms", lambda: self.now)
-        self.replicas = tuple(range(1, n + 1))
+        self.replicas = tuple(range(first_id, first_id + n))
         self.info = TopicInfo(TOPIC, uuid.uuid4(), 1, n, dict(topic_config or {}), {0: self.replicas})
         self.zxid = 100
         self.state: dict[tuple[str, int], VersionedState] = {}

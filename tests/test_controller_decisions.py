@@ -156,3 +156,40 @@ def test_election_properties(isr, leader_idx, alive, unclean, shutting):
                 assert unclean and not (set(isr) & (alive - shutting))   # unclean only when no ISR member can lead
         else:
             assert not (set(isr) & (alive - shutting)) and not (unclean and alive - shutting)
+
+
+# -- found by `make mutation` (issue 19): each kills a surviving mutant of the election rules ----------------------
+
+def test_every_partition_is_decided_whatever_the_partitions_before_it_needed():
+    """One partition needing nothing, or offline already, or with a leader that cannot hand over, must not stop the
+    controller from deciding the partitions after it (a `break` for a `continue`)."""
+    assign = {"a": {0: (1, 2)}, "b": {0: (1, 2)}, "c": {0: (1, 2)}, "d": {0: (2, 3)}, "z": {0: (3, 1)}}
+    states = {("a", 0): vs(1, 1, [1, 2]),            # all is well
+              ("b", 0): vs(-1, 3, [9]),              # already offline
+              ("c", 0): vs(1, 2, [1]),               # shutting-down leader, nobody to move to
+              ("d", 0): vs(2, 1, [2, 3]),            # its leader and ISR are gone: offline
+              ("gone", 0): vs(1, 1, [1]),            # a deleted topic's leftover state: no assignment
+              ("z", 0): vs(3, 7, [3, 1])}            # its leader 3 is gone: 1 takes over
+    writes = decide_elections(assign, states, live(1), never, 2, shutting_down={1})
+    assert [(w.topic, w.partition, w.state.leader, w.state.leader_epoch) for w in writes] == \
+        [("d", 0, -1, 2), ("z", 0, -1, 8)]
+    writes = decide_elections(assign, states, live(1, 2), never, 2)
+    assert [(w.topic, w.state.leader, w.state.isr) for w in writes] == [("d", 2, (2,)), ("z", 1, (1,))]
+
+
+def test_a_leader_that_finished_shutting_down_and_is_gone_leaves_its_partition_offline():
+    states = {("t", 0): vs(1, 4, [1])}
+    [w] = decide_elections(ASSIGN, states, live(2, 3), never, 2, shutting_down={1})
+    assert (w.topic, w.partition, w.state.leader, w.state.leader_epoch, w.state.isr) == ("t", 0, -1, 5, (1,))
+
+
+def test_new_partitions_are_created_after_one_that_already_has_a_state():
+    assign = {"t": {0: (1, 2), 1: (2, 1)}}
+    writes = decide_new_partitions(assign, {("t", 0): vs(1, 0, [1, 2])}, [1, 2], 3)
+    assert [(w.topic, w.partition, w.state.leader) for w in writes] == [("t", 1, 2)]
+
+
+def test_broker_id_0_is_a_leader_like_any_other():
+    state = vs(0, 4, [0, 2], mzxid=100)
+    assert role_for(2, state, (0, 2), 50) is Role.FOLLOWER
+    assert role_for(0, state, (0, 2), 50) is Role.LEADER

@@ -477,3 +477,34 @@ def test_isr_committed_by_the_controller_advances_hw_over_the_smaller_isr():
     assert lp.high_watermark == 47                 # 1 has not fetched
     assert lp.isr_committed((3, 2))
     assert lp.high_watermark == 48
+
+
+# ---------------------------------------------------------------------------- found by `make mutation` (issue 19)
+
+def test_epoch_cache_assign_says_whether_it_changed_and_drops_every_conflicting_entry():
+    cache = LeaderEpochCache([(1, 0), (2, 5)])
+    assert cache.assign(2, 5) is False                      # the same epoch at the same start: no change
+    assert cache.assign(3, 5) is True                       # a newer epoch at the same start replaces epoch 2
+    assert [(e.epoch, e.start_offset) for e in cache.entries] == [(1, 0), (3, 5)]
+    cache = LeaderEpochCache([(1, 0), (2, 5), (3, 8)])
+    assert cache.assign(2, 9)                               # an older epoch again (unclean): 2 and 3 both go
+    assert [(e.epoch, e.start_offset) for e in cache.entries] == [(1, 0), (2, 9)]
+    assert LeaderEpochCache([(0, 0)]) != [(0, 0)]
+
+
+def test_epoch_cache_truncate_from_start_clamps_the_epoch_the_new_start_falls_in():
+    cache = LeaderEpochCache([(1, 0), (2, 3), (3, 5)])
+    cache.truncate_from_start(7)
+    assert [(e.epoch, e.start_offset) for e in cache.entries] == [(3, 7)]
+
+
+def test_truncation_when_the_leader_answers_an_epoch_the_follower_never_had():
+    follower = LeaderEpochCache([(0, 0)])
+    assert truncation_point(follower, 9, 2, leader_epoch=3, leader_end_offset=4) == Truncation(4, True)
+    assert truncation_point(follower, 3, 2, leader_epoch=3, leader_end_offset=4) == Truncation(3, True)
+
+
+def test_truncation_stops_at_the_followers_own_next_epoch_when_it_began_before_the_leaders_end():
+    # The follower led epoch 3 from offset 2; the leader never had epoch 3 and its epoch 1 ends at 4.
+    follower = LeaderEpochCache([(1, 0), (3, 2)])
+    assert truncation_point(follower, 5, 0, leader_epoch=1, leader_end_offset=4) == Truncation(2, True)

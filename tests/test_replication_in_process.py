@@ -398,3 +398,139 @@ def test_init_producer_id_bumps_the_epoch_of_a_known_producer_and_gives_a_new_id
     assert init(999, 3) == (NONE, 999, 4)
     assert init(1000, 3) == (NONE, 1000, 0)            # an id this cluster never gave out
     assert init(5, -1) == (NONE, 1000, 0)
+
+
+# -- found by `make mutation` (issue 19): each kills surviving mutants of the rules --------------------------------
+
+def test_a_follower_with_broker_id_0_reads_past_the_high_watermark_and_its_fetches_move_it(cluster):
+    c = cluster(n=2, first_id=0)
+    c.elect(1, 1, [1, 0])
+    waiting = c.produce(1, ["a"])
+    assert c.fetch(1, 0).offsets == []
+    assert c.fetch(1, 0, replica_id=0).offsets == [0]
+    c.replicate(0, rounds=2)
+    assert c.answered(waiting) == (NONE, 0)
+
+
+def test_leader_epoch_0_is_fenced_like_any_older_epoch(cluster):
+    c = cluster()
+    c.elect(1, 1, [1])
+    c.produce(1, ["a"])
+    assert c.fetch(1, 0, current_leader_epoch=0).error == FENCED_LEADER_EPOCH
+    assert c.list_offsets(1, -1, 0) == (FENCED_LEADER_EPOCH, -1)
+    assert offset_for_leader_epoch(c, 1, 1, 0) == (FENCED_LEADER_EPOCH, (-1, -1))
+    c.elect(1, 2, [1])
+    assert offset_for_leader_epoch(c, 1, 1, 2) == (NONE, (1, 1))
+
+
+def test_a_consumer_is_told_the_high_watermark_as_last_stable_offset_also_when_nothing_is_new(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    c.produce(1, ["b"], acks=1)
+    for offset in (0, 1):
+        answer = c.fetch(1, offset)
+        assert (answer.high_watermark, answer.last_stable_offset) == (1, 1)
+
+
+def test_list_offsets_by_timestamp_finds_only_committed_records(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    c.produce(1, ["a"], timestamp=100)
+    c.produce(1, ["b"], timestamp=200)
+    c.replicate(2, rounds=2)
+    c.produce(1, ["c"], acks=1, timestamp=300)        # offset 2: above the high watermark
+    lookup = c.nodes[1].broker
+
+    def by_time(ts):
+        from replication_in_process import list_offsets_request
+        p = handlers.list_offsets(lookup, list_offsets_request(ts)).topics[0].partitions[0]
+        return p.error_code.value, p.offset, p.timestamp, p.leader_epoch
+    assert by_time(50) == (NONE, 0, 100, 1)
+    assert by_time(150) == (NONE, 1, 200, 1)
+    assert by_time(250) == (NONE, -1, -1, 1)          # only the uncommitted batch is that late
+    assert by_time(400) == (NONE, -1, -1, 1)
+
+
+def test_produce_refuses_bad_acks_and_transactions_and_uses_the_broker_timeout_when_given_none(cluster):
+    c = cluster(broker_config={"replica.lag.time.max.ms": "60000"})
+    c.elect(1, 1, [1, 2])
+    assert c.produce(1, ["a"], acks=2) == (handlers.INVALID_REQUIRED_ACKS, -1)
+    req = request(0, 8, {"transactional_id": "tx", "acks": -1, "timeout": 1000, "topic_data": [
+        {"name": TOPIC, "partition_data": [{"index": 0, "records": b""}]}]})
+    from replication_in_process import produce_answer
+    assert produce_answer(handlers.produce(c.nodes[1].broker, req)) == (handlers.INVALID_REQUEST, -1)
+    assert c.nodes[1].partition.log_end_offset == 0
+    waiting = c.produce(1, ["a"], timeout_ms=0)       # request.timeout.ms (30 s) applies
+    c.now += 29999
+    c.tick(1)
+    assert c.answered(waiting) is None
+    c.now += 1
+    c.tick(1)
+    assert c.answered(waiting) == (REQUEST_TIMED_OUT, 0)
+
+
+def test_a_standalone_broker_refuses_acks_all_when_min_insync_replicas_exceeds_one(tmp_path):
+    from broker.config import BrokerConfig, parse_properties
+    from broker.core import Broker
+    from replication_in_process import produce_answer, produce_request
+    b = Broker(BrokerConfig(parse_properties(f"broker.id=0\nlog.dirs={tmp_path}\n")))
+    try:
+        b.create_topic(TOPIC, 1, 1, {"min.insync.replicas": "2"})
+        assert produce_answer(handlers.produce(b, produce_request(["a"]))) == (NOT_ENOUGH_REPLICAS, -1)
+        assert produce_answer(handlers.produce(b, produce_request(["a"], acks=1))) == (NONE, 0)
+        b.create_topic("one", 1, 1, {"min.insync.replicas": "1"})
+        req = request(0, 8, {"transactional_id": None, "acks": -1, "timeout": 1000, "topic_data": [
+            {"name": "one", "partition_data": [{"index": 0, "records": produce_request(["x"]).body.topic_data[0]
+                                                .partition_data[0].records}]}]})
+        assert produce_answer(handlers.produce(b, req)) == (NONE, 0)
+    finally:
+        b.close()
+
+
+def test_producer_id_0_is_deduplicated_and_sequence_checked_like_any_other(cluster):
+    c = cluster()
+    c.elect(1, 1, [1])
+    pid = dict(producer_id=0, producer_epoch=0)
+    assert c.produce(1, ["a", "b"], base_sequence=0, **pid) == (NONE, 0)
+    assert c.produce(1, ["a", "b"], base_sequence=0, **pid) == (NONE, 0)
+    assert c.produce(1, ["c"], base_sequence=5, **pid)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert c.nodes[1].partition.log_end_offset == 2
+    c.nodes[1].partition.producers.rebuild(c.nodes[1].partition.log.batch_headers())   # as after a restart
+    assert c.produce(1, ["a", "b"], base_sequence=0, **pid) == (NONE, 0)
+    assert c.produce(1, ["c"], base_sequence=2, **pid) == (NONE, 2)
+
+
+def test_a_batch_matching_only_the_first_sequence_of_an_earlier_one_is_no_duplicate(cluster):
+    c = cluster()
+    c.elect(1, 1, [1])
+    pid = dict(producer_id=7, producer_epoch=0)
+    assert c.produce(1, ["a", "b"], base_sequence=0, **pid) == (NONE, 0)
+    assert c.produce(1, ["a"], base_sequence=0, **pid)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+    assert c.produce(1, ["x", "y", "z"], base_sequence=0, **pid)[0] == OUT_OF_ORDER_SEQUENCE_NUMBER
+
+
+def test_an_unknown_producer_must_start_at_sequence_0(cluster):
+    from broker.errors import UNKNOWN_PRODUCER_ID
+    c = cluster()
+    c.elect(1, 1, [1])
+    assert c.produce(1, ["a"], producer_id=9, producer_epoch=0, base_sequence=3)[0] == UNKNOWN_PRODUCER_ID
+    assert c.nodes[1].partition.log_end_offset == 0
+
+
+def test_a_follower_that_led_an_epoch_the_new_leader_never_had_cuts_it_before_fetching(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    c.produce(1, ["x", "y"], acks=1)
+    c.replicate(2)                                # 2 has 0-2 of epoch 1
+    c.elect(2, 2, [2], to=[2])                    # 2 leads epoch 2 and writes offset 3; 1 never hears of it
+    c.produce(2, ["b"], acks=1)
+    c.elect(1, 3, [1, 2])                         # 1 leads again, in epoch 3
+    c.produce(1, ["c"], acks=1)
+    wire = c.replicate(2)
+    assert log_of(c, 2) == [(1, 0), (1, 1), (1, 2), (3, 3)] == log_of(c, 1)
+    asked = [p.leader_epoch for r in wire.requests if r.api_key == 23 for t in r.body.topics for p in t.partitions]
+    assert asked == [2]
