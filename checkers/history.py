@@ -7,6 +7,7 @@ leaves a truncated last line and the rest is still worth checking.
 """
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time as _time
@@ -264,27 +265,25 @@ def validate_event(ev) -> str | None:
     return None
 
 
-def iter_jsonl(path, problems: list[Problem]) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, event) for each valid line; bad lines go to problems.
-
-    Raises HistoryError when the file is missing or its first line is not a
-    JSON object (then it is not a history at all).
-    """
+def _open_jsonl(path):
     path = os.fspath(path)
     try:
-        fh = open(path, "rb")
+        return open(path, "rb")
     except FileNotFoundError:
         raise HistoryError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise HistoryError(f"{path}: is a directory, expected a history.jsonl file") from None
     except OSError as e:
         raise HistoryError(f"{path}: cannot open: {e.strerror}") from None
+
+
+def _judge_lines(raws, path, problems: list[Problem], state: list) -> Iterator[tuple[int, dict]]:
+    """iter_jsonl's judgement of raw lines; state: [line number of the line before, no event seen yet]."""
     loads = orjson.loads
     JSONDecodeError = orjson.JSONDecodeError
-    lineno = 0
-    first = True
-    with fh:
-        for raw in fh:
+    lineno, first = state
+    try:
+        for raw in raws:
             lineno += 1
             try:
                 ev = loads(raw)
@@ -312,6 +311,71 @@ def iter_jsonl(path, problems: list[Problem]) -> Iterator[tuple[int, dict]]:
                         "(expected fields type, f, process, value)")
                 first = False
             problems.append(Problem(lineno, validate_event(ev) or "invalid event"))
+    finally:
+        state[0], state[1] = lineno, first
+
+
+def iter_jsonl(path, problems: list[Problem]) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, event) for each valid line; bad lines go to problems.
+
+    Raises HistoryError when the file is missing or its first line is not a
+    JSON object (then it is not a history at all).
+    """
+    path = os.fspath(path)
+    fh = _open_jsonl(path)
+    with fh:
+        yield from _judge_lines(fh, path, problems, [0, True])
+
+
+class EventBlock:
+    """A block of whole history lines that all decoded as `Event`s (iter_jsonl_blocks): events[i] is line
+    first_line + i, at byte `offset` of the file; `line(i)` is that line as iter_jsonl yields it (a dict)."""
+
+    __slots__ = ("first_line", "events", "offset", "size", "_block", "_lines")
+
+    def __init__(self, first_line: int, events: list, offset: int, block: bytes):
+        self.first_line = first_line
+        self.events = events
+        self.offset = offset
+        self.size = len(block)
+        self._block = block
+        self._lines = None
+
+    def line(self, i: int) -> dict:
+        if self._lines is None:
+            self._lines = self._block.split(b"\n")
+        try:
+            return orjson.loads(self._lines[i])
+        except orjson.JSONDecodeError:  # JSON msgspec takes and orjson does not (an integer past 64 bits)
+            return decode_value(self._lines[i])
+
+
+def iter_jsonl_blocks(path, problems: list[Problem], batch_bytes: int = BATCH_BYTES):
+    """iter_jsonl by blocks of whole lines, for a reader that needs little of most lines: an `EventBlock` for
+    each block whose lines all decode as `Event`s (what the harness writes: the checker's fast path), else the
+    list of (line number, event) iter_jsonl yields for the block's lines, with the same problems and the same
+    HistoryError."""
+    path = os.fspath(path)
+    fh = _open_jsonl(path)
+    state = [0, True]
+    offset = 0
+    with fh:
+        for n, events, block in iter_event_batches(fh, batch_bytes):
+            if events is not None:
+                yield EventBlock(state[0] + 1, events, offset, block)
+                state[0] += n
+                state[1] = False
+            else:
+                yield list(_judge_lines(io.BytesIO(block), path, problems, state))
+            offset += len(block)
+
+
+def read_block_lines(path, offset: int, size: int, lines) -> dict[int, dict]:
+    """{i: line i as iter_jsonl yields it} of the block of an EventBlock (offset, size), read again."""
+    with _open_jsonl(path) as fh:
+        fh.seek(offset)
+        block = EventBlock(0, [], offset, fh.read(size))
+    return {i: block.line(i) for i in lines}
 
 
 def read_history(path, format: str = "jsonl") -> History:

@@ -323,39 +323,100 @@ class HistoryFacts:
 
 def read_history_facts(path: Path, wanted: set[int], count: bool = False) -> HistoryFacts:
     """One streaming pass of checkers.history.iter_jsonl over the history (indexes as read_history numbers them:
-    the line's `index`, else one past the previous). count: tally completions per f (results.json has none)."""
-    from checkers.history import HARNESS, HistoryError, iter_jsonl
+    the line's `index`, else one past the previous). count: tally completions per f (results.json has none).
+
+    The pass goes by blocks (checkers.history.iter_jsonl_blocks): a block of lines as the harness writes them
+    comes decoded only as far as the checker's fast path decodes it, and just the lines kept (nemesis ops, the
+    cited ops and their invocations) are read whole; other blocks come line by line as iter_jsonl yields them.
+    A cited op's invocation in an earlier block is read again at the end."""
+    from checkers.history import HARNESS, HistoryError, iter_jsonl_blocks, read_block_lines
     facts = HistoryFacts()
-    open_invoke: dict[Any, dict] = {}
+    open_invoke: dict[Any, Any] = {}  # process -> its invocation: an event, or (block, line) in an EventBlock
     next_index = 0
     last = None
+    nemesis = facts.nemesis
+    rows = facts.rows
+    invocations = facts.invocations
+    counts = facts.counts
+    spans = []   # (offset, size) of each EventBlock
+    late = []    # (container, key, (block, line)) of lines in an earlier block
     try:
-        for _line, ev in iter_jsonl(path, facts.problems):
-            idx = ev.get("index")
-            if not isinstance(idx, int):
-                idx = ev["index"] = next_index
-            next_index = max(next_index, idx + 1)
-            facts.events += 1
-            t = ev.get("time")
-            if isinstance(t, (int, float)) and (last is None or t > last):
-                last = t
-            p, typ = ev["process"], ev["type"]
-            if p == "nemesis":
-                if len(facts.nemesis) < 20_000:
-                    facts.nemesis.append(ev)
-            elif typ == "invoke":
-                open_invoke[p] = ev
-            else:
-                inv = open_invoke.pop(p, None)
-                if count and p != HARNESS:
-                    c = facts.counts.setdefault(ev["f"], {"ok": 0, "fail": 0, "info": 0})
-                    c[typ] += 1
-                if idx in wanted and inv is not None:
-                    facts.invocations[idx] = inv
-            if idx in wanted:
-                facts.rows[idx] = ev
+        for blk in iter_jsonl_blocks(path, facts.problems):
+            if type(blk) is list:  # lines iter_jsonl judged one by one
+                for _line, ev in blk:
+                    idx = ev.get("index")
+                    if not isinstance(idx, int):
+                        idx = ev["index"] = next_index
+                    next_index = max(next_index, idx + 1)
+                    facts.events += 1
+                    t = ev.get("time")
+                    if isinstance(t, (int, float)) and (last is None or t > last):
+                        last = t
+                    p, typ = ev["process"], ev["type"]
+                    if p == "nemesis":
+                        if len(nemesis) < 20_000:
+                            nemesis.append(ev)
+                    elif typ == "invoke":
+                        open_invoke[p] = ev
+                    else:
+                        inv = open_invoke.pop(p, None)
+                        if count and p != HARNESS:
+                            c = counts.setdefault(ev["f"], {"ok": 0, "fail": 0, "info": 0})
+                            c[typ] += 1
+                        if idx in wanted and inv is not None:
+                            if type(inv) is tuple:
+                                late.append((invocations, idx, inv))
+                            invocations[idx] = inv
+                    if idx in wanted:
+                        rows[idx] = ev
+                continue
+            b = len(spans)
+            spans.append((blk.offset, blk.size))
+            here = []  # (container, key, line) of this block's lines to read whole
+            for i, ev in enumerate(blk.events):
+                idx = ev.index
+                if idx >= next_index:
+                    next_index = idx + 1
+                t = ev.time
+                if last is None or t > last:
+                    last = t
+                p = ev.process
+                if p == "nemesis":
+                    if len(nemesis) < 20_000:
+                        here.append((nemesis, len(nemesis), i))
+                        nemesis.append(None)
+                elif ev.type == "invoke":
+                    open_invoke[p] = (b, i)
+                else:
+                    inv = open_invoke.pop(p, None)
+                    if count and p != HARNESS:
+                        c = counts.get(ev.f)
+                        if c is None:
+                            c = counts[ev.f] = {"ok": 0, "fail": 0, "info": 0}
+                        c[ev.type] += 1
+                    if inv is not None and idx in wanted:
+                        if type(inv) is tuple:
+                            if inv[0] == b:
+                                here.append((invocations, idx, inv[1]))
+                            else:
+                                late.append((invocations, idx, inv))
+                        invocations[idx] = inv
+                if idx in wanted:
+                    here.append((rows, idx, i))
+                    rows[idx] = (b, i)
+            facts.events += len(blk.events)
+            for container, key, i in here:
+                container[key] = blk.line(i)
     except HistoryError as e:
         facts.not_a_history = str(e)
+    by_block: dict[int, list] = {}
+    for container, key, loc in late:
+        if container.get(key) is loc:  # not replaced by a later line with the same index
+            by_block.setdefault(loc[0], []).append((container, key, loc[1]))
+    for b, todo in by_block.items():
+        lines = read_block_lines(path, *spans[b], {i for _, _, i in todo})
+        for container, key, i in todo:
+            container[key] = lines[i]
     facts.last_time = last / 1e9 if last is not None else None
     facts.open_at_end = len(open_invoke)
     return facts
