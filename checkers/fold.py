@@ -35,6 +35,9 @@ from .history import BATCH_BYTES, HARNESS, RUN_F, Event, decode_value, iter_even
 from .stats import StatsCollector
 
 SAMPLE_NS = 250_000_000  # unseen/offset progress sampled every 250 ms of history time
+#: A key's canonical prefix (KeyIndex.canon) is extended once the bytes of its re-reads not recognised exceed this
+#: many per record to add (about twice a record's size): values read once or twice stay cheaper decoded.
+REREAD_FACTOR = 32
 _COMPLETIONS = frozenset(("ok", "fail", "info"))
 _MALFORMED = (TypeError, ValueError, AttributeError, IndexError, KeyError)
 
@@ -43,6 +46,8 @@ _NO_READS: dict = {}  # shared, never changed: the reads of a graph vertex that 
 # An ok poll with each key's records left as raw JSON, and one key's records.
 _decode_ok_poll = msgspec.json.Decoder(tuple[tuple[Literal["poll"], dict[str, msgspec.Raw]]]).decode
 _decode_pairs = msgspec.json.Decoder(list[tuple[int, int | str]]).decode
+_decode_ok_poll_full = msgspec.json.Decoder(
+    tuple[tuple[Literal["poll"], dict[str, list[tuple[int, int | str]]]]]).decode
 _decode_ok_send = msgspec.json.Decoder(tuple[tuple[Literal["send"], str, tuple[int, int | str]]]).decode
 _op_of = itemgetter(1)
 _EMPTY_POLL = msgspec.Raw(b'[["poll",{}]]')
@@ -101,7 +106,7 @@ class KeyIndex:
 
     __slots__ = ("log", "voff", "read", "acked", "failed", "info", "unseen",
                  "conflicts", "dups", "maxread", "maxread_op", "acked_max", "am_hist", "recs", "vals", "canon",
-                 "cpos", "rdone")
+                 "cpos", "rdone", "rebytes")
 
     def __init__(self):
         self.log = {}        # offset -> first value seen there
@@ -130,6 +135,7 @@ class KeyIndex:
         self.canon = bytearray()
         self.cpos = [0]
         self.rdone = 0
+        self.rebytes = 0  # bytes of re-reads since the prefix was last extended
 
     def extend_recs(self):
         """Extend the dense prefix over the offsets the log now holds."""
@@ -303,6 +309,7 @@ class HistoryPass:
         self.collect_txn = collect_txn
         self.lines = 0
         self.next_sample = 0
+        self._poll_mode = (0, 0)  # the fast path's polls without a re-read in a row, polls to decode whole
 
     # -- feeding -----------------------------------------------------------
     def feed(self, items):
@@ -349,7 +356,10 @@ class HistoryPass:
         next_sample = self.next_sample
         # The last completion's time: its state is sampled when the next completion comes (or at close).
         due = fold.last_time if fold.last_time is not None else -1
-        fold_poll = self._fold_poll_raw
+        fold_poll = self._fold_poll
+        fold_poll_raw = self._fold_poll_raw
+        decode_ok_poll_full = _decode_ok_poll_full
+        misses, whole_left = self._poll_mode
         fold_ok_send = self._fold_ok_send
         general = self._general_completion
         decode_ok_poll = _decode_ok_poll
@@ -410,14 +420,30 @@ class HistoryPass:
                     continue  # nothing read: nothing to fold
                 # The common shape: [["poll", {key: [[offset, value], ...]}]]
                 # with integer offsets. Anything else takes the general path.
+                # Polls that re-read records are recognised undecoded where they can be (_fold_poll_raw); after
+                # a run of polls without a re-read, the next `whole_left` polls are decoded whole at once, which
+                # is cheaper for those (the two ways decide the same).
                 try:
-                    ((_, polled),) = decode_ok_poll(value)
-                    if polled:
-                        fold_poll(ev.index, p, polled, inv, ev, read_pos)
+                    if whole_left:
+                        whole_left -= 1
+                        ((_, polled),) = decode_ok_poll_full(value)
+                        if polled:
+                            fold_poll(ev.index, p, polled, inv, ev, read_pos)
+                    else:
+                        ((_, polled),) = decode_ok_poll(value)
+                        if polled:
+                            if fold_poll_raw(ev.index, p, polled, inv, ev, read_pos, value):
+                                misses = 0
+                            else:
+                                misses += 1
+                                if misses == 8:
+                                    misses = 0
+                                    whole_left = 64
                 except ValidationError:  # raised before anything was folded
                     general(lineno, ev.index, t, p, f, ev, inv)
                 except _MALFORMED as e:
                     problems.append(_malformed(lineno, f, e, decode_value(value)))
+        self._poll_mode = misses, whole_left
         self.lines += len(events)
         if events:
             fold.n_events = events[-1].index + 1
@@ -577,42 +603,60 @@ class HistoryPass:
         else:
             self._fold_ok_send(idx, p, k, o, v, inv)
 
-    def _fold_poll_raw(self, idx, p, polled, inv, ev, read_pos):
-        """The fast path's ok poll, {key: raw JSON of its records}. The records of a key that continue where
-        this process's last poll of it ended, and hold the values the version order has there, are byte for
-        byte a slice of the key's `canon`: recognised without decoding them. The others are decoded (all of
-        them before anything is folded: a shape msgspec rejects raises ValidationError, and the whole op takes
-        the general path) and folded by _fold_poll. Decides exactly what _fold_poll decides."""
+    def _fold_poll_raw(self, idx, p, polled, inv, ev, read_pos, value):
+        """The fast path's ok poll, {key: raw JSON of its records}; value: the whole op's raw value.
+
+        A re-read -- records of a key that continue where this process's last poll of it ended, from an offset
+        some ok poll already read -- that holds the values the version order has there is byte for byte a
+        slice of the key's `canon`: recognised without decoding it. The other keys' records are decoded (all
+        before anything is folded: a shape msgspec rejects raises ValidationError, and the whole op takes the
+        general path) and folded by _fold_poll, key by key in order; a poll with no re-read is decoded and
+        folded whole. Decides exactly what _fold_poll decides. Returns whether any key was re-read."""
         keys = self.fold.keys
         pr = read_pos.get(p)
-        plan = []
-        for k, raw in polled.items():
-            if pr is not None:
+        plan = None
+        reread = False
+        if pr is not None:
+            for n, (k, raw) in enumerate(polled.items()):
                 prev = pr.get(k)
-                if prev is not None:
-                    ks = keys[k]
-                    o0 = prev[0] + 1
-                    cpos = ks.cpos
+                if prev is None:
+                    continue
+                ks = keys[k]
+                o0 = prev[0] + 1
+                if o0 > ks.maxread or o0 < 0:
+                    continue
+                reread = True
+                cpos = ks.cpos
+                e = len(raw) - 1  # where canon's record after the last would start, from the first's start
+                if o0 >= len(cpos) - 1 or cpos[o0] + e > cpos[-1]:
+                    # Not in canon yet: extended once re-reads of the key outweigh building it (a value read
+                    # once or twice is cheaper decoded).
+                    ks.rebytes += e
+                    if ks.rebytes <= REREAD_FACTOR * (len(ks.log) - len(cpos) + 1):
+                        continue
+                    ks.rebytes = 0
+                    ks.extend_recs()
                     if o0 >= len(cpos) - 1:
-                        ks.extend_recs()
-                    if 0 <= o0 < len(cpos) - 1:
-                        s = cpos[o0]
-                        e = s + len(raw) - 1  # where canon's record after the last would start
-                        if e > cpos[-1]:
-                            ks.extend_recs()
-                        end = bisect_left(cpos, e, o0 + 1)
-                        if end < len(cpos) and cpos[end] == e and ks.canon.startswith(bytes(raw)[1:-1], s):
-                            plan.append((k, ks, o0, end))
-                            continue
-            plan.append((k, None, _decode_pairs(raw), 0))
-        if pr is None:
-            pr = read_pos[p] = {}
-        for k, ks, o0, end in plan:
-            if ks is None:
-                if o0:
-                    self._fold_poll(idx, p, {k: o0}, inv, ev, read_pos)
+                        continue
+                s = cpos[o0]
+                e += s
+                end = bisect_left(cpos, e, o0 + 1)
+                if end < len(cpos) and cpos[end] == e and ks.canon.startswith(bytes(raw)[1:-1], s):
+                    if plan is None:
+                        plan = [None] * len(polled)
+                    plan[n] = (ks, o0, end)
+        if plan is None:  # nothing recognised: decoded whole
+            ((_, polled),) = _decode_ok_poll_full(value)
+            self._fold_poll(idx, p, polled, inv, ev, read_pos)
+            return reread
+        plan = [(k, _decode_pairs(raw) if how is None else how) for (k, raw), how in zip(polled.items(), plan)]
+        for k, how in plan:
+            if type(how) is not tuple:
+                if how:
+                    self._fold_poll(idx, p, {k: how}, inv, ev, read_pos)
                 continue
             # records o0 .. end - 1, continuing the process's position (no step), nothing to place
+            ks, o0, end = how
             ol = end - 1
             rdone = ks.rdone
             if ol >= rdone:
@@ -628,6 +672,7 @@ class HistoryPass:
                     ks.maxread_op = idx
             pr[k] = (ol, idx, ks.vals[ol])
         self.fold.any_ok_read = True
+        return True
 
     def _fold_poll(self, idx, p, polled, inv, ev, read_pos):
         """Fold an ok poll's records {key: [[offset, value], ...]}: version
@@ -655,9 +700,7 @@ class HistoryPass:
             if type(o0) is int and o0 >= 0:
                 end = o0 + n
                 recs = ks.recs
-                if end > len(recs):
-                    ks.extend_recs()
-                if recs[o0:end] == pairs:
+                if end <= len(recs) and recs[o0:end] == pairs:
                     ol = end - 1
                     rdone = ks.rdone
                     if ol >= rdone:  # not all read before: reads, unseen, highest read

@@ -22,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import checkers
+from checkers import fold
 from checkers.history import Event, iter_event_batches
 from checkers.queue import QueueChecker
+from checkers.synth import generate_read_heavy
 
 import test_checker_anomalies as anomalies  # noqa: E402  (tests/ is on sys.path under pytest)
 import test_checker_jepsen_parity as parity  # noqa: E402
@@ -231,3 +233,56 @@ def test_empty_and_odd_ok_polls_agree():
     for batch in (1 << 22, 97):
         assert _fast(blob, batch) == expected
         assert _fast(_jsonl(events), batch) == expected
+
+
+@st.composite
+def synth_read_heavy(draw):
+    """(events, fault) from checkers.synth.generate_read_heavy (writers, readers that each read every value, polls
+    of up to records_per_poll records, failed, indeterminate and crashed ops, rotating keys, the final drain), with
+    one poll bent by a fault or none: a record's value changed (changed), a record dropped (drop), a record repeated
+    (repeat), a key's records starting one further on (gap) or one back (back)."""
+    events = generate_read_heavy(
+        draw(st.integers(0, 2**32 - 1)), n_ops=draw(st.integers(20, 400)), writers=draw(st.integers(1, 3)),
+        readers=draw(st.integers(1, 6)), records_per_poll=draw(st.integers(1, 30)), keys=draw(st.integers(1, 4)),
+        rotate_every=draw(st.sampled_from([0, 15])), p_fail=draw(st.sampled_from([0.0, 0.1])),
+        p_info=draw(st.sampled_from([0.0, 0.1])), p_crash=draw(st.sampled_from([0.0, 0.05])),
+        batch=draw(st.integers(1, 3)))
+    fault = draw(st.sampled_from([None, "changed", "drop", "repeat", "gap", "back"]))
+    polls = [(e, k) for e in events if e["f"] == "poll" and e["type"] == "ok"
+             for k, pairs in e["value"][0][1].items() if len(pairs) > 2]
+    if fault is None or not polls:
+        return events, None
+    e, k = polls[draw(st.integers(0, len(polls) - 1))]
+    pairs = e["value"][0][1][k]
+    i = draw(st.integers(1, len(pairs) - 2))
+    if fault == "changed":
+        pairs[i] = [pairs[i][0], -1 - pairs[i][1]]
+    elif fault == "drop":
+        del pairs[i]
+    elif fault == "repeat":
+        pairs.insert(i, list(pairs[i]))
+    elif fault == "gap":
+        e["value"][0][1][k] = [[o + 1, v] for o, v in pairs]
+    else:
+        e["value"][0][1][k] = [[o - 1, v] for o, v in pairs] if pairs[0][0] > 0 else pairs[1:]
+    return events, fault
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(synth_read_heavy(), st.sampled_from([0, fold.REREAD_FACTOR]))
+def test_synth_read_heavy_histories_agree(history, factor):
+    """checkers.synth's read-heavy histories, correct or with one poll bent: the fast path (re-reads recognised
+    byte for byte against each key's canonical records, from the first re-read on with factor 0, as late as the
+    checker extends them otherwise), the general path and --jobs 2 decide the same; a correct one is valid."""
+    events, fault = history
+    old = fold.REREAD_FACTOR
+    fold.REREAD_FACTOR = factor
+    try:
+        res = check_all_paths(events)
+    finally:
+        fold.REREAD_FACTOR = old
+    assert res["history-problem-count"] == 0
+    if fault is None:
+        assert res["valid"] is True, res["anomaly-types"]
+    elif fault in ("changed", "drop", "gap"):
+        assert res["valid"] is False
