@@ -68,6 +68,7 @@ def test_acked_run_cli_prints_verdict_run_directory_and_report(tmp_path):
     assert results["valid"] is True
 
 
+@pytest.mark.slow   # make demo's settings; make test's matrix runs safe on docker under every fault mixed
 @pytest.mark.docker
 def test_docker_safe_profile_survives_kills_and_partitions(acked_run):
     result = acked_run(backend="docker", nodes=3, profile="safe", nemeses=["kill", "partition"],

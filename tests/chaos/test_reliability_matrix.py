@@ -103,7 +103,7 @@ EXPECT: dict[tuple[str, str], Expect] = {
     ("acks-1", "kill"): caught({"lost-write"}, "a leader crash loses what only it had", short=True,
                                run={"nemesis_interval": 6, "time_limit": 40, "rate": 300, "seed": 2}),
     ("acks-1", "pause"): caught({"lost-write"}, "a paused leader is replaced; what only it had is truncated away "
-                                "when it returns", short=True, evidence="paused_the_leader",
+                                "when it returns", evidence="paused_the_leader",
                                 run={"time_limit": 30, "rate": 300, "seed": 4}),
     ("acks-1", "partition"): may(LOSS, "an isolated leader acknowledges alone until it learns it was replaced"),
     ("acks-1", "zookeeper"): valid("ZooKeeper faults do not crash or replace a leader that keeps its session"),
@@ -111,7 +111,7 @@ EXPECT: dict[tuple[str, str], Expect] = {
     ("acks-1", "packet"): may(LOSS | DUP, "slow and lossy links push followers out of the ISR and leaders may move; "
                               "the producer retries without idempotence"),
     ("acks-1", "disk-stall"): may(LOSS | DUP, "a stalled leader may be replaced; the producer retries"),
-    ("acks-1", "disk-errors"): caught({"lost-write"}, "a failed disk halts the leader as a crash does", short=True,
+    ("acks-1", "disk-errors"): caught({"lost-write"}, "a failed disk halts the leader as a crash does",
                                       evidence="disk_errors_halted_a_broker",
                                       run={"nemesis_interval": 4, "time_limit": 30, "rate": 300, "seed": 13}),
     ("acks-1", "power-loss"): may(LOSS, "the leader's unfsynced tail is gone and followers may not have it"),
@@ -235,4 +235,6 @@ def test_every_cell_has_an_expectation_and_every_expectation_a_cell():
     assert cells - set(EXPECT) == set()
     assert set(EXPECT) - cells == set()
     assert all(e.evidence is None or e.evidence in EVIDENCE for e in EXPECT.values())
-    assert sum(e.short for e in EXPECT.values()) <= 8   # make test's matrix
+    # make test's matrix: at most 8 cells by the issue; 6 keep make test under 30 minutes on a 2-core runner
+    # (acks=1 is caught there under leader kills; its pause and disk-error cells run nightly)
+    assert sum(e.short for e in EXPECT.values()) <= 6
