@@ -35,9 +35,9 @@ from .history import BATCH_BYTES, HARNESS, RUN_F, Event, decode_value, iter_even
 from .stats import StatsCollector
 
 SAMPLE_NS = 250_000_000  # unseen/offset progress sampled every 250 ms of history time
-#: A key's canonical prefix (KeyIndex.canon) is extended once the bytes of its re-reads not recognised exceed this
-#: many per record to add (about twice a record's size): values read once or twice stay cheaper decoded.
-REREAD_FACTOR = 32
+#: A key's canonical prefix (KeyIndex.recs, canon) is extended once the records re-read outside it outnumber the
+#: records to add this many times: values read once or twice stay cheaper decoded.
+REREAD_FACTOR = 2
 _COMPLETIONS = frozenset(("ok", "fail", "info"))
 _MALFORMED = (TypeError, ValueError, AttributeError, IndexError, KeyError)
 
@@ -64,6 +64,14 @@ def no_gc():
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _read_first(rd, vals, idx):
+    """Op idx read vals: rd[v] = idx for each v not read before (rd keeps each value's first reader)."""
+    if rd.keys().isdisjoint(vals):
+        rd.update(dict.fromkeys(vals, idx))
+    else:
+        rd.update(zip(filterfalse(rd.__contains__, vals), repeat(idx)))
 
 
 def _inv_tuple(inv):
@@ -106,7 +114,7 @@ class KeyIndex:
 
     __slots__ = ("log", "voff", "read", "acked", "failed", "info", "unseen",
                  "conflicts", "dups", "maxread", "maxread_op", "acked_max", "am_hist", "recs", "vals", "canon",
-                 "cpos", "rdone", "rebytes")
+                 "cpos", "rdone", "rereads")
 
     def __init__(self):
         self.log = {}        # offset -> first value seen there
@@ -135,7 +143,7 @@ class KeyIndex:
         self.canon = bytearray()
         self.cpos = [0]
         self.rdone = 0
-        self.rebytes = 0  # bytes of re-reads since the prefix was last extended
+        self.rereads = 0  # records re-read outside the prefix since it was last extended
 
     def extend_recs(self):
         """Extend the dense prefix over the offsets the log now holds."""
@@ -309,7 +317,7 @@ class HistoryPass:
         self.collect_txn = collect_txn
         self.lines = 0
         self.next_sample = 0
-        self._poll_mode = (0, 0)  # the fast path's polls without a re-read in a row, polls to decode whole
+        self._poll_mode = (0, 0)  # the fast path's polls with nothing recognised in a row, polls to decode whole
 
     # -- feeding -----------------------------------------------------------
     def feed(self, items):
@@ -420,8 +428,8 @@ class HistoryPass:
                     continue  # nothing read: nothing to fold
                 # The common shape: [["poll", {key: [[offset, value], ...]}]]
                 # with integer offsets. Anything else takes the general path.
-                # Polls that re-read records are recognised undecoded where they can be (_fold_poll_raw); after
-                # a run of polls without a re-read, the next `whole_left` polls are decoded whole at once, which
+                # Records a poll re-reads are recognised undecoded where they can be (_fold_poll_raw); after
+                # a run of polls with nothing recognised, the next `whole_left` are decoded whole at once, which
                 # is cheaper for those (the two ways decide the same).
                 try:
                     if whole_left:
@@ -438,7 +446,7 @@ class HistoryPass:
                                 misses += 1
                                 if misses == 8:
                                     misses = 0
-                                    whole_left = 64
+                                    whole_left = 256
                 except ValidationError:  # raised before anything was folded
                     general(lineno, ev.index, t, p, f, ev, inv)
                 except _MALFORMED as e:
@@ -606,16 +614,16 @@ class HistoryPass:
     def _fold_poll_raw(self, idx, p, polled, inv, ev, read_pos, value):
         """The fast path's ok poll, {key: raw JSON of its records}; value: the whole op's raw value.
 
-        A re-read -- records of a key that continue where this process's last poll of it ended, from an offset
-        some ok poll already read -- that holds the values the version order has there is byte for byte a
-        slice of the key's `canon`: recognised without decoding it. The other keys' records are decoded (all
-        before anything is folded: a shape msgspec rejects raises ValidationError, and the whole op takes the
-        general path) and folded by _fold_poll, key by key in order; a poll with no re-read is decoded and
-        folded whole. Decides exactly what _fold_poll decides. Returns whether any key was re-read."""
+        Records of a key that continue where this process's last poll of it ended and hold the values the
+        version order has there are byte for byte a slice of the key's `canon` (its canonical prefix, built
+        once re-reads of the key outweigh it: _fold_poll): recognised without decoding them. The other keys'
+        records are decoded (all before anything is folded: a shape msgspec rejects raises ValidationError, and
+        the whole op takes the general path) and folded by _fold_poll, key by key in order; a poll with nothing
+        recognised is decoded and folded whole. Decides exactly what _fold_poll decides. Returns whether any
+        key's records were recognised."""
         keys = self.fold.keys
         pr = read_pos.get(p)
         plan = None
-        reread = False
         if pr is not None:
             for n, (k, raw) in enumerate(polled.items()):
                 prev = pr.get(k)
@@ -623,32 +631,22 @@ class HistoryPass:
                     continue
                 ks = keys[k]
                 o0 = prev[0] + 1
-                if o0 > ks.maxread or o0 < 0:
-                    continue
-                reread = True
                 cpos = ks.cpos
-                e = len(raw) - 1  # where canon's record after the last would start, from the first's start
-                if o0 >= len(cpos) - 1 or cpos[o0] + e > cpos[-1]:
-                    # Not in canon yet: extended once re-reads of the key outweigh building it (a value read
-                    # once or twice is cheaper decoded).
-                    ks.rebytes += e
-                    if ks.rebytes <= REREAD_FACTOR * (len(ks.log) - len(cpos) + 1):
-                        continue
-                    ks.rebytes = 0
-                    ks.extend_recs()
-                    if o0 >= len(cpos) - 1:
-                        continue
+                if o0 < 0 or o0 >= len(cpos) - 1:
+                    continue
                 s = cpos[o0]
-                e += s
+                e = s + len(raw) - 1  # where canon's record after the last would start
+                if e > cpos[-1]:
+                    continue
                 end = bisect_left(cpos, e, o0 + 1)
-                if end < len(cpos) and cpos[end] == e and ks.canon.startswith(bytes(raw)[1:-1], s):
+                if cpos[end] == e and ks.canon.startswith(bytes(raw)[1:-1], s):
                     if plan is None:
                         plan = [None] * len(polled)
                     plan[n] = (ks, o0, end)
         if plan is None:  # nothing recognised: decoded whole
             ((_, polled),) = _decode_ok_poll_full(value)
             self._fold_poll(idx, p, polled, inv, ev, read_pos)
-            return reread
+            return False
         plan = [(k, _decode_pairs(raw) if how is None else how) for (k, raw), how in zip(polled.items(), plan)]
         for k, how in plan:
             if type(how) is not tuple:
@@ -661,8 +659,7 @@ class HistoryPass:
             rdone = ks.rdone
             if ol >= rdone:
                 new = ks.vals[o0 if o0 > rdone else rdone:end]
-                rd = ks.read
-                rd.update(zip(filterfalse(rd.__contains__, new), repeat(idx)))
+                _read_first(ks.read, new, idx)
                 if ks.unseen:
                     ks.unseen.difference_update(new)
                 if o0 <= rdone:
@@ -693,20 +690,19 @@ class HistoryPass:
                 ks = keys[k] = KeyIndex()
             first = pairs[0]
             o0 = first[0]
-            # The common case, above all of a read-heavy history: records at consecutive offsets that hold the
-            # same values in the version order already (pairs decoded by the fast path are tuples, and equal a
-            # slice of the key's `recs`; the general path's lists never do and take the branches below, which
-            # decide the same). Nothing to place; a re-read below `rdone` leaves unseen alone.
-            if type(o0) is int and o0 >= 0:
+            # Records at consecutive offsets of the key's canonical prefix that hold the values the version
+            # order has there (a re-read the fast path decoded: its tuples equal a slice of `recs`; the general
+            # path's lists never do and take the branches below, which decide the same). Nothing to place; a
+            # re-read below `rdone` leaves reads and unseen alone.
+            recs = ks.recs
+            if recs and type(o0) is int and o0 >= 0:
                 end = o0 + n
-                recs = ks.recs
                 if end <= len(recs) and recs[o0:end] == pairs:
                     ol = end - 1
                     rdone = ks.rdone
                     if ol >= rdone:  # not all read before: reads, unseen, highest read
                         new = ks.vals[o0 if o0 > rdone else rdone:end]
-                        rd = ks.read
-                        rd.update(zip(filterfalse(rd.__contains__, new), repeat(idx)))
+                        _read_first(ks.read, new, idx)
                         if ks.unseen:
                             ks.unseen.difference_update(new)
                         if o0 <= rdone:
@@ -720,6 +716,11 @@ class HistoryPass:
                             self._poll_step(p, k, prev, o0, idx)
                         pr[k] = (ol, idx, pairs[-1][1])
                     continue
+            if type(o0) is int and o0 <= ks.maxread:  # a re-read outside the canonical prefix
+                ks.rereads += n
+                if ks.rereads > REREAD_FACTOR * (len(ks.log) - len(recs)):
+                    ks.rereads = 0
+                    ks.extend_recs()
             if n == 1:
                 ol, lv = first
                 if type(o0) is not int:
@@ -728,8 +729,7 @@ class HistoryPass:
                 cur = ks.log.get(o0)
                 if cur is None or cur != lv:
                     ks.place(o0, lv, idx)
-                if lv not in ks.read:
-                    ks.read[lv] = idx
+                ks.read.setdefault(lv, idx)
                 if ks.unseen:
                     ks.unseen.discard(lv)
             else:
@@ -742,8 +742,7 @@ class HistoryPass:
                     for i, cur in enumerate(got):
                         if cur is None or cur != vals[i]:
                             ks.place(offs[i], vals[i], idx)
-                rd = ks.read
-                rd.update(zip(filterfalse(rd.__contains__, vals), repeat(idx)))
+                _read_first(ks.read, vals, idx)
                 if ks.unseen:
                     ks.unseen.difference_update(vals)
                 ol = offs[-1]
@@ -917,8 +916,7 @@ class HistoryPass:
                 if cur is None or cur != vals[i]:
                     ks.place(offs[i], vals[i], idx)
         if ok:
-            rd = ks.read
-            rd.update(zip(filterfalse(rd.__contains__, vals), repeat(idx)))
+            _read_first(ks.read, vals, idx)
             if ks.unseen:
                 ks.unseen.difference_update(vals)
             if offs[-1] > ks.maxread:
