@@ -534,3 +534,15 @@ def test_a_follower_that_led_an_epoch_the_new_leader_never_had_cuts_it_before_fe
     assert log_of(c, 2) == [(1, 0), (1, 1), (1, 2), (3, 3)] == log_of(c, 1)
     asked = [p.leader_epoch for r in wire.requests if r.api_key == 23 for t in r.body.topics for p in t.partitions]
     assert asked == [2]
+
+
+def test_a_new_leader_answers_a_retry_of_producer_id_0_with_the_offset_it_replicated(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    pid = dict(producer_id=0, producer_epoch=0)
+    waiting = c.produce(1, ["a"], base_sequence=0, **pid)
+    c.replicate(2, rounds=2)
+    assert c.answered(waiting) == (NONE, 0)
+    c.elect(2, 2, [2])
+    assert c.produce(2, ["a"], base_sequence=0, **pid) == (NONE, 0)
+    assert c.nodes[2].partition.log_end_offset == 1
