@@ -36,16 +36,8 @@ def check(history, *, sub_via="assign", txn=False, ww_deps=False, delivery="exac
 
 
 def check_path(path, *, format="jsonl", sub_via="assign", txn=False, ww_deps=False,
-               delivery="exactly-once", parallel=False, replicas=None) -> dict:
-    """Check a history file, streaming it: events are folded as they are parsed.
-
-    parallel=True splits the work over two processes with fork() (see
-    checkers/parallel.py); only for callers without threads, like `acked check`.
-    """
-    if parallel and format == "jsonl" and hasattr(os, "fork"):
-        from .parallel import check_path_parallel
-        opts = {"sub_via": sub_via, "txn": txn, "ww_deps": ww_deps, "delivery": delivery}
-        return with_replicas(check_path_parallel(path, opts, _open_history), replicas)
+               delivery="exactly-once", replicas=None) -> dict:
+    """Check a history file, streaming it: events are folded as they are parsed."""
     chk = QueueChecker(sub_via=sub_via, txn=txn, ww_deps=ww_deps, delivery=delivery)
     problems: list[Problem] = []
     if format == "jsonl":

@@ -131,7 +131,7 @@ def lost_writes(fold):
 
 def lost_write_cases(fold, lost=None):
     """lost-write records, each naming a read that jumped over the value when there is one.
-    lost: the facts from lost_writes, when another process found them (checkers/parallel.py)."""
+    lost: the facts from lost_writes, when they were found already."""
     for k, v, o, how, w, bound, maxread_op in (lost_writes(fold) if lost is None else lost):
         cover = _covering_read(fold, k, o)
         ops = [w]
@@ -282,7 +282,7 @@ def offset_order_realtime_cases(fold):
                            f"offset {o}. A log must order a send after every send acknowledged before it began."}
 
 
-#: Analyses that need only the per-key half of the fold (checkers/parallel.py runs them in its child).
+#: Analyses that need only the per-key half of the fold.
 KEY_CASES = (inconsistent_offset_cases, duplicate_cases, g1a_cases, unexpected_value_cases, unseen_cases,
              transaction_cases)
 #: Analyses of the per-process half (skips also need the version order).

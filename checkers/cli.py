@@ -62,9 +62,6 @@ def register(subparsers) -> None:
                    help="also compare the brokers' logs collected after the run (replicas.json) and report "
                         "replica-divergence (default: the replicas.json beside the history, when there is one)")
     p.add_argument("-o", "--output", help="also write results.json to this file")
-    p.add_argument("-j", "--jobs", type=int, choices=(1, 2), default=1,
-                   help="processes to check with (default 1; 2 splits the work over two processes, "
-                        "which pays off only on an otherwise idle machine)")
     p.set_defaults(func=cmd_check)
 
     e = subparsers.add_parser(
@@ -114,11 +111,8 @@ def cmd_check(args) -> int:
     path = _resolve(args.history)
     fmt = args.format or ("edn" if path.endswith(".edn") else "jsonl")
     try:
-        # The one-process fast path beats two general-path processes on a
-        # busy host; --jobs 2 remains for an idle one.
-        parallel = args.jobs == 2
         res = check_path(path, format=fmt, sub_via=args.sub_via, txn=args.txn, ww_deps=args.ww_deps,
-                         delivery=args.delivery, parallel=parallel, replicas=_replicas_of(args, path))
+                         delivery=args.delivery, replicas=_replicas_of(args, path))
     except HistoryError as e:
         return _err(str(e), EXIT_BAD_HISTORY)
     blob = orjson.dumps(res, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"

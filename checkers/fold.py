@@ -14,8 +14,9 @@ known, whether the step skipped something or went backwards.
 which offset) is built from ok sends, info sends proven committed (one of their values was read), and every
 poll whatever its outcome, exactly as Jepsen does.
 
-`HistoryPass` folds everything, with a fast path for well-formed history.jsonl blocks; checkers/parallel.py
-splits the same work over two processes with two narrower types of it.
+`HistoryPass` folds everything, with a fast path for well-formed history.jsonl blocks. (A two-process split of
+it, `acked check --jobs 2`, was removed in issue 16 part 2: both processes decoded the whole file, and it was
+slower than one.)
 """
 from __future__ import annotations
 
@@ -280,7 +281,7 @@ class Fold:
         ks = self.keys.get(k)
         if ks is None:
             return None
-        if ks.voff is None:  # the parent of a two-process check indexes the child's log on demand
+        if ks.voff is None:  # before the pass closed: index the log on demand
             ks.index_values()
         return ks.voff.get(v)
 
@@ -304,8 +305,8 @@ class Fold:
 
 class HistoryPass:
     """The pass that fills a Fold: per-key facts (version order, reads, acknowledgements) and per-process
-    facts (positions, steps, stats) together. Subclasses that fold only one half (checkers/parallel.py)
-    override `_send_one` and `_poll_one`, the two common completions, and turn off what they do not need."""
+    facts (positions, steps, stats) together. A subclass that folds only part of it overrides `_send_one` and
+    `_poll_one`, the two common completions, and turns off what it does not need."""
 
     #: well-formed history.jsonl blocks go through _feed_events (else line by line through _feed)
     fast_path = True

@@ -71,7 +71,7 @@ class QueueChecker(HistoryPass):
         return why
 
     def _results(self, counted=None) -> dict:
-        """results.json; counted: the totals, when another process counted them (checkers/parallel.py)."""
+        """results.json; counted: the totals, when they were counted already."""
         counted = totals(self.fold) if counted is None else counted
         types = sorted(self.counts)
         reasons = self.allowed_reasons()

@@ -149,7 +149,7 @@ def test_help(cmd):
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_two_process_check_gives_the_same_results(tmp_path, seed):
+def test_acked_check_json_is_check_path_on_generated_faults(tmp_path, seed):
     from checkers import check_path
     events = generate(seed, n_ops=3000, threads=5, active_keys=6, rotate_every=500, p_fail=0.05, p_info=0.05,
                       batch=2)
@@ -167,10 +167,8 @@ def test_two_process_check_gives_the_same_results(tmp_path, seed):
                ev(99, "ok", "poll", [["poll", {failed[0][0]: [[10**6, failed[0][1]]]}]], time=t + 2)]
     path = write(tmp_path / "history.jsonl", events)
     one = check_path(path)
-    two = check_path(path, parallel=True)
     assert {"lost-write", "G1a"} <= set(one["bad-anomaly-types"])
-    assert one == two
-    r = acked("check", path, "--jobs", "2", "--json")
+    r = acked("check", path, "--json")
     assert r.returncode == 1 and json.loads(r.stdout) == json.loads(orjson.dumps(one))
 
 
@@ -198,15 +196,3 @@ def test_cut_history_is_unknown_with_its_reason(tmp_path):
     drained = write(tmp_path / "drained.jsonl", cut_history(drained=True))
     r = acked("check", drained)
     assert r.returncode == 1 and r.stdout.splitlines()[-1] == "INVALID: unseen", r.stdout
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="the two-process check needs fork()")
-@pytest.mark.parametrize("drained", [False, True])
-def test_cut_history_two_process_check_agrees(tmp_path, drained):
-    import checkers
-    path = write(tmp_path / "history.jsonl", cut_history(drained))
-    one = checkers.check_path(path)
-    two = checkers.check_path(path, parallel=True)
-    assert two["valid"] == one["valid"] == (False if drained else "unknown")
-    assert two.get("unknown-reason") == one.get("unknown-reason")
-    assert two["bad-anomaly-types"] == one["bad-anomaly-types"]

@@ -4,9 +4,8 @@ must decide exactly what the general path decides.
 Every hand-written history of test_checker_anomalies and test_checker_jepsen_parity
 and every generated one of test_checker_properties is checked again: written as
 history.jsonl and folded by the fast path, once in big blocks and once in blocks of
-a few lines (so invocations and completions land in different blocks), and by the
-two processes of --jobs 2; each result must equal the general path's, field for
-field.
+a few lines (so invocations and completions land in different blocks); each result
+must equal the general path's, field for field.
 """
 from __future__ import annotations
 
@@ -56,8 +55,6 @@ def check_all_paths(events, **opts):
         with open(path, "wb") as f:
             f.write(blob)
         assert checkers.check_path(path, **opts) == general
-        if hasattr(os, "fork"):
-            assert checkers.check_path(path, parallel=True, **opts) == general, "--jobs 2 disagrees"
     return general
 
 
@@ -152,8 +149,8 @@ def read_heavy_histories(draw):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(read_heavy_histories())
 def test_read_heavy_histories_agree(history):
-    """Many records per poll, every reader reading every value: the fast path, the general path and --jobs 2
-    decide the same, and a history with no fault is valid with every value read by every reader."""
+    """Many records per poll, every reader reading every value: the fast path and the general path decide the
+    same, and a history with no fault is valid with every value read by every reader."""
     events, fault, reads = history
     res = check_all_paths(events)
     assert res["history-problem-count"] == 0
@@ -273,7 +270,7 @@ def synth_read_heavy(draw):
 def test_synth_read_heavy_histories_agree(history, factor):
     """checkers.synth's read-heavy histories, correct or with one poll bent: the fast path (re-reads recognised
     byte for byte against each key's canonical records, from the first re-read on with factor 0, as late as the
-    checker extends them otherwise), the general path and --jobs 2 decide the same; a correct one is valid."""
+    checker extends them otherwise), and the general path decide the same; a correct one is valid."""
     events, fault = history
     old = fold.REREAD_FACTOR
     fold.REREAD_FACTOR = factor
