@@ -628,7 +628,7 @@ class HistoryPass:
         if pr is not None:
             for n, (k, raw) in enumerate(polled.items()):
                 prev = pr.get(k)
-                if prev is None:
+                if prev is None or type(prev[0]) is not int:
                     continue
                 ks = keys[k]
                 o0 = prev[0] + 1
