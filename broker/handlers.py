@@ -265,12 +265,10 @@ def _list_offset(broker: Broker, req: Request, topic: str, lp) -> dict:
         return {**out, "error_code": NONE, "offset": p.high_watermark}
     if ts == -2:    # earliest
         return {**out, "error_code": NONE, "offset": p.log_start_offset}
-    if ts == -3:    # max timestamp (KIP-734)
-        found = p.log.max_timestamp()
-        if found is None:
-            return {**out, "error_code": NONE}
-        return {**out, "error_code": NONE, "offset": found[0], "timestamp": found[1]}
-    found = p.log.offset_for_timestamp(ts)
+    # max timestamp (KIP-734), else the first offset at or after ts; either answer only below the high watermark,
+    # as Kafka's Partition.fetchOffsetForTimestamp filters every timestamp lookup by the last fetchable offset
+    # (an uncommitted acks=1 record must not be named; found by make mutation)
+    found = p.log.max_timestamp() if ts == -3 else p.log.offset_for_timestamp(ts)
     if found is None or found[0] >= p.high_watermark:
         return {**out, "error_code": NONE}
     return {**out, "error_code": NONE, "offset": found[0], "timestamp": found[1]}
