@@ -115,7 +115,7 @@ class KeyIndex:
 
     __slots__ = ("log", "voff", "read", "acked", "failed", "info", "unseen",
                  "conflicts", "dups", "maxread", "maxread_op", "acked_max", "am_hist", "recs", "vals", "canon",
-                 "cpos", "rdone", "rereads")
+                 "cpos", "cend", "rdone", "rereads", "hot")
 
     def __init__(self):
         self.log = {}        # offset -> first value seen there
@@ -137,14 +137,17 @@ class KeyIndex:
         # The version order's dense prefix, offsets 0, 1, ... as far as the log holds an int or str at each,
         # extended as the log grows (`extend_recs`); a log offset keeps its first value, so the prefix never
         # changes. recs: (offset, value) records; vals: the values; canon: the records as the harness writes
-        # them, '[offset,value],' each; cpos: where each record starts in canon, and its end. Every value of an
-        # offset below rdone was read.
+        # them, '[offset,value],' each; cpos: where each record starts in canon, and its end; cend: where each
+        # record ends in canon -> the offset after it. Every value of an offset below rdone was read. Built
+        # only for a key whose re-reads outnumbered its records (_fold_poll), which makes it `hot`.
         self.recs = []
         self.vals = []
         self.canon = bytearray()
         self.cpos = [0]
+        self.cend = {}  # where in canon each record ends (with its comma) -> the offset after it
         self.rdone = 0
         self.rereads = 0  # records re-read outside the prefix since it was last extended
+        self.hot = False  # re-read enough once: the prefix is extended whenever a poll reaches past it
 
     def extend_recs(self):
         """Extend the dense prefix over the offsets the log now holds."""
@@ -153,6 +156,7 @@ class KeyIndex:
         vals = self.vals
         canon = self.canon
         cpos = self.cpos
+        cend = self.cend
         o = len(recs)
         v = log.get(o)
         while v is not None:
@@ -165,8 +169,9 @@ class KeyIndex:
                 break
             recs.append((o, v))
             vals.append(v)
-            cpos.append(len(canon))
             o += 1
+            cpos.append(len(canon))
+            cend[len(canon)] = o
             v = log.get(o)
 
     def place(self, o, v, op):
@@ -624,51 +629,95 @@ class HistoryPass:
         key's records were recognised."""
         keys = self.fold.keys
         pr = read_pos.get(p)
-        plan = None
-        if pr is not None:
-            for n, (k, raw) in enumerate(polled.items()):
-                prev = pr.get(k)
-                if prev is None or type(prev[0]) is not int:
-                    continue
-                ks = keys[k]
-                o0 = prev[0] + 1
-                cpos = ks.cpos
-                if o0 < 0 or o0 >= len(cpos) - 1:
-                    continue
-                s = cpos[o0]
-                e = s + len(raw) - 1  # where canon's record after the last would start
-                if e > cpos[-1]:
-                    continue
-                end = bisect_left(cpos, e, o0 + 1)
-                if cpos[end] == e and ks.canon.startswith(bytes(raw)[1:-1], s):
-                    if plan is None:
-                        plan = [None] * len(polled)
-                    plan[n] = (ks, o0, end)
-        if plan is None:  # nothing recognised: decoded whole
+        if pr is None:
             ((_, polled),) = _decode_ok_poll_full(value)
             self._fold_poll(idx, p, polled, inv, ev, read_pos)
             return False
-        plan = [(k, _decode_pairs(raw) if how is None else how) for (k, raw), how in zip(polled.items(), plan)]
-        for k, how in plan:
-            if type(how) is not tuple:
-                if how:
-                    self._fold_poll(idx, p, {k: how}, inv, ev, read_pos)
-                continue
-            # records o0 .. end - 1, continuing the process's position (no step), nothing to place
-            ks, o0, end = how
-            ol = end - 1
-            rdone = ks.rdone
-            if ol >= rdone:
-                new = ks.vals[o0 if o0 > rdone else rdone:end]
-                _read_first(ks.read, new, idx)
-                if ks.unseen:
-                    ks.unseen.difference_update(new)
-                if o0 <= rdone:
-                    ks.rdone = end
-                if ol > ks.maxread:
-                    ks.maxread = ol
-                    ks.maxread_op = idx
-            pr[k] = (ol, idx, ks.vals[ol])
+        # Keys recognised before the first that is not are folded at once (undo: their positions, should a
+        # later key fail to decode: everything else they did the general path does again alike); from the
+        # first key not recognised on, keys are planned and folded in order once all of them decoded.
+        undo = None
+        plan = None
+        matched = False
+        for k, raw in polled.items():
+            prev = pr.get(k)
+            how = None
+            if prev is not None:
+                o0 = prev[0]
+                if type(o0) is int:
+                    o0 += 1
+                    ks = keys[k]
+                    cpos = ks.cpos
+                    end = None
+                    if 0 <= o0 < len(cpos) - 1:
+                        s = cpos[o0]
+                        e = s + len(raw) - 1  # where the record after the last starts
+                        end = ks.cend.get(e)
+                        if end is None and e > cpos[-1] and ks.hot:
+                            ks.extend_recs()
+                            end = ks.cend.get(e)
+                    elif o0 >= 0 and ks.hot:
+                        ks.extend_recs()
+                        if o0 < len(cpos) - 1:
+                            s = cpos[o0]
+                            end = ks.cend.get(s + len(raw) - 1)
+                    if end is not None:
+                        if ks.canon.startswith(bytes(raw)[1:-1], s):
+                            if plan is None:  # records o0 .. end - 1, continuing the position: fold now
+                                ol = end - 1
+                                rdone = ks.rdone
+                                if ol >= rdone:
+                                    new = ks.vals[o0 if o0 > rdone else rdone:end]
+                                    _read_first(ks.read, new, idx)
+                                    if ks.unseen:
+                                        ks.unseen.difference_update(new)
+                                    if o0 <= rdone:
+                                        ks.rdone = end
+                                    if ol > ks.maxread:
+                                        ks.maxread = ol
+                                        ks.maxread_op = idx
+                                pr[k] = (ol, idx, ks.vals[ol])
+                                if undo is None:
+                                    undo = [(k, prev)]
+                                else:
+                                    undo.append((k, prev))
+                                continue
+                            how = (ks, o0, end)
+                            matched = True
+            if plan is None:
+                plan = [(k, raw, how)]
+            else:
+                plan.append((k, raw, how))
+        if plan is not None:
+            if undo is None and not matched:  # nothing recognised: decoded whole
+                ((_, polled),) = _decode_ok_poll_full(value)
+                self._fold_poll(idx, p, polled, inv, ev, read_pos)
+                return False
+            try:
+                plan = [(k, _decode_pairs(raw) if how is None else how) for k, raw, how in plan]
+            except msgspec.ValidationError:
+                for k, prev in undo or ():
+                    pr[k] = prev
+                raise
+            for k, how in plan:
+                if type(how) is not tuple:
+                    if how:
+                        self._fold_poll(idx, p, {k: how}, inv, ev, read_pos)
+                    continue
+                ks, o0, end = how
+                ol = end - 1
+                rdone = ks.rdone
+                if ol >= rdone:
+                    new = ks.vals[o0 if o0 > rdone else rdone:end]
+                    _read_first(ks.read, new, idx)
+                    if ks.unseen:
+                        ks.unseen.difference_update(new)
+                    if o0 <= rdone:
+                        ks.rdone = end
+                    if ol > ks.maxread:
+                        ks.maxread = ol
+                        ks.maxread_op = idx
+                pr[k] = (ol, idx, ks.vals[ol])
         self.fold.any_ok_read = True
         return True
 
@@ -721,6 +770,7 @@ class HistoryPass:
                 ks.rereads += n
                 if ks.rereads > REREAD_FACTOR * (len(ks.log) - len(recs)):
                     ks.rereads = 0
+                    ks.hot = True
                     ks.extend_recs()
             if n == 1:
                 ol, lv = first

@@ -283,3 +283,27 @@ def test_synth_read_heavy_histories_agree(history, factor):
         assert res["valid"] is True, res["anomaly-types"]
     elif fault in ("changed", "drop", "gap"):
         assert res["valid"] is False
+
+
+def test_a_poll_recognised_in_part_and_then_malformed_agrees(monkeypatch):
+    """A re-read recognised byte for byte and folded at once, then a key of the same poll msgspec rejects (a
+    non-integer offset): the whole op takes the general path, which must find the consumer's position as it was."""
+    monkeypatch.setattr(fold, "REREAD_FACTOR", 0)
+    events = []
+
+    def op(p, f, inv, value):
+        for t, v in (("invoke", inv), ("ok", value)):
+            events.append({"process": p, "type": t, "f": f, "value": v, "index": len(events),
+                           "time": len(events) * 1000})
+
+    for o in range(4):
+        op(0, "send", [["send", "x", 10 + o]], [["send", "x", [o, 10 + o]]])
+    op(0, "send", [["send", "y", 20]], [["send", "y", [0, 20]]])
+    for r in (1, 2):
+        op(r, "assign", ["x", "y"], ["x", "y"])
+        op(r, "poll", [["poll"]], [["poll", {"x": [[0, 10], [1, 11]]}]])
+    op(2, "poll", [["poll"]], [["poll", {"x": [[2, 12], [3, 13]], "y": [[0.5, 20]]}]])
+    op(2, "poll", [["poll"]], [["poll", {"x": [[4, 14]]}]])
+    res = check_all_paths(events)
+    assert res["history-problem-count"] == 1 and "malformed poll value" in res["history-problems"][0]["message"]
+    assert "nonmonotonic-poll" not in res["anomaly-types"]
