@@ -1,12 +1,13 @@
-"""The Kafka topics a workload writes into: keys to partitions, topic creation, leaders.
+"""The Kafka topics a workload writes into: keys to partitions, topic creation, leaders, log ends.
 
 A workload's key names one partition of one topic (ARCHITECTURE.md, "History
 format"); `KeyMap` is that naming, and `Topics` is the harness's own admin
 connection to the cluster: it creates topics as keys need them (the next one
 ahead, in the background), waits for their leaders, answers the nemesis's
 role questions (leader, replicas, ISR, controller, a group's coordinator) from
-fresh metadata. Every Kafka workload shares it (the queue workload now; the
-pipeline workload's topics too), and the runner holds none of it. In Jepsen the database's own queue client
+fresh metadata, and reads the partitions' high watermarks. Every Kafka workload
+shares it (the queue workload now; the pipeline workload's topics too), and
+the runner holds none of it. In Jepsen the database's own queue client
 (jepsen.redpanda.workload.queue, which jepsen.tests.kafka's workload map is
 given) creates topics in its setup; here one admin connection per run does it,
 outside the clients and their ops' latencies.
@@ -139,6 +140,15 @@ class Topics:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.2)
+
+    def high_watermarks(self, keys: list[str], timeout: float = 5.0) -> dict[str, int]:
+        """key -> its partition's high watermark (the offset after the last readable record), from one
+        ListOffsets request (OffsetSpec.latest); raises when the request or any partition's answer fails."""
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+        req = {TopicPartition(*self.keymap.topic_partition(k)): OffsetSpec.latest() for k in keys}
+        futures = self.admin.list_offsets(req, request_timeout=timeout)
+        return {self.keymap.key_of(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
 
     def close(self) -> None:
         self.admin = None  # librdkafka destroys the handle with the last reference

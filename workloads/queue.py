@@ -1,4 +1,9 @@
-"""The queue workload's clients: real Kafka producers and consumers executing generator ops.
+"""The queue workload: real Kafka producers and consumers executing generator ops, behind the workload interface.
+
+Jepsen's counterpart is jepsen.tests.kafka: its `workload` map ({:client
+:generator :final-generator :checker}) is `QueueWorkload` (workloads/base.py
+says when the runner calls what), its client is `Client` here, its generator
+workloads/generator.py, its checker checkers/queue.py.
 
 Each logical process owns its own clients (created lazily: a process that only
 sends never opens a consumer). `invoke(op)` runs one op synchronously and
@@ -16,6 +21,9 @@ ARCHITECTURE.md:
 - crash: info; the clients are abandoned.
 
 After an `info` the runner retires the process and this client is closed.
+The workload tracks the highest offset seen per key (acknowledged sends and
+polls); its final phase, the drain, reads every key from its beginning up to
+that offset, so that a write never read is a finding, not a drain cut short.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from workloads.base import Workload
 from workloads.kafka_topics import OFFSETS_TOPIC, KeyMap, Topics  # noqa: F401 -- this module's names too
 
 #: librdkafka error names that prove a record was never appended, whatever the retries
@@ -512,3 +521,210 @@ CLIENT_CLASSES: dict[str, Callable[..., Client]] = {
     "confluent-kafka": ConfluentClient,
     "kafka-python": KafkaPythonClient,
 }
+
+
+#: seconds of empty polls, with every short key's high watermark at or below what was read, before the final
+#: drain stops short of its targets. Not less: right after a leader change the new leader's high watermark
+#: can trail the old one's until its followers fetch again (seen: 5 s was too short after a kill at the end
+#: of the main phase, and an acknowledged acks=all write was reported unseen).
+DRAIN_GIVE_UP = 15.0
+
+
+class QueueWorkload(Workload):
+    """The queue workload (Jepsen's jepsen.tests.kafka `workload` with its :client, :generator,
+    :final-generator and :checker): processes send to and poll from keys, each key one partition; the
+    final phase reads every key from its beginning; the queue checker (checkers/queue.py) judges the history,
+    and the brokers' logs collected after the drain (replicas.json) beside it."""
+
+    name = "queue"
+
+    def __init__(self, test, log=None):
+        super().__init__(test, log)
+        self.cluster = None
+        self.topics: Topics | None = None
+        self.producer_pool: ProducerPool | None = None
+        self.client_logger = None
+        #: key -> highest offset any op saw (an acknowledged send or a poll): what the final drain reads up to
+        self._max_offset: dict[str, int] = {}
+        #: key -> monotonic time of its latest acknowledged send (the kill nemesis aims at keys being written)
+        self._last_acked: dict[str, float] = {}
+        self._offset_lock = threading.Lock()
+
+    def versions(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        try:
+            from importlib.metadata import version
+            out["kafka-python"] = version("kafka-python")
+        except Exception:
+            pass
+        try:
+            import confluent_kafka
+            # version() is a (str, int) tuple in older releases and a plain string in newer ones
+            ver, lib = confluent_kafka.version(), confluent_kafka.libversion()
+            out["confluent-kafka"] = ver if isinstance(ver, str) else ver[0]
+            out["librdkafka"] = lib if isinstance(lib, str) else lib[0]
+        except Exception:
+            pass
+        return out
+
+    @property
+    def group_id(self) -> str:
+        return f"acked-{self.test.name}"
+
+    # ---- setup and the main phase -------------------------------------------------
+
+    def setup(self, cluster, run_dir, logger) -> None:
+        from workloads.generator import GeneratorSpec, QueueGenerator
+        d = self.test
+        self.cluster = cluster
+        self.client_logger = logger
+        self.topics = Topics(cluster.bootstrap_servers(), KeyMap(d.partitions_per_topic),
+                             d.replication_factor(), d.topic_config(), logger=logger)
+        if d.client == "confluent-kafka":
+            # new processes' producers, opened ahead (see ProducerPool); a fault can retire every process
+            # at once, but idle spares cost threads and connections, so at most 8
+            self.producer_pool = ProducerPool(cluster.bootstrap_servers(), d.producer_config(),
+                                              size=min(d.concurrency_count(), 8), logger=logger)
+        self.generator = QueueGenerator(GeneratorSpec(
+            seed=d.seed, concurrency=d.concurrency_count(), rate=d.rate, key_count=d.key_count,
+            max_writes_per_key=d.max_writes_per_key, zipf_exponent=d.zipf_exponent, sub_via=d.effective_sub_via(),
+            max_sends_per_op=d.max_sends_per_op, crash_client_interval=d.crash_client_interval))
+        for key in list(self.generator.active):
+            self.topics.ensure(key)
+
+    def roles(self) -> QueueRoles:
+        return QueueRoles(self.topics, self.group_id, self.hot_keys)
+
+    def hot_keys(self) -> list[str]:
+        """Keys acknowledged within the last second first: their leader has fresh writes that a fault may
+        catch before the followers fetch them (the acks=1 loss window); else every active key."""
+        with self.lock:
+            active = list(self.generator.active)
+        now = time.monotonic()
+        with self._offset_lock:
+            hot = [k for k in active if now - self._last_acked.get(k, -1e9) < 1.0]
+        return hot or active
+
+    def client(self, process: int) -> Client:
+        d = self.test
+        return CLIENT_CLASSES[d.client](
+            process=process, bootstrap=self.cluster.bootstrap_servers(), keymap=self.topics.keymap,
+            topics=self.topics, producer_config=d.producer_config(), consumer_config=d.consumer_config(),
+            group_id=self.group_id, op_timeout=d.op_timeout, sub_via=d.effective_sub_via(),
+            logger=self.client_logger, producer_pool=self.producer_pool)
+
+    def prepare(self, op: dict[str, Any]) -> None:
+        # the key's topic before the invocation is written: a topic creation is not the send's latency
+        if op["f"] == "send":
+            for _, key, _ in op["value"]:
+                self.topics.ensure(key)
+
+    def on_completion(self, op: dict[str, Any], completion: dict[str, Any]) -> None:
+        value = completion.get("value")
+        if not isinstance(value, list):
+            return
+        with self._offset_lock:
+            for mop in value:
+                if mop[0] == "send" and isinstance(mop[2], list) and mop[2][0] is not None:
+                    k, off = mop[1], mop[2][0]
+                    self._last_acked[k] = time.monotonic()
+                    if off > self._max_offset.get(k, -1):
+                        self._max_offset[k] = off
+                elif mop[0] == "poll" and len(mop) > 1:
+                    for k, records in mop[1].items():
+                        if records:
+                            off = max(r[0] for r in records)
+                            if off > self._max_offset.get(k, -1):
+                                self._max_offset[k] = off
+
+    # ---- after the main phase -----------------------------------------------------
+
+    def recover(self, seconds: float) -> None:
+        if self.topics:
+            if not self.topics.wait_for_leaders(self.topics.created_topics(), seconds):
+                self.log(f"some partitions still had no leader after {seconds}s")
+
+    def final(self, append) -> tuple[str, int]:
+        """Read every key from its beginning until the reads reach the highest offset seen anywhere.
+        Returns why it stopped and how many keys it read."""
+        with self.lock:
+            keys = list(self.generator.all_keys)
+            process = max(self.generator.processes) + 1
+        with self._offset_lock:
+            targets = {k: self._max_offset.get(k, -1) for k in keys}
+        keys = [k for k in keys if targets[k] >= 0]
+        if not keys:
+            return "nothing-written", 0
+        deadline = time.monotonic() + self.test.final_time_limit
+        client = self.client(process)
+        read: dict[str, int] = {}
+        try:
+            append({"process": process, "type": "invoke", "f": "assign", "value": keys})
+            completion = client.invoke({"process": process, "f": "assign", "value": keys})
+            append({"process": process, "f": "assign", **completion})
+            if completion["type"] != "ok":
+                raise RuntimeError(f"final drain could not assign its keys: {completion.get('error')}")
+            empty_since = time.monotonic()
+            while time.monotonic() < deadline:
+                pending = [k for k in keys if read.get(k, -1) < targets[k]]
+                if not pending:
+                    return "read-everything", len(keys)
+                op = {"process": process, "f": "poll", "value": [["poll"]]}
+                append({"process": process, "type": "invoke", "f": "poll", "value": op["value"]})
+                completion = client.invoke(op)
+                append({"process": process, "f": "poll", **completion})
+                if completion["type"] != "ok":
+                    raise RuntimeError(f"final drain poll failed: {completion.get('error')}")
+                got = completion["value"][0][1]
+                for k, records in got.items():
+                    if records:
+                        read[k] = max(read.get(k, -1), max(r[0] for r in records))
+                if got:
+                    empty_since = time.monotonic()
+                elif time.monotonic() - empty_since > DRAIN_GIVE_UP and self._drained_to_end(pending, read):
+                    # the logs have ended below the targets for a while: what is missing was lost (or never
+                    # became readable), the checker says so
+                    return "log-end", len(keys)
+            self.log(f"final drain stopped at its time limit with {len(pending)} keys short of their highest offset")
+            return "time-limit", len(keys)
+        finally:
+            client.close()
+
+    def _drained_to_end(self, pending: list[str], read: dict[str, int]) -> bool:
+        """Whether every pending key's log now ends at or below what the drain has read (high watermarks)."""
+        try:
+            ends = self.topics.high_watermarks(pending, timeout=5)
+        except Exception:
+            return False
+        return all(end - 1 <= read.get(key, -1) for key, end in ends.items())
+
+    def collect(self, cluster, run_dir) -> list[str]:
+        """Every broker's log of the workload's topics, batch by batch, into replicas.json, for the check to
+        compare the replicas directly (checkers/divergence.py). The cluster reads them (clusters/replicas.py);
+        what cannot be read is a harness error line, never a failed run: the history is checked anyway."""
+        from clusters.replicas import to_json
+        if self.topics is None:
+            return []
+        try:
+            data = cluster.collect_replicas(self.topics.created_topics())
+        except Exception as e:  # noqa: BLE001 -- a finding-less phase must not cost the run its verdict
+            msg = f"collecting the replicas' logs: {type(e).__name__}: {e}"
+            self.log(msg)
+            return [msg]
+        (run_dir / "replicas.json").write_bytes(to_json(data))
+        return [f"collecting the replicas' logs: {err}" for err in data.get("errors") or []]
+
+    def teardown(self) -> None:
+        try:
+            if self.producer_pool is not None:
+                self.producer_pool.close()
+        finally:
+            if self.topics is not None:
+                self.topics.close()
+
+    def check(self, history, run_dir, test) -> dict[str, Any]:
+        import checkers
+        # check_path streams the file through the checker's fast path; same results as check().
+        replicas = run_dir / "replicas.json"
+        return checkers.check_path(history, sub_via=test.effective_sub_via(), delivery=test.effective_delivery(),
+                                   replicas=replicas if replicas.exists() else None)
