@@ -14,9 +14,13 @@ import json
 import threading
 from pathlib import Path
 
-from harness.config import TestDescription
+import pytest
+
+from harness.config import ConfigError, TestDescription
 from harness.runner import EXIT_VALID, Runner
+from workloads import WORKLOADS
 from workloads.base import Workload
+from workloads.queue import QueueWorkload
 
 HARNESS_PHASE_CALLS = ["versions", "setup", "roles", "recover", "final", "collect", "teardown", "check"]
 
@@ -233,3 +237,31 @@ def test_the_runners_code_names_nothing_of_kafka_outside_its_comments_and_docstr
             words.append(node.value)
     found = [w for w in words if any(k in w.lower() for k in ("kafka", "topic", "partition", "offset", "librdkafka"))]
     assert found == []
+
+
+def test_a_description_naming_a_registered_workload_runs_that_workload(tmp_path, monkeypatch):
+    monkeypatch.setitem(WORKLOADS, "counter", CounterWorkload)
+    runner = Runner(_description(tmp_path, workload="counter"), cluster_factory=RegisterCluster)
+    assert isinstance(runner.workload, CounterWorkload) and runner.workload.test is runner.desc
+    result = runner.run()
+    assert result.valid is True and result.exit_status == EXIT_VALID
+    assert json.loads((result.run_dir / "test.json").read_text())["test"]["workload"] == "counter"
+
+
+def test_the_default_workload_is_the_queue_and_an_unknown_one_is_refused_with_the_choices(tmp_path):
+    assert isinstance(Runner(_description(tmp_path)).workload, QueueWorkload)
+    with pytest.raises(ConfigError, match="unknown workload 'pipe'; choose one of: queue"):
+        _description(tmp_path, workload="pipe").validate()
+
+
+def test_acked_run_takes_the_workload_by_name_and_names_an_unnamed_test_after_it(monkeypatch):
+    from harness.cli import build_parser
+    from harness.run_cli import description_from_args
+    monkeypatch.setitem(WORKLOADS, "counter", CounterWorkload)
+
+    def desc(*argv):
+        return description_from_args(build_parser(["run"]).parse_args(["run", *argv]))
+    assert (desc().workload, desc().name) == ("queue", "queue-safe")
+    assert (desc("--workload", "counter").workload, desc("--workload", "counter", "--profile", "acks-1").name) == \
+        ("counter", "counter-acks-1")
+    assert desc("--workload", "counter", "--name", "mine").name == "mine"
