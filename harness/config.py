@@ -129,6 +129,7 @@ class TestDescription:
     rate: float = 100.0
     #: number of logical client processes: an integer ("6") or a multiple of the node count ("2n")
     concurrency: str = "2n"
+    #: which workload runs (workloads.WORKLOADS): its clients, generator, final phase and checker
     workload: str = "queue"
     #: fault packages (nemesis/packages.py), each optionally pinned to one choice: "kill", "partition:leader"
     nemeses: list[str] = dataclasses.field(default_factory=list)
@@ -218,8 +219,9 @@ class TestDescription:
         self.concurrency_count()
         if self.client not in CLIENTS:
             raise ConfigError(f"unknown client {self.client!r}; choose one of: {', '.join(CLIENTS)}")
-        if self.workload != "queue":
-            raise ConfigError(f"unknown workload {self.workload!r}; the only workload is 'queue'")
+        from workloads import WORKLOADS
+        if self.workload not in WORKLOADS:
+            raise ConfigError(f"unknown workload {self.workload!r}; choose one of: {', '.join(WORKLOADS)}")
         for pkg, _ in self.packages():
             if self.backend not in pkg.backends:
                 raise ConfigError(f"the {pkg.name} nemesis does not run on the {self.backend} backend "

@@ -14,7 +14,7 @@ from harness.config import BACKENDS, PROFILES, ConfigError, TestDescription, fro
 
 EXIT_HARNESS_FAILED = 3
 EXIT_BAD_USAGE = 4
-#: TestDescription's default name; `acked run` names an unnamed test queue-<profile>
+#: TestDescription's default name; `acked run` names an unnamed test <workload>-<profile> (queue-safe)
 DEFAULT_NAME = TestDescription.name
 
 
@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--time-limit", type=float, help="seconds of workload under faults")
     p.add_argument("--rate", type=float, help="target ops/s over all processes (0: unlimited)")
     p.add_argument("--concurrency", help="client processes: a number (6) or a multiple of the nodes (2n)")
+    from workloads import WORKLOADS
+    p.add_argument("--workload", choices=sorted(WORKLOADS), help="what the clients do and how the history is "
+                   "checked (docs/workloads.md)")
     from nemesis.packages import PACKAGES
     p.add_argument("--nemesis", metavar="FAULTS",
                    help=f"comma-separated fault packages, each optionally pinned to a choice (kill:controller, "
@@ -95,7 +98,7 @@ def register(subparsers) -> None:
 
 #: defaults shown in `acked run --help` that are not a TestDescription field's plain value
 _DEFAULT_TEXT = {"nemesis": "none: no faults unless you name some", "sub_via": "the profile's",
-                 "delivery": "the profile's", "seed": "random", "name": "queue-<profile> unless the test file names it",
+                 "delivery": "the profile's", "seed": "random", "name": "<workload>-<profile> unless the test file names it",
                  "concurrency": "2n"}
 
 
@@ -122,7 +125,8 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
     if getattr(args, "replay", None):
         desc = replayed_description(args.replay)
     overrides = {}
-    for field in ("name", "profile", "backend", "nodes", "time_limit", "rate", "concurrency", "nemesis_interval",
+    for field in ("name", "profile", "backend", "nodes", "time_limit", "rate", "concurrency", "workload",
+                  "nemesis_interval",
                   "nemesis_schedule",
                   "kill_target", "sub_via", "delivery", "client", "seed", "results_dir", "final_time_limit",
                   "key_count", "max_writes_per_key", "max_sends_per_op", "op_timeout", "crash_client_interval"):
@@ -139,7 +143,7 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
     if args.name is None and desc.name == DEFAULT_NAME:
         # named by its profile whether the profile was given or is the default: `acked run` and `acked run
         # --profile safe` are the same test and share results/queue-safe/
-        desc.name = f"{DEFAULT_NAME}-{desc.profile}"
+        desc.name = f"{desc.workload}-{desc.profile}"
     return desc   # validated once, by the Runner (the Kafka settings check builds clients: not twice)
 
 

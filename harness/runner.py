@@ -1,15 +1,21 @@
 """The runner: one test description -> cluster, workload under faults, history, verdict, run directory.
 
-Phases: setup, main (workload and nemesis together), heal, recover, drain,
-replicas (every broker's log of the workload's topics, into replicas.json),
-teardown, check, report. Whatever happens in a phase -- an exception, Ctrl-C --
-the run still heals every fault, still closes the history (it is flushed per
-event anyway), still tears the cluster down, and still writes results.json.
+Jepsen's counterpart is jepsen.core/run!: it drives a test's workload (client,
+generator, final generator, checker; workloads/base.py) and its nemesis on a
+cluster, and knows nothing of what the workload's clients talk (the queue
+workload's Kafka lives in workloads/).
+
+Phases: setup, main (workload and nemesis together), heal, recover, drain (the
+workload's final phase), replicas (what the workload keeps of the cluster's
+state, e.g. every broker's log into replicas.json), teardown, check, report.
+Whatever happens in a phase -- an exception, Ctrl-C -- the run still heals
+every fault, still closes the history (it is flushed per event anyway), still
+tears the cluster down, and still writes results.json.
 
 Concurrency: each worker slot is a thread running one logical process at a
-time with its own clients. librdkafka does its network I/O on its own threads
-and releases the GIL while a send waits for its acknowledgement, so a thread
-per slot keeps many ops in flight for little CPU.
+time with its own client. Client libraries that do their network I/O on their
+own threads release the GIL while an op waits for its answer, so a thread per
+slot keeps many ops in flight for little CPU.
 """
 from __future__ import annotations
 
@@ -35,11 +41,6 @@ from harness.config import TestDescription
 
 PHASES = ("setup", "main", "heal", "recover", "drain", "replicas", "teardown", "check", "report")
 EXIT_VALID, EXIT_INVALID, EXIT_UNKNOWN, EXIT_HARNESS_FAILED = 0, 1, 2, 3
-#: seconds of empty polls, with every short key's high watermark at or below what was read, before the final
-#: drain stops short of its targets. Not less: right after a leader change the new leader's high watermark
-#: can trail the old one's until its followers fetch again (seen: 5 s was too short after a kill at the end
-#: of the main phase, and an acknowledged acks=all write was reported unseen).
-DRAIN_GIVE_UP = 15.0
 
 
 @dataclasses.dataclass
@@ -101,22 +102,15 @@ def make_run_dir(results_dir: str | Path, name: str, now: dt.datetime | None = N
     return run_dir
 
 
-def versions() -> dict[str, Any]:
+def versions(libraries: dict[str, str] | None = None) -> dict[str, Any]:
+    """test.json's versions: Python, acked, the workload's client `libraries` (Workload.versions), the git commit."""
     out: dict[str, Any] = {"python": platform.python_version()}
     try:
         from importlib.metadata import version
         out["acked"] = version("acked")
-        out["kafka-python"] = version("kafka-python")
     except Exception:
         pass
-    try:
-        import confluent_kafka
-        # version() is a (str, int) tuple in older releases and a plain string in newer ones
-        ver, lib = confluent_kafka.version(), confluent_kafka.libversion()
-        out["confluent-kafka"] = ver if isinstance(ver, str) else ver[0]
-        out["librdkafka"] = lib if isinstance(lib, str) else lib[0]
-    except Exception:
-        pass
+    out.update(libraries or {})
     try:
         here = Path(__file__).resolve().parent.parent
         out["git"] = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
@@ -160,10 +154,13 @@ class Runner:
 
     `cluster`: a started cluster to run on (pytest's shared `acked_cluster`); the run reuses it (Cluster.reuse:
     its broker settings, a wiped slate) and leaves it running. Without it the run starts its own through
-    `cluster_factory` (clusters.create_cluster) and removes it at the end."""
+    `cluster_factory` (clusters.create_cluster) and removes it at the end.
+
+    `workload`: the workload object to drive (workloads/base.py); without it, the description's
+    (`workloads.WORKLOADS[desc.workload]`)."""
 
     def __init__(self, desc: TestDescription, cluster_factory: Callable | None = None,
-                 log: Callable[[str], None] | None = None, cluster=None):
+                 log: Callable[[str], None] | None = None, cluster=None, workload=None):
         self.desc = desc.validate()
         if self.desc.seed is None:
             self.desc.seed = random.SystemRandom().randrange(2**31)
@@ -175,19 +172,15 @@ class Runner:
         self.cluster = cluster
         self.borrowed = cluster is not None
         self.timed_out = False
-        self.topics = None
-        self.producer_pool = None
+        if workload is None:
+            from workloads import WORKLOADS
+            workload = WORKLOADS[self.desc.workload](self.desc, log=self.log)
+        self.workload = workload
         self.client_logger = None
         self._log_handler = None
         self.nemesis = None
-        self.gen = None
-        self._gen_lock = threading.Lock()
         self._stop_main = threading.Event()
         self._next_due = 0.0
-        self._max_offset: dict[str, int] = {}
-        #: key -> monotonic time of its latest acknowledged send (the kill nemesis aims at keys being written)
-        self._last_acked: dict[str, float] = {}
-        self._offset_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self.errors: list[str] = []
         self.interrupted = False
@@ -205,41 +198,12 @@ class Runner:
     def _append(self, event: dict) -> int:
         return self.history.append(event)
 
-    def _note_offsets(self, completion: dict) -> None:
-        value = completion.get("value")
-        if not isinstance(value, list):
-            return
-        with self._offset_lock:
-            for mop in value:
-                if mop[0] == "send" and isinstance(mop[2], list) and mop[2][0] is not None:
-                    k, off = mop[1], mop[2][0]
-                    self._last_acked[k] = time.monotonic()
-                    if off > self._max_offset.get(k, -1):
-                        self._max_offset[k] = off
-                elif mop[0] == "poll" and len(mop) > 1:
-                    for k, records in mop[1].items():
-                        if records:
-                            off = max(r[0] for r in records)
-                            if off > self._max_offset.get(k, -1):
-                                self._max_offset[k] = off
-
-    def _client(self, process: int):
-        from workloads.queue import CLIENT_CLASSES
-        d = self.desc
-        return CLIENT_CLASSES[d.client](
-            process=process, bootstrap=self.cluster.bootstrap_servers(), keymap=self.topics.keymap, topics=self.topics,
-            producer_config=d.producer_config(), consumer_config=d.consumer_config(),
-            group_id=f"acked-{d.name}", op_timeout=d.op_timeout, sub_via=d.effective_sub_via(),
-            logger=self.client_logger, producer_pool=self.producer_pool)
-
     # ---- phases ----------------------------------------------------------------
 
     def _setup(self) -> None:
         from checkers.history import RUN_INVOKE, HistoryWriter
         import clusters
         from clusters.base import ClusterSpec
-        from workloads.generator import GeneratorSpec, QueueGenerator
-        from workloads.queue import KeyMap, ProducerPool, Topics
         d = self.desc
         self.client_logger = logging.getLogger(f"acked.clients.{self.run_dir.name}")
         self.client_logger.propagate = False
@@ -258,43 +222,19 @@ class Runner:
             factory = self.cluster_factory or clusters.create_cluster
             self.cluster = factory(spec)
             self.cluster.start()
-        self.topics = Topics(self.cluster.bootstrap_servers(), KeyMap(d.partitions_per_topic),
-                             d.replication_factor(), d.topic_config(), logger=self.client_logger)
-        if d.client == "confluent-kafka":
-            # new processes' producers, opened ahead (see ProducerPool); a fault can retire every process
-            # at once, but idle spares cost threads and connections, so at most 8
-            self.producer_pool = ProducerPool(self.cluster.bootstrap_servers(), d.producer_config(),
-                                              size=min(d.concurrency_count(), 8), logger=self.client_logger)
-        self.gen = QueueGenerator(GeneratorSpec(
-            seed=d.seed, concurrency=d.concurrency_count(), rate=d.rate, key_count=d.key_count,
-            max_writes_per_key=d.max_writes_per_key, zipf_exponent=d.zipf_exponent, sub_via=d.effective_sub_via(),
-            max_sends_per_op=d.max_sends_per_op, crash_client_interval=d.crash_client_interval))
-        for key in list(self.gen.active):
-            self.topics.ensure(key)
+        self.workload.setup(self.cluster, self.run_dir, self.client_logger)
         self.nemesis = self._make_nemesis()
 
     def _make_nemesis(self):
-        from nemesis.core import Context
+        from nemesis.core import Context, NoRoles
         from nemesis.schedule import NemesisRunner, plan, replay_plan
-        from workloads.queue import QueueRoles
         d = self.desc
         chosen = d.packages()
         if d.replay:
             ops = replay_plan(Path(d.replay) / "nemesis.json")
         else:
             ops = plan(chosen, d.seed, d.nemesis_interval, d.time_limit, d.nemesis_schedule)
-
-        def hot_keys():
-            # keys acknowledged within the last second first: their leader has fresh writes that a
-            # fault may catch before the followers fetch them (the acks=1 loss window)
-            with self._gen_lock:
-                active = list(self.gen.active)
-            now = time.monotonic()
-            with self._offset_lock:
-                hot = [k for k in active if now - self._last_acked.get(k, -1e9) < 1.0]
-            return hot or active
-
-        roles = QueueRoles(self.topics, f"acked-{d.name}", hot_keys)
+        roles = self.workload.roles() or NoRoles()
         ctx = Context(self.cluster, random.Random(d.seed + 1), roles, log=self.log)
 
         def on_change(active):
@@ -310,30 +250,30 @@ class Runner:
         return runner
 
     def _worker(self, slot: int) -> None:
+        workload = self.workload
+        gen = workload.generator
         client = None
         try:
             while not self._stop_main.is_set():
-                with self._gen_lock:
-                    op = self.gen.next_op(slot, time.monotonic() - self.stats.main_started)
+                with workload.lock:
+                    op = gen.next_op(slot, time.monotonic() - self.stats.main_started)
                     now = time.monotonic()
                     # pace invocations globally; never build up more than a second of backlog
-                    self._next_due = max(self._next_due, now - 1.0) + self.gen.next_delay()
+                    self._next_due = max(self._next_due, now - 1.0) + gen.next_delay()
                     due = self._next_due
                 if due > now and self._stop_main.wait(due - now):
                     break
                 process = op["process"]
                 if client is None:
-                    client = self._client(process)
-                if op["f"] == "send":
-                    for _, key, _ in op["value"]:
-                        self.topics.ensure(key)
+                    client = workload.client(process)
+                workload.prepare(op)
                 self._append({"process": process, "type": "invoke", "f": op["f"], "value": op["value"]})
                 completion = client.invoke(op)
                 self._append({"process": process, "f": op["f"], **completion})
-                self._note_offsets(completion)
+                workload.on_completion(op, completion)
                 setattr(self.stats, completion["type"], getattr(self.stats, completion["type"]) + 1)
-                with self._gen_lock:
-                    next_process = self.gen.complete(slot, op, completion["type"])
+                with workload.lock:
+                    next_process = gen.complete(slot, op, completion["type"])
                 if next_process != process:
                     client.close()
                     client = None
@@ -387,126 +327,50 @@ class Runner:
                                    self.desc.replay)
 
     def _recover(self) -> None:
-        if self.topics:
-            ok = self.topics.wait_for_leaders(self.topics.created_topics(), self.desc.recovery_time)
-            if not ok:
-                self.log(f"some partitions still had no leader after {self.desc.recovery_time}s")
+        self.workload.recover(self.desc.recovery_time)
 
     def _drain(self) -> None:
-        """The final drain, then the run op's ok completion: the history says the drain ran to its end
+        """The workload's final phase, then the run op's ok completion: the history says the drain ran to its end
         (docs/history-format.md). Not written when the drain failed or was interrupted."""
         from checkers.history import run_completion
-        stopped, keys = self._drain_reads()
+        stopped, keys = self.workload.final(self._append)
         self._append(run_completion(stopped, keys))
 
-    def _drain_reads(self) -> tuple[str, int]:
-        """Read every key from its beginning until the reads reach the highest offset seen anywhere.
-        Returns why it stopped and how many keys it read."""
-        d = self.desc
-        with self._gen_lock:
-            keys = list(self.gen.all_keys)
-            process = max(self.gen.processes) + 1
-        with self._offset_lock:
-            targets = {k: self._max_offset.get(k, -1) for k in keys}
-        keys = [k for k in keys if targets[k] >= 0]
-        if not keys:
-            return "nothing-written", 0
-        deadline = time.monotonic() + d.final_time_limit
-        client = self._client(process)
-        read: dict[str, int] = {}
-        try:
-            self._append({"process": process, "type": "invoke", "f": "assign", "value": keys})
-            completion = client.invoke({"process": process, "f": "assign", "value": keys})
-            self._append({"process": process, "f": "assign", **completion})
-            if completion["type"] != "ok":
-                raise RuntimeError(f"final drain could not assign its keys: {completion.get('error')}")
-            empty_since = time.monotonic()
-            while time.monotonic() < deadline:
-                pending = [k for k in keys if read.get(k, -1) < targets[k]]
-                if not pending:
-                    return "read-everything", len(keys)
-                op = {"process": process, "f": "poll", "value": [["poll"]]}
-                self._append({"process": process, "type": "invoke", "f": "poll", "value": op["value"]})
-                completion = client.invoke(op)
-                self._append({"process": process, "f": "poll", **completion})
-                if completion["type"] != "ok":
-                    raise RuntimeError(f"final drain poll failed: {completion.get('error')}")
-                got = completion["value"][0][1]
-                for k, records in got.items():
-                    if records:
-                        read[k] = max(read.get(k, -1), max(r[0] for r in records))
-                if got:
-                    empty_since = time.monotonic()
-                elif time.monotonic() - empty_since > DRAIN_GIVE_UP and self._drained_to_end(pending, read):
-                    # the logs have ended below the targets for a while: what is missing was lost (or never
-                    # became readable), the checker says so
-                    return "log-end", len(keys)
-            self.log(f"final drain stopped at its time limit with {len(pending)} keys short of their highest offset")
-            return "time-limit", len(keys)
-        finally:
-            client.close()
-
-    def _drained_to_end(self, pending: list[str], read: dict[str, int]) -> bool:
-        """Whether every pending key's log now ends at or below what the drain has read (high watermarks)."""
-        from confluent_kafka import TopicPartition
-        from confluent_kafka.admin import OffsetSpec
-        try:
-            req = {TopicPartition(*self.topics.keymap.topic_partition(k)): OffsetSpec.latest() for k in pending}
-            futures = self.topics.admin.list_offsets(req, request_timeout=5)
-            for tp, fut in futures.items():
-                key = self.topics.keymap.key_of(tp.topic, tp.partition)
-                if fut.result().offset - 1 > read.get(key, -1):
-                    return False
-            return True
-        except Exception:
-            return False
-
     def _replicas(self) -> None:
-        """Every broker's log of the workload's topics, batch by batch, into replicas.json, for the check to
-        compare the replicas directly (checkers/divergence.py). The cluster reads them (clusters/replicas.py);
-        what cannot be read is a harness error line, never a failed run: the history is checked anyway."""
-        from clusters.replicas import to_json
-        if self.cluster is None or self.topics is None:
-            return
-        try:
-            data = self.cluster.collect_replicas(self.topics.created_topics())
-        except Exception as e:  # noqa: BLE001 -- a finding-less phase must not cost the run its verdict
-            self.errors.append(f"collecting the replicas' logs: {type(e).__name__}: {e}")
-            self.log(self.errors[-1])
-            return
-        self.errors.extend(f"collecting the replicas' logs: {err}" for err in data.get("errors") or [])
-        (self.run_dir / "replicas.json").write_bytes(to_json(data))
-
-    def _teardown(self) -> None:
-        if self.producer_pool is not None:
-            self.producer_pool.close()
-        if self.topics is not None:
-            self.topics.close()
+        """What the workload keeps of the cluster's state for its check (the queue workload: every broker's log
+        of its topics, replicas.json); what cannot be collected is a harness error line, never a failed run."""
         if self.cluster is None:
             return
         try:
-            self.cluster.collect_logs(self.run_dir / "logs")
-        except Exception as e:  # noqa: BLE001
-            self.errors.append(f"collecting logs: {e}")
+            lines = self.workload.collect(self.cluster, self.run_dir)
+        except Exception as e:  # noqa: BLE001 -- a finding-less phase must not cost the run its verdict
+            lines = [f"collecting the cluster's state for the {self.workload.name} workload: {type(e).__name__}: {e}"]
+            self.log(lines[0])
+        self.errors.extend(lines)
+
+    def _teardown(self) -> None:
+        try:
+            self.workload.teardown()
         finally:
-            if not self.borrowed:
-                self.cluster.teardown()
+            if self.cluster is not None:
+                try:
+                    self.cluster.collect_logs(self.run_dir / "logs")
+                except Exception as e:  # noqa: BLE001
+                    self.errors.append(f"collecting logs: {e}")
+                finally:
+                    if not self.borrowed:
+                        self.cluster.teardown()
 
     def _check(self) -> dict[str, Any]:
-        import checkers
-        # check_path streams the file through the checker's fast path; same results as check().
-        replicas = self.run_dir / "replicas.json"
-        return checkers.check_path(self.run_dir / "history.jsonl", sub_via=self.desc.effective_sub_via(),
-                                   delivery=self.desc.effective_delivery(),
-                                   replicas=replicas if replicas.exists() else None)
+        return self.workload.check(self.run_dir / "history.jsonl", self.run_dir, self.desc)
 
     # ---- the whole run ---------------------------------------------------------
 
     def run(self) -> RunResult:
         d = self.desc
         self.run_dir = make_run_dir(d.results_dir, d.name)
-        _write_json(self.run_dir / "test.json", {"test": d.to_dict(), "versions": versions(), "seed": d.seed,
-                                                  "started": dt.datetime.now().isoformat()})
+        _write_json(self.run_dir / "test.json", {"test": d.to_dict(), "versions": versions(self.workload.versions()),
+                                                  "seed": d.seed, "started": dt.datetime.now().isoformat()})
         error: str | None = None
 
         def guarded(phase: str, fn: Callable[[], Any]) -> Any:
@@ -536,7 +400,7 @@ class Runner:
         if self._workers and not self._stop_main.is_set():
             guarded("main", self._stop_workers)  # interrupted mid-main: stop the workers before healing
         guarded("heal", self._heal)
-        if self.gen is not None and self.topics is not None and not self.skip_drain:
+        if self.workload.generator is not None and not self.skip_drain:
             # also after Ctrl-C or an error in main: without the drain every unread write would be "unseen";
             # another Ctrl-C skips ahead to teardown
             interrupted = self.interrupted

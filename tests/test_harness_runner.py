@@ -103,7 +103,7 @@ def _drain_runner(tmp_path):
     from checkers.history import HistoryWriter, RUN_INVOKE
     from harness.runner import Runner
     r = Runner(TestDescription(backend="local", results_dir=str(tmp_path), seed=3))
-    r.gen = _Gen()
+    r.workload.generator = _Gen()
     r.history = HistoryWriter(tmp_path / "history.jsonl")
     r.history.append(RUN_INVOKE)
     return r
@@ -121,9 +121,9 @@ def test_a_finished_drain_completes_the_run_op(tmp_path):
 def test_a_failed_drain_leaves_the_run_op_open(tmp_path, monkeypatch):
     r = _drain_runner(tmp_path)
 
-    def broken():
+    def broken(append):
         raise RuntimeError("final drain could not assign its keys")
-    monkeypatch.setattr(r, "_drain_reads", broken)
+    monkeypatch.setattr(r.workload, "final", broken)
     with pytest.raises(RuntimeError):
         r._drain()
     r.history.close()

@@ -158,8 +158,8 @@ def test_logs_that_cannot_be_read_are_harness_error_lines_not_a_failed_run(tmp_p
     cluster = LocalCluster(ClusterSpec(backend="local", nodes=2, work_dir=tmp_path / "clusters"), name="unstarted")
     runner = Runner(TestDescription(backend="local", results_dir=str(tmp_path), seed=3), cluster=cluster)
     runner.run_dir = tmp_path
-    runner.topics = Topics("127.0.0.1:1", KeyMap(8), 3, {})
-    runner.topics._created.add(0)
+    runner.workload.topics = Topics("127.0.0.1:1", KeyMap(8), 3, {})
+    runner.workload.topics._created.add(0)
     runner._replicas()
     data = json.loads((tmp_path / "replicas.json").read_text())
     assert data["topics"] == ["acked-queue-0"] and data["replicas"] == [] and len(data["errors"]) == 2

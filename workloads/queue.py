@@ -1,4 +1,9 @@
-"""The queue workload's clients: real Kafka producers and consumers executing generator ops.
+"""The queue workload: real Kafka producers and consumers executing generator ops, behind the workload interface.
+
+Jepsen's counterpart is jepsen.tests.kafka: its `workload` map ({:client
+:generator :final-generator :checker}) is `QueueWorkload` (workloads/base.py
+says when the runner calls what), its client is `Client` here, its generator
+workloads/generator.py, its checker checkers/queue.py.
 
 Each logical process owns its own clients (created lazily: a process that only
 sends never opens a consumer). `invoke(op)` runs one op synchronously and
@@ -16,12 +21,18 @@ ARCHITECTURE.md:
 - crash: info; the clients are abandoned.
 
 After an `info` the runner retires the process and this client is closed.
+The workload tracks the highest offset seen per key (acknowledged sends and
+polls); its final phase, the drain, reads every key from its beginning up to
+that offset, so that a write never read is a finding, not a drain cut short.
 """
 from __future__ import annotations
 
 import threading
 import time
 from typing import Any, Callable
+
+from workloads.base import Workload
+from workloads.kafka_topics import OFFSETS_TOPIC, KeyMap, Topics  # noqa: F401 -- this module's names too
 
 #: librdkafka error names that prove a record was never appended, whatever the retries
 _LOCAL_REJECTIONS = {
@@ -51,180 +62,6 @@ def classify_send_error(name: str, retries: int) -> str:
     if name in _BROKER_REJECTIONS and retries == 0:
         return "fail"
     return "info"
-
-
-#: Kafka's group metadata topic
-OFFSETS_TOPIC = "__consumer_offsets"
-
-
-class KeyMap:
-    """A key is one partition of one topic: key k is partition k % P of topic <prefix>k//P."""
-
-    def __init__(self, partitions_per_topic: int = 8, prefix: str = "acked-queue-"):
-        self.ppt = partitions_per_topic
-        self.prefix = prefix
-        self._keys: dict[tuple[str, int], str | None] = {}   # key_of, for every record a poll returns
-
-    def topic_partition(self, key: str) -> tuple[str, int]:
-        k = int(key)
-        return f"{self.prefix}{k // self.ppt}", k % self.ppt
-
-    def topic_index(self, key: str) -> int:
-        return int(key) // self.ppt
-
-    def topic(self, index: int) -> str:
-        return f"{self.prefix}{index}"
-
-    def key_of(self, topic: str, partition: int) -> str | None:
-        try:
-            return self._keys[(topic, partition)]
-        except KeyError:
-            pass
-        key = None
-        if topic.startswith(self.prefix):
-            try:
-                key = str(int(topic[len(self.prefix):]) * self.ppt + partition)
-            except ValueError:
-                pass
-        self._keys[(topic, partition)] = key
-        return key
-
-
-class Topics:
-    """The harness's own admin connection: creates topics as keys need them, finds leaders."""
-
-    def __init__(self, bootstrap: str, keymap: KeyMap, replication_factor: int, topic_config: dict[str, str],
-                 logger=None):
-        from confluent_kafka.admin import AdminClient
-        self.keymap = keymap
-        self.rf = replication_factor
-        # replication.factor is a CreateTopics field, not a topic config entry
-        self.config = {k: v for k, v in topic_config.items() if k != "replication.factor"}
-        conf = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000}
-        if logger is not None:
-            conf["logger"] = logger
-        self.admin = AdminClient(conf)
-        self._created: set[int] = set()
-        self._ahead: set[int] = set()
-        self._lock = threading.Lock()
-
-    def ensure(self, key: str, timeout: float = 30.0) -> None:
-        """Make sure the key's topic exists; the next topic is created in the background, so that key
-        rotation rarely waits for a topic creation."""
-        index = self.keymap.topic_index(key)
-        if index in self._created:
-            if index + 1 not in self._created and index + 1 not in self._ahead:
-                self._create_ahead(index + 1)
-            return
-        with self._lock:
-            if index not in self._created:
-                self._create([index], timeout)
-                self._created.add(index)
-        self.ensure(key, timeout)
-
-    def _create_ahead(self, index: int) -> None:
-        with self._lock:
-            if index in self._ahead or index in self._created:
-                return
-            self._ahead.add(index)
-
-        def create():
-            try:
-                with self._lock:
-                    if index not in self._created:
-                        self._create([index], 30.0)
-                        self._created.add(index)
-            except Exception:
-                pass  # the op that needs it creates it synchronously and reports the error
-            finally:
-                self._ahead.discard(index)
-        threading.Thread(target=create, name=f"create-topic-{index}", daemon=True).start()
-
-    def _create(self, indexes: list[int], timeout: float) -> None:
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import NewTopic
-        topics = [NewTopic(self.keymap.topic(i), num_partitions=self.keymap.ppt, replication_factor=self.rf,
-                           config=dict(self.config)) for i in indexes]
-        deadline = time.monotonic() + timeout
-        while True:
-            futures = self.admin.create_topics(topics, operation_timeout=min(10.0, timeout), request_timeout=min(15.0, timeout))
-            errors = []
-            for name, fut in futures.items():
-                try:
-                    fut.result()
-                except KafkaException as e:
-                    if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                        errors.append(f"{name}: {e.args[0].str()}")
-            if not errors:
-                self.wait_for_leaders([self.keymap.topic(i) for i in indexes], deadline - time.monotonic())
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("could not create topics: " + "; ".join(errors))
-            time.sleep(0.5)
-
-    def wait_for_leaders(self, topics: list[str], timeout: float) -> bool:
-        """Wait until every partition of these topics has a leader; False on timeout."""
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            try:
-                md = self.admin.list_topics(timeout=5)
-                if all(t in md.topics and not md.topics[t].error and len(md.topics[t].partitions) == self.keymap.ppt
-                       and all(p.leader >= 0 for p in md.topics[t].partitions.values()) for t in topics):
-                    return True
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
-
-    def close(self) -> None:
-        self.admin = None  # librdkafka destroys the handle with the last reference
-
-    def created_topics(self) -> list[str]:
-        return [self.keymap.topic(i) for i in sorted(self._created)]
-
-    def _partition_metadata(self, key: str):
-        topic, partition = self.keymap.topic_partition(key)
-        try:
-            md = self.admin.list_topics(topic=topic, timeout=5)
-            return md.topics[topic].partitions.get(partition)
-        except Exception:
-            return None
-
-    def leader_of(self, key: str) -> int | None:
-        """broker.id of the key's partition leader, from a fresh metadata request; None if unknown."""
-        p = self._partition_metadata(key)
-        return p.leader if p is not None and p.leader >= 0 else None
-
-    def replicas_of(self, key: str) -> list[int]:
-        p = self._partition_metadata(key)
-        return list(p.replicas) if p is not None else []
-
-    def isr_of(self, key: str) -> list[int]:
-        p = self._partition_metadata(key)
-        return sorted(p.isrs) if p is not None else []
-
-    def controller(self) -> int | None:
-        try:
-            cid = self.admin.list_topics(timeout=5).controller_id
-            return cid if cid is not None and cid >= 0 else None
-        except Exception:
-            return None
-
-    def coordinator_of(self, group: str) -> int | None:
-        """The group's coordinator: the leader of its __consumer_offsets partition, by Kafka's rule, from plain
-        metadata. Not describe_consumer_groups: librdkafka's coordinator requests aborted the harness process
-        (assertion `eonce->refcnt > 0` in rd_kafka_enq_once_del_source_return) with brokers failing around it,
-        once in five 60 s runs of every fault mixed."""
-        from broker.offsets import partition_for
-        try:
-            md = self.admin.list_topics(topic=OFFSETS_TOPIC, timeout=5).topics.get(OFFSETS_TOPIC)
-            if md is None or md.error is not None or not md.partitions:
-                return None
-            p = md.partitions.get(partition_for(group, len(md.partitions)))
-            return p.leader if p is not None and p.leader >= 0 else None
-        except Exception:
-            return None
 
 
 class QueueRoles:
@@ -684,3 +521,210 @@ CLIENT_CLASSES: dict[str, Callable[..., Client]] = {
     "confluent-kafka": ConfluentClient,
     "kafka-python": KafkaPythonClient,
 }
+
+
+#: seconds of empty polls, with every short key's high watermark at or below what was read, before the final
+#: drain stops short of its targets. Not less: right after a leader change the new leader's high watermark
+#: can trail the old one's until its followers fetch again (seen: 5 s was too short after a kill at the end
+#: of the main phase, and an acknowledged acks=all write was reported unseen).
+DRAIN_GIVE_UP = 15.0
+
+
+class QueueWorkload(Workload):
+    """The queue workload (Jepsen's jepsen.tests.kafka `workload` with its :client, :generator,
+    :final-generator and :checker): processes send to and poll from keys, each key one partition; the
+    final phase reads every key from its beginning; the queue checker (checkers/queue.py) judges the history,
+    and the brokers' logs collected after the drain (replicas.json) beside it."""
+
+    name = "queue"
+
+    def __init__(self, test, log=None):
+        super().__init__(test, log)
+        self.cluster = None
+        self.topics: Topics | None = None
+        self.producer_pool: ProducerPool | None = None
+        self.client_logger = None
+        #: key -> highest offset any op saw (an acknowledged send or a poll): what the final drain reads up to
+        self._max_offset: dict[str, int] = {}
+        #: key -> monotonic time of its latest acknowledged send (the kill nemesis aims at keys being written)
+        self._last_acked: dict[str, float] = {}
+        self._offset_lock = threading.Lock()
+
+    def versions(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        try:
+            from importlib.metadata import version
+            out["kafka-python"] = version("kafka-python")
+        except Exception:
+            pass
+        try:
+            import confluent_kafka
+            # version() is a (str, int) tuple in older releases and a plain string in newer ones
+            ver, lib = confluent_kafka.version(), confluent_kafka.libversion()
+            out["confluent-kafka"] = ver if isinstance(ver, str) else ver[0]
+            out["librdkafka"] = lib if isinstance(lib, str) else lib[0]
+        except Exception:
+            pass
+        return out
+
+    @property
+    def group_id(self) -> str:
+        return f"acked-{self.test.name}"
+
+    # ---- setup and the main phase -------------------------------------------------
+
+    def setup(self, cluster, run_dir, logger) -> None:
+        from workloads.generator import GeneratorSpec, QueueGenerator
+        d = self.test
+        self.cluster = cluster
+        self.client_logger = logger
+        self.topics = Topics(cluster.bootstrap_servers(), KeyMap(d.partitions_per_topic),
+                             d.replication_factor(), d.topic_config(), logger=logger)
+        if d.client == "confluent-kafka":
+            # new processes' producers, opened ahead (see ProducerPool); a fault can retire every process
+            # at once, but idle spares cost threads and connections, so at most 8
+            self.producer_pool = ProducerPool(cluster.bootstrap_servers(), d.producer_config(),
+                                              size=min(d.concurrency_count(), 8), logger=logger)
+        self.generator = QueueGenerator(GeneratorSpec(
+            seed=d.seed, concurrency=d.concurrency_count(), rate=d.rate, key_count=d.key_count,
+            max_writes_per_key=d.max_writes_per_key, zipf_exponent=d.zipf_exponent, sub_via=d.effective_sub_via(),
+            max_sends_per_op=d.max_sends_per_op, crash_client_interval=d.crash_client_interval))
+        for key in list(self.generator.active):
+            self.topics.ensure(key)
+
+    def roles(self) -> QueueRoles:
+        return QueueRoles(self.topics, self.group_id, self.hot_keys)
+
+    def hot_keys(self) -> list[str]:
+        """Keys acknowledged within the last second first: their leader has fresh writes that a fault may
+        catch before the followers fetch them (the acks=1 loss window); else every active key."""
+        with self.lock:
+            active = list(self.generator.active)
+        now = time.monotonic()
+        with self._offset_lock:
+            hot = [k for k in active if now - self._last_acked.get(k, -1e9) < 1.0]
+        return hot or active
+
+    def client(self, process: int) -> Client:
+        d = self.test
+        return CLIENT_CLASSES[d.client](
+            process=process, bootstrap=self.cluster.bootstrap_servers(), keymap=self.topics.keymap,
+            topics=self.topics, producer_config=d.producer_config(), consumer_config=d.consumer_config(),
+            group_id=self.group_id, op_timeout=d.op_timeout, sub_via=d.effective_sub_via(),
+            logger=self.client_logger, producer_pool=self.producer_pool)
+
+    def prepare(self, op: dict[str, Any]) -> None:
+        # the key's topic before the invocation is written: a topic creation is not the send's latency
+        if op["f"] == "send":
+            for _, key, _ in op["value"]:
+                self.topics.ensure(key)
+
+    def on_completion(self, op: dict[str, Any], completion: dict[str, Any]) -> None:
+        value = completion.get("value")
+        if not isinstance(value, list):
+            return
+        with self._offset_lock:
+            for mop in value:
+                if mop[0] == "send" and isinstance(mop[2], list) and mop[2][0] is not None:
+                    k, off = mop[1], mop[2][0]
+                    self._last_acked[k] = time.monotonic()
+                    if off > self._max_offset.get(k, -1):
+                        self._max_offset[k] = off
+                elif mop[0] == "poll" and len(mop) > 1:
+                    for k, records in mop[1].items():
+                        if records:
+                            off = max(r[0] for r in records)
+                            if off > self._max_offset.get(k, -1):
+                                self._max_offset[k] = off
+
+    # ---- after the main phase -----------------------------------------------------
+
+    def recover(self, seconds: float) -> None:
+        if self.topics:
+            if not self.topics.wait_for_leaders(self.topics.created_topics(), seconds):
+                self.log(f"some partitions still had no leader after {seconds}s")
+
+    def final(self, append) -> tuple[str, int]:
+        """Read every key from its beginning until the reads reach the highest offset seen anywhere.
+        Returns why it stopped and how many keys it read."""
+        with self.lock:
+            keys = list(self.generator.all_keys)
+            process = max(self.generator.processes) + 1
+        with self._offset_lock:
+            targets = {k: self._max_offset.get(k, -1) for k in keys}
+        keys = [k for k in keys if targets[k] >= 0]
+        if not keys:
+            return "nothing-written", 0
+        deadline = time.monotonic() + self.test.final_time_limit
+        client = self.client(process)
+        read: dict[str, int] = {}
+        try:
+            append({"process": process, "type": "invoke", "f": "assign", "value": keys})
+            completion = client.invoke({"process": process, "f": "assign", "value": keys})
+            append({"process": process, "f": "assign", **completion})
+            if completion["type"] != "ok":
+                raise RuntimeError(f"final drain could not assign its keys: {completion.get('error')}")
+            empty_since = time.monotonic()
+            while time.monotonic() < deadline:
+                pending = [k for k in keys if read.get(k, -1) < targets[k]]
+                if not pending:
+                    return "read-everything", len(keys)
+                op = {"process": process, "f": "poll", "value": [["poll"]]}
+                append({"process": process, "type": "invoke", "f": "poll", "value": op["value"]})
+                completion = client.invoke(op)
+                append({"process": process, "f": "poll", **completion})
+                if completion["type"] != "ok":
+                    raise RuntimeError(f"final drain poll failed: {completion.get('error')}")
+                got = completion["value"][0][1]
+                for k, records in got.items():
+                    if records:
+                        read[k] = max(read.get(k, -1), max(r[0] for r in records))
+                if got:
+                    empty_since = time.monotonic()
+                elif time.monotonic() - empty_since > DRAIN_GIVE_UP and self._drained_to_end(pending, read):
+                    # the logs have ended below the targets for a while: what is missing was lost (or never
+                    # became readable), the checker says so
+                    return "log-end", len(keys)
+            self.log(f"final drain stopped at its time limit with {len(pending)} keys short of their highest offset")
+            return "time-limit", len(keys)
+        finally:
+            client.close()
+
+    def _drained_to_end(self, pending: list[str], read: dict[str, int]) -> bool:
+        """Whether every pending key's log now ends at or below what the drain has read (high watermarks)."""
+        try:
+            ends = self.topics.high_watermarks(pending, timeout=5)
+        except Exception:
+            return False
+        return all(end - 1 <= read.get(key, -1) for key, end in ends.items())
+
+    def collect(self, cluster, run_dir) -> list[str]:
+        """Every broker's log of the workload's topics, batch by batch, into replicas.json, for the check to
+        compare the replicas directly (checkers/divergence.py). The cluster reads them (clusters/replicas.py);
+        what cannot be read is a harness error line, never a failed run: the history is checked anyway."""
+        from clusters.replicas import to_json
+        if self.topics is None:
+            return []
+        try:
+            data = cluster.collect_replicas(self.topics.created_topics())
+        except Exception as e:  # noqa: BLE001 -- a finding-less phase must not cost the run its verdict
+            msg = f"collecting the replicas' logs: {type(e).__name__}: {e}"
+            self.log(msg)
+            return [msg]
+        (run_dir / "replicas.json").write_bytes(to_json(data))
+        return [f"collecting the replicas' logs: {err}" for err in data.get("errors") or []]
+
+    def teardown(self) -> None:
+        try:
+            if self.producer_pool is not None:
+                self.producer_pool.close()
+        finally:
+            if self.topics is not None:
+                self.topics.close()
+
+    def check(self, history, run_dir, test) -> dict[str, Any]:
+        import checkers
+        # check_path streams the file through the checker's fast path; same results as check().
+        replicas = run_dir / "replicas.json"
+        return checkers.check_path(history, sub_via=test.effective_sub_via(), delivery=test.effective_delivery(),
+                                   replicas=replicas if replicas.exists() else None)
