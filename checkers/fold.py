@@ -75,6 +75,25 @@ def _read_first(rd, vals, idx):
         rd.update(zip(filterfalse(rd.__contains__, vals), repeat(idx)))
 
 
+def _read_run(ks, o0, end, idx):
+    """Op idx read key ks's records o0 .. end - 1, recognised byte for byte as continuing its consumer's
+    position: fold the reads of the values not read before (first reader, unseen, highest read) and return
+    the consumer's new position (last offset, op, value)."""
+    ol = end - 1
+    rdone = ks.rdone
+    if ol >= rdone:
+        new = ks.vals[o0 if o0 > rdone else rdone:end]
+        _read_first(ks.read, new, idx)
+        if ks.unseen:
+            ks.unseen.difference_update(new)
+        if o0 <= rdone:
+            ks.rdone = end
+        if ol > ks.maxread:
+            ks.maxread = ol
+            ks.maxread_op = idx
+    return (ol, idx, ks.vals[ol])
+
+
 def _inv_tuple(inv):
     """A pending invocation as the general code takes it: (index, time, f, value, None)."""
     if type(inv) is Event:
@@ -664,19 +683,7 @@ class HistoryPass:
                     if end is not None:
                         if ks.canon.startswith(bytes(raw)[1:-1], s):
                             if plan is None:  # records o0 .. end - 1, continuing the position: fold now
-                                ol = end - 1
-                                rdone = ks.rdone
-                                if ol >= rdone:
-                                    new = ks.vals[o0 if o0 > rdone else rdone:end]
-                                    _read_first(ks.read, new, idx)
-                                    if ks.unseen:
-                                        ks.unseen.difference_update(new)
-                                    if o0 <= rdone:
-                                        ks.rdone = end
-                                    if ol > ks.maxread:
-                                        ks.maxread = ol
-                                        ks.maxread_op = idx
-                                pr[k] = (ol, idx, ks.vals[ol])
+                                pr[k] = _read_run(ks, o0, end, idx)
                                 if undo is None:
                                     undo = [(k, prev)]
                                 else:
@@ -705,19 +712,7 @@ class HistoryPass:
                         self._fold_poll(idx, p, {k: how}, inv, ev, read_pos)
                     continue
                 ks, o0, end = how
-                ol = end - 1
-                rdone = ks.rdone
-                if ol >= rdone:
-                    new = ks.vals[o0 if o0 > rdone else rdone:end]
-                    _read_first(ks.read, new, idx)
-                    if ks.unseen:
-                        ks.unseen.difference_update(new)
-                    if o0 <= rdone:
-                        ks.rdone = end
-                    if ol > ks.maxread:
-                        ks.maxread = ol
-                        ks.maxread_op = idx
-                pr[k] = (ol, idx, ks.vals[ol])
+                pr[k] = _read_run(ks, o0, end, idx)
         self.fold.any_ok_read = True
         return True
 

@@ -13,6 +13,27 @@ import heapq
 import random
 
 
+def _send(emit, rng, t, p, k, vals, log, p_fail, p_info) -> bool:
+    """One send op of process p to key k: failed (p_fail), indeterminate (p_info: appended to the log or not,
+    by a coin) or acknowledged with its offsets. False when the process crashed with it (an `info`)."""
+    r = rng.random()
+    if r < p_fail:
+        emit({"time": t, "process": p, "type": "fail", "f": "send", "error": "NOT_ENOUGH_REPLICAS",
+              "value": [["send", k, v] for v in vals]})
+    elif r < p_fail + p_info:
+        if rng.random() < 0.5:
+            log.extend(vals)
+        emit({"time": t, "process": p, "type": "info", "f": "send", "error": "REQUEST_TIMED_OUT",
+              "value": [["send", k, [None, v]] for v in vals]})
+        return False
+    else:
+        base = len(log)
+        log.extend(vals)
+        emit({"time": t, "process": p, "type": "ok", "f": "send",
+              "value": [["send", k, [base + i, v]] for i, v in enumerate(vals)]})
+    return True
+
+
 def generate(seed=0, *, n_ops=1000, threads=10, active_keys=100, keys_per_consumer=10,
              rotate_every=2000, max_poll=100, p_fail=0.01, p_info=0.01, p_crash=0.002,
              p_assign=0.01, batch=1):
@@ -90,24 +111,10 @@ def generate(seed=0, *, n_ops=1000, threads=10, active_keys=100, keys_per_consum
             emit({"time": t, "process": p, "type": "ok", "f": "assign", "value": op[1]})
         elif kind == "send":
             _, k, vals = op
-            r = rng.random()
-            if r < p_fail:
-                emit({"time": t, "process": p, "type": "fail", "f": "send", "error": "NOT_ENOUGH_REPLICAS",
-                      "value": [["send", k, v] for v in vals]})
-            elif r < p_fail + p_info:
-                if rng.random() < 0.5:
-                    logs[k].extend(vals)
-                emit({"time": t, "process": p, "type": "info", "f": "send", "error": "REQUEST_TIMED_OUT",
-                      "value": [["send", k, [None, v]] for v in vals]})
+            if not _send(emit, rng, t, p, k, vals, logs[k], p_fail, p_info):
                 proc[th] = next_process
                 next_process += 1
                 assigned[th] = {}
-            else:
-                log = logs[k]
-                base = len(log)
-                log.extend(vals)
-                emit({"time": t, "process": p, "type": "ok", "f": "send",
-                      "value": [["send", k, [base + i, v]] for i, v in enumerate(vals)]})
         else:
             if rng.random() < p_info / 2:
                 emit({"time": t, "process": p, "type": "info", "f": "poll", "error": "timeout",
@@ -275,23 +282,9 @@ def generate_read_heavy(seed=0, *, n_ops=1000, writers=10, readers=80, records_p
         kind = op[0]
         if kind == "send":
             _, k, vals = op
-            r = rng.random()
-            if r < p_fail:
-                emit({"time": t, "process": p, "type": "fail", "f": "send", "error": "NOT_ENOUGH_REPLICAS",
-                      "value": [["send", k, v] for v in vals]})
-            elif r < p_fail + p_info:
-                if rng.random() < 0.5:
-                    logs[k].extend(vals)
-                emit({"time": t, "process": p, "type": "info", "f": "send", "error": "REQUEST_TIMED_OUT",
-                      "value": [["send", k, [None, v]] for v in vals]})
+            if not _send(emit, rng, t, p, k, vals, logs[k], p_fail, p_info):
                 proc[th] = next_process
                 next_process += 1
-            else:
-                log = logs[k]
-                base = len(log)
-                log.extend(vals)
-                emit({"time": t, "process": p, "type": "ok", "f": "send",
-                      "value": [["send", k, [base + i, v]] for i, v in enumerate(vals)]})
             sends += 1
             if rotate_every and sends % rotate_every == 0:
                 active.pop(0)
