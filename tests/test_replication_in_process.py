@@ -29,10 +29,10 @@ def cluster(tmp_path, monkeypatch):
         c.close()
 
 
-def log_of(c: Cluster, node: int) -> list[tuple[int, bytes]]:
-    """(leader epoch, record value) of each record in node's log, committed or not."""
+def log_of(c: Cluster, node: int, partition: int = 0) -> list[tuple[int, int]]:
+    """(leader epoch, offset) of each record in node's log of the partition, committed or not."""
     from broker.records import split_batches
-    p = c.nodes[node].partition
+    p = c.nodes[node].part(partition)
     data = p.log.read(p.log_start_offset, 1 << 20, p.log_end_offset, True) if p.log_end_offset else b""
     out = []
     for _pos, h in split_batches(bytes(data)):
@@ -74,7 +74,8 @@ def test_a_consumer_fetch_between_the_high_watermark_and_the_log_end_gets_no_rec
     assert c.fetch(1, 1) == c.fetch(1, 1) and c.fetch(1, 1).error == NONE
     assert c.fetch(1, 1).records == b"" and c.fetch(1, 1).high_watermark == 1
     assert c.fetch(1, 0).offsets == [0]
-    assert c.fetch(1, 4).error == OFFSET_OUT_OF_RANGE
+    beyond = c.fetch(1, 4)
+    assert (beyond.error, beyond.records) == (OFFSET_OUT_OF_RANGE, b"")
 
 
 def test_acks_all_is_refused_before_the_append_while_the_isr_is_smaller_than_min_insync_replicas(cluster):
@@ -431,7 +432,7 @@ def test_a_consumer_is_told_the_high_watermark_as_last_stable_offset_also_when_n
     c.produce(1, ["b"], acks=1)
     for offset in (0, 1):
         answer = c.fetch(1, offset)
-        assert (answer.high_watermark, answer.last_stable_offset) == (1, 1)
+        assert (answer.high_watermark, answer.last_stable_offset, answer.log_start_offset) == (1, 1, 0)
 
 
 def test_list_offsets_by_timestamp_finds_only_committed_records(cluster):
@@ -551,3 +552,389 @@ def test_a_new_leader_answers_a_retry_of_producer_id_0_with_the_offset_it_replic
     c.elect(2, 2, [2])
     assert c.produce(2, ["a"], base_sequence=0, **pid) == (NONE, 0)
     assert c.nodes[2].partition.log_end_offset == 1
+
+
+# -- answers on their way while the cluster changes: the follower's guards -------------------------------------
+
+def deposed_and_back(c: Cluster, *, back: bool = True):
+    """Broker 1 leads epoch 1 with `a` committed on every broker and `x` (offset 1) on brokers 1 and 2 only; then
+    broker 3 leads epoch 2 and writes `b` at offset 1, broker 1 follows it (cutting x), and with `back` broker 1
+    leads again in epoch 3.  Returns nothing: a test starts its in-flight answer before calling this."""
+    c.elect(3, 2, [3, 1])
+    c.produce(3, ["b"], acks=1)
+    c.replicate(1)
+    if back:
+        c.elect(1, 3, [1, 3])
+
+
+def with_x_on_1_and_2(c: Cluster) -> None:
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    for f in (2, 3):
+        c.replicate(f, rounds=2)
+    c.produce(1, ["x"], acks=1)                  # offset 1: on broker 1, never committed
+
+
+def test_a_fetch_answer_that_arrives_after_the_follower_moved_to_a_newer_epoch_is_not_appended(cluster):
+    c = cluster()
+    with_x_on_1_and_2(c)
+    answer = c.in_flight(2, 1)                   # broker 2's fetch in epoch 1: the answer carries x
+    deposed_and_back(c)                          # broker 2 now follows broker 1 in epoch 3, where x is gone
+    answer.arrive()
+    assert log_of(c, 2) == [(1, 0)]
+    c.replicate(2)
+    assert log_of(c, 2) == [(1, 0), (2, 1)] == log_of(c, 1)
+
+
+def test_a_fetch_answer_that_arrives_after_the_follower_moved_to_another_leader_is_not_appended(cluster):
+    c = cluster()
+    with_x_on_1_and_2(c)
+    answer = c.in_flight(2, 1)
+    deposed_and_back(c, back=False)              # broker 2 now follows broker 3
+    answer.arrive()
+    assert log_of(c, 2) == [(1, 0)]
+    c.replicate(2)
+    assert log_of(c, 2) == [(1, 0), (2, 1)] == log_of(c, 3)
+
+
+def test_a_truncation_answer_for_an_epoch_the_follower_has_left_does_not_settle_the_new_one(cluster):
+    c = cluster()
+    with_x_on_1_and_2(c)
+    c.replicate(2)                               # broker 2 has x too
+    c.elect(1, 2, [1, 2, 3])                     # broker 1 re-elected: broker 2 asks where epoch 1 ends...
+    answer = c.in_flight(2, 23)                  # ...and broker 1 answers 2: keep x
+    c.elect(3, 3, [3, 1])                        # but broker 1 is deposed, cuts x for b ...
+    c.produce(3, ["b"], acks=1)
+    c.replicate(1)
+    c.elect(1, 4, [1, 3])                        # ... and leads again in epoch 4: epoch 1 ends at 1 now
+    answer.arrive()
+    assert log_of(c, 2) == [(1, 0), (3, 1)] == log_of(c, 1)
+
+
+def test_a_truncation_answer_from_a_leader_the_follower_has_left_changes_nothing(cluster):
+    c = cluster()
+    with_x_on_1_and_2(c)
+    c.replicate(2)
+    c.elect(1, 2, [1, 2, 3])
+    answer = c.in_flight(2, 23)
+    c.elect(3, 3, [3, 2])                        # broker 2 follows broker 3 now
+    answer.arrive()
+    assert log_of(c, 2) == [(1, 0), (1, 1)]
+    c.produce(3, ["b"], acks=1)
+    c.replicate(2)
+    assert log_of(c, 2) == [(1, 0), (3, 1)] == log_of(c, 3)
+
+
+def test_a_follower_does_not_truncate_against_a_leader_that_has_not_seen_its_epoch_yet(cluster):
+    c = cluster()
+    with_x_on_1_and_2(c)
+    c.replicate(2)                               # broker 2 has x too
+    epoch_2 = c.elect(3, 2, [3, 1, 2], to=[3])   # brokers 1 and 2 do not hear of epoch 2
+    c.produce(3, ["b"], acks=1)
+    c.elect(1, 3, [1, 3, 2], to=[2])             # broker 1 is elected again; only broker 2 hears of it yet
+    wire = c.replicate(2)                        # broker 1 still leads epoch 1 as far as it knows
+    assert [r.api_key for r in wire.requests] == [23]
+    assert log_of(c, 2) == [(1, 0), (1, 1)]
+    c.nodes[1].rm._apply_state(TOPIC, 0, epoch_2, c.replicas, c.info)   # broker 1 follows 3: cuts x, takes b
+    c.replicate(1)
+    c.deliver([1, 3])                            # and leads epoch 3
+    c.replicate(2)
+    assert log_of(c, 2) == [(1, 0), (2, 1)] == log_of(c, 1)
+
+
+def test_a_follower_whose_leader_learns_its_epoch_between_its_two_requests_is_not_counted_before_it_truncated(cluster):
+    c = cluster()
+    with_x_on_1_and_2(c)
+    c.replicate(2)
+    epoch_2 = c.elect(3, 2, [3, 1, 2], to=[3])
+    c.produce(3, ["b"], acks=1)
+    c.elect(1, 3, [1, 3, 2], to=[2])
+    answer = c.in_flight(2, 23)                  # broker 1, in epoch 1, answers UNKNOWN_LEADER_EPOCH
+    c.nodes[1].rm._apply_state(TOPIC, 0, epoch_2, c.replicas, c.info)
+    c.replicate(1)
+    c.deliver([1, 3])                            # broker 1 leads epoch 3 with a and b; broker 3 has both
+    c.replicate(3)
+    answer.arrive()                              # broker 2 has not truncated: it must not fetch yet
+    assert c.nodes[1].leader_state.high_watermark == 1     # b is not committed while broker 2 holds x there
+    c.replicate(2, rounds=2)
+    assert log_of(c, 2) == [(1, 0), (2, 1)] == log_of(c, 1)
+    assert c.nodes[1].leader_state.high_watermark == 2
+
+
+# -- re-truncation: answers a leader gives when its log moved between OffsetForLeaderEpoch and Fetch ------------
+# Within one epoch the leader's log here only grows and a follower truncates to a batch boundary of it, so the
+# leader cannot be brought to give the first two answers through its own state; the wire replaces its answer.
+
+def partition_0_answered(error: int, records: bytes = b""):
+    """A replacement for a Fetch answer (Wire.replace): partition 0 answered with `error` and `records`, the other
+    partitions as the leader answered them."""
+    from broker import protocol
+
+    def make(req, frame):
+        _corr, body = protocol.decode_response(1, req.api_version, frame[4:])
+        topics = [(t.topic, [(r.partition_index, error, -1, -1, -1, None, records) if r.partition_index == 0 else
+                             (r.partition_index, r.error_code.value, r.high_watermark, r.last_stable_offset,
+                              r.log_start_offset, None, bytes(r.records or b"")) for r in t.partitions])
+                  for t in body.responses]
+        return protocol.encode_fetch_response(req.api_version, req.correlation_id, 0, body.session_id, topics)
+    return make
+
+
+@pytest.mark.parametrize("answer, truncates_again", [
+    ("offset out of range", True),              # the fetch offset is past the leader's log end
+    ("batches it already has", True),           # the fetched batches do not continue the follower's log
+    ("not leader", False),                      # the follower waits for the new state instead
+])
+def test_a_fetch_answer_that_does_not_continue_the_log_sends_that_partition_back_to_truncation(
+        cluster, answer, truncates_again):
+    c = cluster(partitions=2)
+    for p in (0, 1):
+        c.elect(1, 1, [1, 2], p=p)
+        c.produce(1, ["a"], p=p)
+    c.replicate(2, rounds=2)
+    for p in (0, 1):
+        c.produce(1, ["b"], acks=1, p=p)
+    error, records = {"offset out of range": (OFFSET_OUT_OF_RANGE, b""), "not leader": (NOT_LEADER_OR_FOLLOWER, b""),
+                      "batches it already has": (NONE, c.fetch(1, 0).records)}[answer]
+    wire = c.replicate(2, replace={1: partition_0_answered(error, records)})
+    assert log_of(c, 2, 1) == [(1, 0), (1, 1)]  # the other partition's records are taken all the same
+    assert log_of(c, 2, 0) == [(1, 0)]
+    wire = c.replicate(2)
+    assert [r.api_key for r in wire.requests] == ([23, 1] if truncates_again else [1])
+    assert log_of(c, 2, 0) == [(1, 0), (1, 1)] == log_of(c, 1, 0)
+
+
+def test_a_follower_whose_leader_dropped_its_fetch_session_opens_a_new_one_and_fetches_on(cluster):
+    from replication_in_process import fetched_on_the_wire
+    c = cluster(broker_config={"max.incremental.fetch.session.cache.slots": "1"})
+    c.elect(1, 1, [1, 2])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)                     # broker 2's session holds the leader's only slot
+    c.now += 120_000                             # idle that long, a consumer's new session may take the slot
+    req = fetch_request(0, session_epoch=0)
+    assert fetched_on_the_wire(req, handlers.fetch(c.nodes[1].broker, req))[None][1] != 0
+    c.produce(1, ["b"], acks=1)
+    c.replicate(2, rounds=2)                     # FETCH_SESSION_ID_NOT_FOUND, then a full fetch in a new session
+    assert log_of(c, 2) == [(1, 0), (1, 1)]
+
+
+# -- the ISR: rejoining without new records --------------------------------------------------------------------
+
+def test_a_follower_the_controller_dropped_from_the_isr_rejoins_on_its_next_fetch_without_new_records(cluster):
+    c = cluster(n=2, topic_config={"min.insync.replicas": "2"})
+    c.elect(1, 1, [1, 2])
+    waiting = c.produce(1, ["a"])
+    c.replicate(2, rounds=3)                     # in a fetch session, at the log end: it names nothing
+    assert c.answered(waiting) == (NONE, 0)
+    c.elect(1, 1, [1])                           # broker 2's ZooKeeper session expired and came back
+    assert c.produce(1, ["b"]) == (NOT_ENOUGH_REPLICAS, -1)
+    c.nodes[1].zk.refuse_writes = True
+    c.replicate(2)                               # its rejoin is proposed, but the ISR write fails
+    assert isr(c) == (1,)
+    c.nodes[1].zk.refuse_writes = False
+    c.replicate(2)                               # proposed again on the next fetch
+    assert isr(c) == (1, 2) and c.nodes[1].leader_state.isr == (1, 2)
+    waiting = c.produce(1, ["b"])
+    c.replicate(2, rounds=2)
+    assert c.answered(waiting) == (NONE, 1)
+
+
+def test_an_in_step_follower_idle_past_the_lag_time_stays_in_the_isr_across_an_append_and_gets_it_next_fetch(cluster):
+    c = cluster(n=2, topic_config={"min.insync.replicas": "2"})
+    c.elect(1, 1, [1, 2])
+    waiting = c.produce(1, ["a"])
+    c.replicate(2, rounds=3)
+    assert c.answered(waiting) == (NONE, 0)
+    for _ in range(3):                           # fetching all along, naming nothing: nothing changed for it
+        c.now += LAG_MS // 2
+        c.replicate(2)
+    waiting = c.produce(1, ["b"])
+    c.tick(1)                                    # its last fetch was at the log end of then: caught up
+    assert isr(c) == (1, 2)
+    c.replicate(2, rounds=2)                     # the append is looked at on its next fetch
+    assert c.answered(waiting) == (NONE, 1)
+
+
+def test_a_deleted_topics_replicas_are_neither_led_nor_followed_nor_read(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    del c.state[KEY]
+    for node in c.nodes.values():                # the state znode is gone
+        node.rm._apply_state(TOPIC, 0, None, (), None)
+    c.settle()
+    assert c.nodes[1].leader_state is None and fetching(c, 2) == []
+    assert KEY not in c.nodes[1].rm.states and KEY not in c.nodes[2].rm.states
+    for node in (1, 2):
+        assert c.fetch(node, 0).error == UNKNOWN_TOPIC_OR_PARTITION
+    assert c.produce(1, ["b"], acks=1) == (UNKNOWN_TOPIC_OR_PARTITION, -1)
+
+
+# -- leadership transitions: who fetches what -------------------------------------------------------------------
+
+def fetching(c: Cluster, node: int) -> list[tuple[int, list]]:
+    """(leader, partitions) of each fetcher of `node` that would fetch now."""
+    return [(f.leader, sorted(p for _t, p in f.parts)) for f in c.running_fetchers(node)]
+
+
+def test_a_follower_elected_leader_stops_fetching_from_the_broker_that_led_before(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    c.elect(2, 2, [2, 3], to=[2, 3])             # broker 1 does not hear of it yet and still takes writes
+    assert fetching(c, 2) == []
+    c.produce(1, ["z"], acks=1)
+    c.replicate(2)
+    assert c.produce(2, ["b"], acks=1) == (NONE, 1)
+    assert log_of(c, 2) == [(1, 0), (2, 1)]
+
+
+def test_a_follower_that_moves_to_another_leader_stops_fetching_from_the_one_before(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    for f in (2, 3):
+        c.replicate(f, rounds=2)
+    assert fetching(c, 3) == [(1, [0])]
+    c.elect(2, 2, [2, 3], to=[2, 3])
+    assert fetching(c, 3) == [(2, [0])]
+    c.produce(1, ["z"], acks=1)
+    c.produce(2, ["b"], acks=1)
+    c.replicate(3)
+    assert log_of(c, 3) == [(1, 0), (2, 1)] == log_of(c, 2)
+
+
+def test_a_follower_fetches_from_one_fetcher_per_leader_and_drops_a_partition_that_moves(cluster):
+    c = cluster(partitions=2)
+    for p in (0, 1):
+        c.elect(1, 1, [1, 2, 3], p=p)
+    assert fetching(c, 2) == [(1, [0, 1])]
+    c.replicate(2, rounds=2)                     # in a fetch session holding both
+    c.elect(3, 2, [3, 2], p=0, to=[2, 3])        # broker 1 does not hear of it yet and still takes writes
+    assert fetching(c, 2) == [(1, [1]), (3, [0])]
+    c.produce(1, ["z"], acks=1, p=0)
+    c.produce(3, ["b"], acks=1, p=0)
+    c.replicate(2, rounds=2)
+    assert log_of(c, 2, 0) == [(2, 0)] == log_of(c, 3, 0)
+    # and broker 1's fetch session for broker 2 no longer holds the partition broker 2 forgot
+    assert list(c.nodes[1].broker.fetch_sessions.follower_positions((TOPIC, 0))) == []
+
+
+def test_a_partition_without_a_leader_is_neither_led_nor_followed_and_its_replicas_fence_the_old_epoch(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    c.elect(-1, 2, [1])                          # offline: no leader
+    assert c.produce(1, ["z"], acks=1) == (NOT_LEADER_OR_FOLLOWER, -1)
+    assert fetching(c, 2) == []
+    for node in (1, 2):
+        assert c.fetch(node, 0, current_leader_epoch=1).error == FENCED_LEADER_EPOCH
+        assert c.fetch(node, 0, current_leader_epoch=2).error == NOT_LEADER_OR_FOLLOWER
+
+
+def test_a_follower_whose_leader_is_elected_again_in_a_newer_epoch_truncates_and_follows_that_epoch(cluster):
+    c = cluster()
+    with_x_on_1_and_2(c)
+    c.replicate(2)                               # broker 2 has x
+    c.elect(3, 2, [3, 1], to=[1, 3])             # broker 2 does not hear of epoch 2
+    c.produce(3, ["b"], acks=1)
+    c.replicate(1)                               # broker 1 cuts x, takes b
+    c.elect(1, 3, [1, 3])                        # broker 2: the same leader, in epoch 3
+    assert c.fetch(2, 0, current_leader_epoch=2).error == FENCED_LEADER_EPOCH
+    assert c.fetch(2, 0, current_leader_epoch=3).error == NOT_LEADER_OR_FOLLOWER
+    c.replicate(2)
+    assert log_of(c, 2) == [(1, 0), (2, 1)] == log_of(c, 1)
+
+
+def test_a_leader_elected_with_an_isr_of_one_makes_its_whole_log_readable_at_once(cluster):
+    c = cluster(n=2)
+    c.elect(1, 1, [1, 2])
+    c.produce(1, ["a"])
+    c.replicate(2)                               # broker 2 has a; neither high watermark covers it yet
+    assert c.nodes[2].partition.high_watermark == 0
+    c.elect(2, 2, [2])
+    assert c.fetch(2, 0).offsets == [0] and c.list_offsets(2, -1) == (NONE, 1)
+
+
+def test_a_broker_named_leader_in_a_state_whose_isr_lacks_it_takes_no_writes(cluster):
+    c = cluster()
+    c.elect(1, 1, [2, 3])
+    assert c.nodes[1].leader_state is None
+    assert c.produce(1, ["a"], acks=1) == (NOT_LEADER_OR_FOLLOWER, -1)
+    assert c.fetch(1, 0).error == NOT_LEADER_OR_FOLLOWER
+
+
+# -- Fetch answers as a client decodes them -----------------------------------------------------------------------
+
+def test_a_consumer_in_a_fetch_session_is_told_at_once_that_its_leader_was_deposed(cluster):
+    from broker.errors import FETCH_SESSION_ID_NOT_FOUND
+    from replication_in_process import answered_at_once, fetched_on_the_wire
+    c = cluster()
+    c.elect(1, 1, [1])
+    c.produce(1, ["a"])
+
+    def fetch(node, offset, **kw):
+        req = fetch_request(offset, **kw)
+        reply = c.nodes[node].fetch(req)
+        return fetched_on_the_wire(req, reply), answered_at_once(req, reply)
+    got, now = fetch(1, 0, session_epoch=0)     # opens a session (KIP-227)
+    session = got[None][1]
+    assert session != 0 and got[KEY].offsets == [0] and now
+    got, now = fetch(1, 1, session_id=session, session_epoch=1)
+    assert KEY not in got and not now            # nothing new: left out, and the server waits for more
+    c.elect(2, 2, [2])
+    got, now = fetch(1, 1, session_id=session, session_epoch=2, partitions=[])
+    assert got[KEY].error == NOT_LEADER_OR_FOLLOWER and now
+    got, now = fetch(1, 1, session_id=session + 1, session_epoch=3, partitions=[])
+    assert got == {None: (FETCH_SESSION_ID_NOT_FOUND, 0)} and now
+    got, _ = fetch(2, 1, session_epoch=0)
+    session = got[None][1]
+    fetch(2, 1, session_id=session, session_epoch=1, partitions=[], forgotten=[KEY])
+    c.produce(2, ["b"], acks=1)
+    got, _ = fetch(2, 1, session_id=session, session_epoch=2, partitions=[])
+    assert KEY not in got                        # forgotten: no longer answered for
+
+
+def test_a_fetch_naming_a_partition_the_broker_does_not_have_answers_it_unknown_and_the_others_as_usual(cluster):
+    from replication_in_process import Fetched, answered_at_once, fetched_on_the_wire
+    c = cluster()
+    c.elect(1, 1, [1])
+    c.produce(1, ["a"])
+    req = fetch_request(0, partitions=[("other", 0, 0), (TOPIC, 0, 0)])
+    reply = handlers.fetch(c.nodes[1].broker, req)
+    got = fetched_on_the_wire(req, reply)
+    assert got[("other", 0)] == Fetched(UNKNOWN_TOPIC_OR_PARTITION, -1, b"", -1, -1)
+    assert got[KEY].offsets == [0] and answered_at_once(req, reply)
+    req = fetch_request(5)
+    reply = handlers.fetch(c.nodes[1].broker, req)
+    assert fetched_on_the_wire(req, reply)[KEY].error == OFFSET_OUT_OF_RANGE and answered_at_once(req, reply)
+
+
+def test_a_fetch_gets_one_batch_however_small_its_byte_limit_and_nothing_past_its_limit_after_that(cluster):
+    from replication_in_process import answered_at_once, fetched_on_the_wire
+    c = cluster(partitions=2)
+    for p in (0, 1):
+        c.elect(1, 1, [1], p=p)
+        c.produce(1, ["v" * 100], p=p)
+    one = c.fetch(1, 0, partition_max_bytes=1)
+    assert one.offsets == [0]
+    req = fetch_request(0, partitions=[(TOPIC, 0, 0), (TOPIC, 1, 0)], max_bytes=len(one.records) + 1)
+    reply = handlers.fetch(c.nodes[1].broker, req)
+    got = fetched_on_the_wire(req, reply)
+    assert got[(TOPIC, 0)].records == one.records and got[(TOPIC, 1)].records == b""
+    assert reply.found == len(one.records) and answered_at_once(req, reply)
+
+
+def test_a_fetch_of_a_version_without_leader_epochs_log_start_or_sessions_is_answered_from_the_high_watermark(cluster):
+    from replication_in_process import fetched_on_the_wire
+    c = cluster(n=2)
+    c.elect(1, 2, [1, 2])
+    c.produce(1, ["a"])
+    c.replicate(2, rounds=2)
+    c.produce(1, ["b"], acks=1)
+    req = fetch_request(0, version=4)
+    got = fetched_on_the_wire(req, handlers.fetch(c.nodes[1].broker, req))
+    assert got[None] == (NONE, 0) and got[KEY].offsets == [0] and got[KEY].high_watermark == 1
