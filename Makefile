@@ -39,7 +39,7 @@ demo: venv host-deps image
 	$(ACKED) run --backend docker --nodes 3 --profile safe --nemesis kill,partition --time-limit 30
 
 test: venv host-deps test-deps image
-	$(VENV)/bin/pytest -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -p no:cacheprovider --durations=20 -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Everything but the docker tests (local processes: broker, ZooKeeper).
 test-fast: venv

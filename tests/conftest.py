@@ -27,6 +27,19 @@ def examples(n: int) -> int:
     return min(n, settings.get_profile("mutation").max_examples) if MUTATION_RUN else n
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): every docker test in one group, so one
+    worker runs them one after another as before (one docker cluster at a time on two cores, the matrix's shared
+    cluster kept), and each other module in a group of its own, so a module's shared fixtures start once. The
+    suite is wall-clock bound (runs of fixed length, cluster starts, fault windows: 6.5 CPU minutes in a
+    31-minute make test), so the local and unit tests run beside the docker ones."""
+    if not getattr(config.option, "numprocesses", None):
+        return
+    for item in items:
+        group = "docker" if item.get_closest_marker("docker") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 #: where fixtures keep cluster directories; a killed run's leftovers there are reaped by the next start
 CLUSTERS_DIR = Path(os.environ.get("ACKED_CLUSTERS_DIR", REPO_ROOT / "results" / ".clusters"))
 
