@@ -61,6 +61,8 @@ def check(events: Iterable[dict], store: dict | None, *, commit_mode: str) -> di
     acked: dict[Any, tuple] = {}        # value -> (key, offset, completion index)
     maybe: set = set()                  # values whose send ended info
     reported: dict[tuple, list[int]] = defaultdict(list)   # (process, key, offset) -> indexes of ops reporting it
+    polled: dict[tuple, list[int]] = defaultdict(list)     # (process, key, offset) -> ops whose polls returned it
+    crashed: dict[Any, int] = {}                            # process -> index of its crash's completion
     run_ok = run_invoked = False
     for ev in events:
         f, t, p = ev.get("f"), ev.get("type"), ev.get("process")
@@ -80,11 +82,14 @@ def check(events: Iterable[dict], store: dict | None, *, commit_mode: str) -> di
                 elif t == "info" and isinstance(mop[2], list):
                     maybe.add(_hashable(mop[2][1]))
         elif f in ("process", "crash", "stop") and t != "invoke" and isinstance(value, list):
+            if f == "crash":
+                crashed[p] = ev["index"]
             for mop in value:
                 if len(mop) > 1 and isinstance(mop[1], dict):
+                    into = polled if mop[0] == "poll" else reported
                     for key, recs in mop[1].items():
                         for off, _ in recs:
-                            reported[(p, key, off)].append(ev["index"])
+                            into[(p, key, off)].append(ev["index"])
 
     anomalies: dict[str, list] = {}
     counts: Counter = Counter()
@@ -123,6 +128,15 @@ def check(events: Iterable[dict], store: dict | None, *, commit_mode: str) -> di
             rec["stored-after"] = {"offset": after, "process": later["process"], "ops": ops}
             rec["ops"] += ops[:1]
             rec["explanation"] += f"; process {later['process']} stored offset {after} of that key"
+        pollers = sorted((i[0], proc) for (proc, k, o), i in polled.items() if k == key and o == offset)
+        if pollers:
+            rec["polled-by"] = [{"process": proc, "op": i, **({"crashed-op": crashed[proc]} if proc in crashed else {})}
+                                for i, proc in pollers]
+            first_i, proc = pollers[0]
+            rec["ops"] += [first_i] + ([crashed[proc]] if proc in crashed else [])
+            rec["explanation"] += (f"; process {proc}'s poll returned it (op {first_i})" +
+                                   (f" and the process was killed (op {crashed[proc]}) before storing it"
+                                    if proc in crashed else ""))
         add("lost-in-pipeline", rec)
 
     for (key, offset), recs in sorted(by_record.items(), key=lambda kv: (kv[0][0], kv[0][1])):

@@ -10,9 +10,10 @@ time -- and the slot's next process starts a new one, which joins the group: a r
 
 History ops of a consumer slot (docs/history-format.md):
 
-- `process`: invoke `[["process"]]`; ok `[["process", {key: [[offset, value], ...]}]]`: the records the
-  process stored since its previous op (each after its store transaction committed), in store order;
-  `rebalance-log` lists the assignments and revocations it saw.
+- `process`: invoke `[["process"]]`; ok `[["poll", {key: [[offset, value], ...]}], ["process", {key:
+  [[offset, value], ...]}]]`: the records its polls returned and the records it stored (each after its
+  store transaction committed) since its previous op; `rebalance-log` lists the assignments and
+  revocations it saw.
 - `crash`: info, with the records the killed process had stored and not yet reported, read from the store
   after its death: every stored record is in the history.
 - `stop` (the final phase's last op): ok, the records stored until the process left the group.
@@ -98,16 +99,22 @@ class PipelineGenerator:
 class ConsumerProcess:
     """The parent's side of one consumer process: starts it, reads its event lines, kills or stops it."""
 
-    def __init__(self, workload: "PipelineWorkload", process: int):
-        self.workload, self.process = workload, process
+    def __init__(self, workload: "PipelineWorkload", process: int, **overrides):
+        self.workload, self.process, self.overrides = workload, process, overrides
         self.proc: subprocess.Popen | None = None
         self.events: queue.Queue = queue.Queue()
         self.reader: threading.Thread | None = None
         self.max_id = 0   # the highest store rowid reported
+        #: records its polls returned since the last op took them (`take_polled`)
+        self.polled: dict[str, list] = {}
+
+    def take_polled(self) -> dict:
+        polled, self.polled = self.polled, {}
+        return polled
 
     def start(self) -> None:
         w = self.workload
-        spec = {**w.consumer_spec(), "process": self.process}
+        spec = {**w.consumer_spec(), "process": self.process, **self.overrides}
         log = open(w.run_dir / "logs" / f"consumer-{self.process}.log", "ab")
         # the script by its path: the child imports confluent-kafka and sqlite3, not the workloads package
         self.proc = subprocess.Popen([sys.executable, str(CONSUMER_SCRIPT), json.dumps(spec)],
@@ -125,9 +132,11 @@ class ConsumerProcess:
         self.events.put(None)   # EOF: the process is gone
 
     def take(self, wait: float) -> tuple[dict, list, bool]:
-        """What the process reported: (records {key: [[offset, value]]}, rebalance events, ended). Waits up to
-        `wait` seconds for the first stored record (not at all when wait is 0)."""
+        """What the process reported: (records {key: [[offset, value]]}, rebalance events, ended); the records
+        its polls returned accumulate in `self.polled`. Waits up to `wait` seconds for the first stored record
+        (not at all when wait is 0)."""
         records: dict[str, list] = {}
+        polled = self.polled
         log: list = []
         ended = False
         deadline = time.monotonic() + wait
@@ -140,7 +149,9 @@ class ConsumerProcess:
             if ev is None:
                 ended = True
                 break
-            if ev.get("e") == "stored":
+            if ev.get("e") == "polled":
+                polled.setdefault(ev["k"], []).append([ev["o"], ev["v"]])
+            elif ev.get("e") == "stored":
                 records.setdefault(ev["k"], []).append([ev["o"], ev["v"]])
                 self.max_id = max(self.max_id, ev["id"])
             elif ev.get("e") in ("assigned", "revoked", "rejected"):
@@ -202,14 +213,14 @@ class ConsumerClient:
     """A consumer slot's client: `process`, `crash` and `stop` ops on its consumer process (started by the
     first op)."""
 
-    def __init__(self, workload: "PipelineWorkload", process: int):
+    def __init__(self, workload: "PipelineWorkload", process: int, **overrides):
         self.workload, self.process = workload, process
-        self.child = ConsumerProcess(workload, process)
+        self.child = ConsumerProcess(workload, process, **overrides)
         self.closed = False
 
-    @staticmethod
-    def _value(records: dict) -> list:
-        return [["process", records]]
+    def _value(self, records: dict) -> list:
+        """[["poll", what its polls returned], ["process", what it stored]] since the previous op."""
+        return [["poll", self.child.take_polled()], ["process", records]]
 
     def invoke(self, op: dict[str, Any]) -> dict[str, Any]:
         f = op["f"]
@@ -247,8 +258,9 @@ class ConsumerClient:
         self.closed = True
         if self.child.proc is not None and self.child.proc.returncode is None:
             records, _ = self.child.stop()
-            if records:
-                self.workload.unrecorded(self.process, records)
+            value = self._value(records)
+            if any(mop[1] for mop in value):
+                self.workload.unrecorded(self.process, value)
 
 
 class PipelineWorkload(Workload):
@@ -334,9 +346,9 @@ class PipelineWorkload(Workload):
                 if isinstance(mop[2], list) and mop[2][0] is not None:
                     self._max_acked[mop[1]] = max(self._max_acked.get(mop[1], -1), mop[2][0])
 
-    def unrecorded(self, process: int, records: dict) -> None:
+    def unrecorded(self, process: int, value: list) -> None:
         with self._lock:
-            self._unrecorded.append((process, records))
+            self._unrecorded.append((process, value))
 
     def recover(self, seconds: float) -> None:
         if self.topics and not self.topics.wait_for_leaders(self.topics.created_topics(), seconds):
@@ -365,10 +377,9 @@ class PipelineWorkload(Workload):
         group and processes until every key's position (the group's, or this process's) reaches the log's end."""
         with self._lock:
             tails, self._unrecorded = self._unrecorded, []
-        for process, records in tails:
+        for process, value in tails:
             append({"process": process, "type": "invoke", "f": "process", "value": [["process"]]})
-            append({"process": process, "type": "ok", "f": "process", "value": [["process", records]],
-                    "closed": True})
+            append({"process": process, "type": "ok", "f": "process", "value": value, "closed": True})
         with self._lock:
             acked = dict(self._max_acked)
         with self.lock:
@@ -377,7 +388,8 @@ class PipelineWorkload(Workload):
         from confluent_kafka import Consumer
         committed_reader = Consumer({"bootstrap.servers": self.cluster.bootstrap_servers(), "group.id": self.group_id,
                                      "enable.auto.commit": "false", "client.id": "acked-pipeline-final-reader"})
-        client = ConsumerClient(self, process)
+        # no processing delay in the final phase: nothing crashes there, and the backlog is read sooner
+        client = ConsumerClient(self, process, process_ms=0)
         mine: dict[str, int] = {}
         stopped = "time-limit"
         try:
@@ -401,7 +413,7 @@ class PipelineWorkload(Workload):
                 append({"process": process, "f": "process", **completion})
                 if completion["type"] != "ok":
                     raise RuntimeError(f"the final consumer failed: {completion.get('error')}")
-                for k, recs in completion["value"][0][1].items():
+                for k, recs in completion["value"][-1][1].items():
                     mine[k] = max(mine.get(k, 0), max(r[0] for r in recs) + 1)
             if stopped == "time-limit":
                 self.log("the final consumer stopped at its time limit short of the logs' ends")

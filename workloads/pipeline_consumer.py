@@ -18,6 +18,7 @@ consumer group (subscribe: real rebalances), and for each record a poll returns 
 
 It tells its parent what it did, one JSON line per event on stdout, written after the fact:
 {"e": "stored", "k": key, "o": offset, "v": value, "id": rowid} once the store's transaction committed,
+{"e": "polled", "k", "o", "v"} for each record as `consume` returns it,
 {"e": "assigned"|"revoked", "keys": [...]}, {"e": "rejected", "k", "o", "next"} (exactly-once-store: a
 record the store refused), {"e": "stopped"}. A line "stop" on stdin stops it after the record in hand
 (the batch in hand is processed first) with its mode's last commit.
@@ -186,6 +187,9 @@ class Pipeline:
         while not self.stop.is_set():
             msgs = self.consumer.consume(batch, 0.1)
             refused: set[tuple[str, int]] = set()
+            for m in msgs:   # what poll returned, before any of it is processed (auto-commit may commit it now)
+                if m.error() is None and (key := self.key_of(m.topic(), m.partition())) is not None:
+                    self.emit({"e": "polled", "k": key, "o": m.offset(), "v": decode(m.value())})
             for m in msgs:
                 if m.error() is not None:
                     if m.error().fatal():
