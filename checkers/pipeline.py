@@ -157,7 +157,8 @@ def check(events: Iterable[dict], store: dict | None, *, commit_mode: str) -> di
                                      "explanation": f"value {r['value']} is in the store but no send invoked it"})
 
     dup_records = [len(v) for v in by_record.values() if len(v) > 1]
-    stats = {"by-f": {f: dict(c) for f, c in sorted(by_f.items())},
+    stats = {"by-f": {f: dict(c) for f, c in sorted(by_f.items())}, "events": len(events),
+             "keys": len({r["key"] for r in rows} | {k for k, _, _ in acked.values()}),
              "acknowledged": len(acked), "indeterminate": len(maybe - set(acked)),
              "stored-rows": len(rows), "stored-records": len(by_record),
              "acknowledged-and-stored": sum(1 for v in acked if v in stored_values),

@@ -109,7 +109,7 @@ def test_a_stored_value_nobody_sent_is_always_bad():
 # ---- whole runs on the local backend -------------------------------------------------------------------
 
 #: 2 producer and 2 consumer slots; each consumer process is crashed after ~6 s (every ~3 s over both),
-#: processing takes 40 ms a record (a batch of 10: 400 ms) and auto-commit commits every 100 ms; a broker
+#: processing takes 40 ms a record (a batch of 10: 400 ms) and auto-commit commits every 500 ms; a broker
 #: is killed every 4 s. Short group timeouts so a killed member's partitions move within the run.
 RUN_SETTINGS = dict(backend="local", nodes=3, workload="pipeline", time_limit=15, rate=40, concurrency="4",
                     key_count=4, process_ms=40, crash_client_interval=6, nemeses=["kill"], nemesis_interval=4,
@@ -128,6 +128,8 @@ def pipeline_run(acked_run, mode: str, seed: int):
     assert by_f["crash"]["info"] >= 2 and by_f["kill"]["info"] >= 1, by_f
     assert res["stats"]["acknowledged"] > 50 and res["stats"]["stored-rows"] >= res["stats"]["acknowledged"] * 0.8
     assert (result.run_dir / "pipeline-store.json").exists() and (result.run_dir / "pipeline.sqlite").exists()
+    print(f"pipeline {mode} seed {seed}: valid={result.valid} {res['anomaly-counts']} crashes={by_f['crash']['info']} "
+          f"acknowledged={res['stats']['acknowledged']} stored={res['stats']['stored-rows']}")
     return result
 
 
@@ -158,7 +160,8 @@ def test_exactly_once_store_neither_loses_nor_duplicates(acked_run):
     result = pipeline_run(acked_run, "exactly-once-store", 1)
     res = result.results
     assert result.valid is True and res["anomaly-types"] == [], res["anomaly-counts"]
-    assert res["stats"]["stored-rows"] == res["stats"]["stored-records"] == res["stats"]["acknowledged-and-stored"]
+    assert res["stats"]["stored-rows"] == res["stats"]["stored-records"]
+    assert res["stats"]["acknowledged-and-stored"] == res["stats"]["acknowledged"]
 
 
 @pytest.mark.timeout(200)
