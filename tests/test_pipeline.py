@@ -171,3 +171,17 @@ def test_committing_after_processing_each_or_every_n_records_never_loses(acked_r
     res = result.results
     assert result.valid is True and "lost-in-pipeline" not in res["anomaly-types"], res["anomaly-counts"]
     assert res["stats"]["acknowledged-and-stored"] == res["stats"]["acknowledged"]
+
+
+def test_acked_check_judges_a_pipeline_run_directory_by_its_stores_commit_mode(tmp_path, capsys):
+    import json
+    from checkers.cli import main
+    history = (RUN + send(9, "0", (0, 1), (1, 2)) + process_op(0, {"0": [[0, 1], [1, 2]]}, f="crash")
+               + process_op(4, {"0": [[1, 2]]}) + DONE)
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in history))
+    rows = store(("0", 0, 1, 0), ("0", 1, 2, 0), ("0", 1, 2, 4))
+    for mode, status in (("at-least-once", 0), ("exactly-once-store", 1)):
+        (tmp_path / "pipeline-store.json").write_text(json.dumps({**rows, "commit-mode": mode}))
+        assert main(["check", str(tmp_path)]) == status
+        out = capsys.readouterr().out
+        assert f"pipeline, commit-mode {mode}" in out and "duplicate-delivery: 1" in out
