@@ -185,3 +185,56 @@ def test_acked_check_judges_a_pipeline_run_directory_by_its_stores_commit_mode(t
         assert main(["check", str(tmp_path)]) == status
         out = capsys.readouterr().out
         assert f"pipeline, commit-mode {mode}" in out and "duplicate-delivery: 1" in out
+
+
+# ---- the workload's parts without a cluster --------------------------------------------------------------
+
+def test_the_generator_gives_consumer_slots_process_and_crash_ops_and_producers_unique_values():
+    from workloads.pipeline import PipelineGenerator
+
+    def ops(seed):
+        gen = PipelineGenerator(seed, concurrency=4, consumers=2, keys=["0", "1"], rate=10, max_sends_per_op=3,
+                                crash_client_interval=1.0)
+        out = []
+        for i in range(200):
+            slot = i % 4
+            op = gen.next_op(slot, i * 0.05)
+            out.append((slot, op))
+            gen.complete(slot, op, "info" if op["f"] == "crash" else "ok")
+        return out, gen
+    out, gen = ops(7)
+    assert out == ops(7)[0]                                   # deterministic for a seed
+    assert {op["f"] for slot, op in out if slot < 2} == {"process", "crash"}
+    assert {op["f"] for slot, op in out if slot >= 2} == {"send"}
+    values = [mop[2] for _, op in out if op["f"] == "send" for mop in op["value"]]
+    assert values == sorted(set(values))                      # unique, increasing
+    crashed = [op["process"] for slot, op in out if op["f"] == "crash"]
+    assert crashed and all(p % 4 < 2 for p in crashed)        # a crash retires its process: the slot goes on
+    assert all(gen.processes[s] % 4 == s for s in range(4)) and max(gen.processes[:2]) >= 4
+
+
+def test_exactly_once_store_refuses_a_record_the_store_has_an_offset_past_and_other_modes_store_it_again(tmp_path):
+    """The store transaction of workloads/pipeline_consumer.py, with two members of one partition's history."""
+    from workloads.pipeline_consumer import Pipeline, create_store
+    path = str(tmp_path / "store.sqlite")
+    create_store(path, ["0"])
+
+    def member(mode, process):
+        return Pipeline({"mode": mode, "process": process, "process_ms": 0, "commit_every": 1,
+                         "partitions_per_topic": 8, "prefix": "t-", "store": path, "consumer_config": {},
+                         "bootstrap": "127.0.0.1:1", "group": "g", "topics": ["t-0"]})
+    old, new = member("exactly-once-store", 1), member("exactly-once-store", 2)
+    try:
+        assert new.store("0", 0, 10) is not None and new.store("0", 1, 11) is not None
+        assert old.store("0", 1, 11) is None                  # revoked, not yet told: refused
+        assert old.stored_offsets(["0"]) == {"0": 2}
+        assert old.store("0", 2, 12) is not None             # the next record is its to store
+        replay = member("at-least-once", 3)
+        assert replay.store("0", 1, 11) is not None           # at-least-once stores a re-delivery again
+    finally:
+        for m in (old, new, replay):
+            m.consumer.close()
+            m.db.close()
+    import sqlite3
+    rows = sqlite3.connect(path).execute('SELECT key, "offset", process FROM processed ORDER BY id').fetchall()
+    assert rows == [("0", 0, 2), ("0", 1, 2), ("0", 2, 1), ("0", 1, 3)]
