@@ -108,11 +108,14 @@ def test_a_stored_value_nobody_sent_is_always_bad():
 
 # ---- whole runs on the local backend -------------------------------------------------------------------
 
-#: 2 producer and 2 consumer slots; each consumer process is crashed after ~6 s (every ~3 s over both),
-#: processing takes 40 ms a record (a batch of 10: 400 ms) and auto-commit commits every 500 ms; a broker
-#: is killed every 4 s. Short group timeouts so a killed member's partitions move within the run.
-RUN_SETTINGS = dict(backend="local", nodes=3, workload="pipeline", time_limit=15, rate=40, concurrency="4",
-                    key_count=4, process_ms=40, crash_client_interval=6, nemeses=["kill"], nemesis_interval=4,
+#: 2 producer slots and 1 consumer slot, whose process is crashed about every 4 s (mid-processing: at a random
+#: point of the batch it holds, see ConsumerProcess.aim) and replaced by a new member of the group; processing
+#: takes 40 ms a record (a batch of 10: 400 ms) and auto-commit commits every 500 ms; a broker is killed every
+#: 4 s. Short group timeouts so a killed member's partitions move within the run. One consumer, not two: with
+#: two, crashes every few seconds kept the group rebalancing, processes often died before their first
+#: assignment, and a crash there shows nothing (auto-commit's loss then showed in 4 runs of 10).
+RUN_SETTINGS = dict(backend="local", nodes=3, workload="pipeline", time_limit=15, rate=40, concurrency="3",
+                    key_count=4, process_ms=40, crash_client_interval=4, nemeses=["kill"], nemesis_interval=4,
                     final_time_limit=60,
                     broker={"group.min.session.timeout.ms": "1000", "group.initial.rebalance.delay.ms": "0"},
                     consumer={"session.timeout.ms": "2000"})
@@ -125,8 +128,8 @@ def pipeline_run(acked_run, mode: str, seed: int):
     assert res["harness"]["errors"] == [], res["harness"]
     # the run was what it says: consumers crashed, brokers killed, records processed by the group
     by_f = res["stats"]["by-f"]
-    assert by_f["crash"]["info"] >= 2 and by_f["kill"]["info"] >= 1, by_f
-    assert res["stats"]["acknowledged"] > 50 and res["stats"]["stored-rows"] >= res["stats"]["acknowledged"] * 0.8
+    assert by_f["crash"]["info"] >= 1 and by_f["kill"]["info"] >= 1, by_f
+    assert res["stats"]["acknowledged"] > 20 and res["stats"]["stored-rows"] >= res["stats"]["acknowledged"] * 0.8
     assert (result.run_dir / "pipeline-store.json").exists() and (result.run_dir / "pipeline.sqlite").exists()
     print(f"pipeline {mode} seed {seed}: valid={result.valid} {res['anomaly-counts']} crashes={by_f['crash']['info']} "
           f"acknowledged={res['stats']['acknowledged']} stored={res['stats']['stored-rows']}")
@@ -136,7 +139,7 @@ def pipeline_run(acked_run, mode: str, seed: int):
 @pytest.mark.timeout(400)
 def test_auto_commit_is_caught_losing_and_duplicating_across_seeds(acked_run):
     seen: dict[int, dict] = {}
-    for seed in (1, 2, 3, 4):   # usually one or two runs: the loop stops once both were seen
+    for seed in (1, 2, 3, 4, 5):   # usually one or two runs: the loop stops once both were seen
         result = pipeline_run(acked_run, "auto-commit", seed)
         assert result.valid is True, result.results["bad-anomaly-types"]   # it promises nothing
         seen[seed] = result.results["anomaly-counts"]

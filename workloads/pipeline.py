@@ -5,8 +5,8 @@ pipeline when its processes crash and its group rebalances. Producer slots send 
 workload does (its `ConfluentClient`); consumer slots each drive one consumer *process*
 (workloads/pipeline_consumer.py: a real OS process in the run's consumer group, subscribed, which processes
 each record by storing it in the run's SQLite store and commits by `--commit-mode`). A `crash` op SIGKILLs
-that process wherever it is -- usually mid-processing, since processing (`--process-ms`) is most of its
-time -- and the slot's next process starts a new one, which joins the group: a real rebalance.
+that process mid-processing (at a random point of the batch it holds, `ConsumerProcess.aim`), and the slot's
+next process starts a new one, which joins the group: a real rebalance.
 
 History ops of a consumer slot (docs/history-format.md):
 
@@ -45,6 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONSUMER_SCRIPT = Path(__file__).resolve().parent / "pipeline_consumer.py"
 #: seconds a `process` op waits for the first record its consumer process stores
 PROCESS_WAIT = 0.5
+#: seconds a crash waits for its consumer process to be processing a batch (else it kills it where it is)
+CRASH_AIM_WAIT = 3.0
 #: records a consumer process takes from one `consume` call: auto-commit commits them all when they are returned
 BATCH = 10
 #: auto.commit.interval.ms of auto-commit mode when the test sets none: about one batch's processing (10 x 40 ms),
@@ -99,7 +101,11 @@ class PipelineGenerator:
 
 
 class ConsumerProcess:
-    """The parent's side of one consumer process: starts it, reads its event lines, kills or stops it."""
+    """The parent's side of one consumer process: starts it, reads its event lines, kills or stops it.
+
+    What the process reported accumulates here until an op takes it (`take`): the records its polls returned
+    (`polled`), the records it stored (`stored`), its rebalance events (`log`); `held` is what its polls
+    returned that it has not stored yet (the batch in hand)."""
 
     def __init__(self, workload: "PipelineWorkload", process: int, **overrides):
         self.workload, self.process, self.overrides = workload, process, overrides
@@ -107,12 +113,11 @@ class ConsumerProcess:
         self.events: queue.Queue = queue.Queue()
         self.reader: threading.Thread | None = None
         self.max_id = 0   # the highest store rowid reported
-        #: records its polls returned since the last op took them (`take_polled`)
         self.polled: dict[str, list] = {}
-
-    def take_polled(self) -> dict:
-        polled, self.polled = self.polled, {}
-        return polled
+        self.stored: dict[str, list] = {}
+        self.log: list = []
+        self.held: set = set()
+        self.ended = False
 
     def start(self) -> None:
         w = self.workload
@@ -133,32 +138,56 @@ class ConsumerProcess:
                 pass
         self.events.put(None)   # EOF: the process is gone
 
-    def take(self, wait: float) -> tuple[dict, list, bool]:
-        """What the process reported: (records {key: [[offset, value]]}, rebalance events, ended); the records
-        its polls returned accumulate in `self.polled`. Waits up to `wait` seconds for the first stored record
-        (not at all when wait is 0)."""
-        records: dict[str, list] = {}
-        polled = self.polled
-        log: list = []
-        ended = False
+    def pump(self, timeout: float) -> bool:
+        """Take one reported event (waiting up to `timeout` seconds; 0: only one already there); False if none."""
+        if self.ended:
+            return False
+        try:
+            ev = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return False
+        if ev is None:
+            self.ended = True
+            return False
+        e = ev.get("e")
+        if e == "polled":
+            self.polled.setdefault(ev["k"], []).append([ev["o"], ev["v"]])
+            self.held.add((ev["k"], ev["o"]))
+        elif e == "stored":
+            self.stored.setdefault(ev["k"], []).append([ev["o"], ev["v"]])
+            self.max_id = max(self.max_id, ev["id"])
+            self.held.discard((ev["k"], ev["o"]))
+        elif e in ("assigned", "revoked", "rejected"):
+            self.log.append(ev)
+        return True
+
+    def take(self, wait: float) -> tuple[dict, dict, list]:
+        """(polled, stored, rebalance events) since the last take, after waiting up to `wait` seconds for a
+        stored record."""
         deadline = time.monotonic() + wait
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                ev = self.events.get(timeout=remaining) if (remaining > 0 and not records) else self.events.get_nowait()
-            except queue.Empty:
-                break
-            if ev is None:
-                ended = True
-                break
-            if ev.get("e") == "polled":
-                polled.setdefault(ev["k"], []).append([ev["o"], ev["v"]])
-            elif ev.get("e") == "stored":
-                records.setdefault(ev["k"], []).append([ev["o"], ev["v"]])
-                self.max_id = max(self.max_id, ev["id"])
-            elif ev.get("e") in ("assigned", "revoked", "rejected"):
-                log.append(ev)
-        return records, log, ended
+        while not self.stored and (remaining := deadline - time.monotonic()) > 0 and self.pump(remaining):
+            pass
+        while self.pump(0):
+            pass
+        out = (self.polled, self.stored, self.log)
+        self.polled, self.stored, self.log = {}, {}, []
+        return out
+
+    def aim(self, wait: float, rng: random.Random) -> None:
+        """Before a crash: wait up to `wait` seconds until the process holds records its poll returned and it has
+        not stored (it is processing a batch), then for a random part of the time that batch takes, so the kill
+        lands at a uniformly random point of processing -- where a commit mode's weakness lives."""
+        deadline = time.monotonic() + wait
+        while not self.held and (remaining := deadline - time.monotonic()) > 0 and self.pump(remaining):
+            pass
+        if not self.held:
+            return
+        spec_ms = self.overrides.get("process_ms", self.workload.test.process_ms)
+        until = time.monotonic() + rng.uniform(0.0, len(self.held) * spec_ms / 1000.0)
+        while (remaining := until - time.monotonic()) > 0:
+            self.pump(remaining)
+            if self.ended:
+                return
 
     def unreported(self, records: dict) -> dict:
         """`records` with what the (dead) process stored and never reported, read from the store."""
@@ -173,31 +202,26 @@ class ConsumerProcess:
             self.max_id = rowid
         return records
 
-    def _finish(self) -> tuple[dict, list]:
+    def _finish(self) -> tuple[dict, dict, list]:
         """After the process ended: everything it reported, and what it stored beyond that."""
         if self.reader is not None:
             self.reader.join(10)
-        records, log = {}, []
-        while True:
-            got, more, ended = self.take(0)
-            for k, recs in got.items():
-                records.setdefault(k, []).extend(recs)
-            log.extend(more)
-            if ended or (not got and not more):
-                break
-        return self.unreported(records), log
+        while self.pump(0.5 if self.reader is not None and self.reader.is_alive() else 0):
+            pass
+        polled, stored, log = self.take(0)
+        return polled, self.unreported(stored), log
 
-    def kill(self) -> tuple[dict, list]:
+    def kill(self) -> tuple[dict, dict, list]:
         if self.proc is None:
-            return {}, []
+            return self.take(0)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         return self._finish()
 
-    def stop(self, timeout: float = 20.0) -> tuple[dict, list]:
+    def stop(self, timeout: float = 20.0) -> tuple[dict, dict, list]:
         if self.proc is None:
-            return {}, []
+            return self.take(0)
         try:
             self.proc.stdin.write(b"stop\n")
             self.proc.stdin.flush()
@@ -218,39 +242,44 @@ class ConsumerClient:
     def __init__(self, workload: "PipelineWorkload", process: int, **overrides):
         self.workload, self.process = workload, process
         self.child = ConsumerProcess(workload, process, **overrides)
+        self.rng = random.Random(f"{workload.test.seed}-{process}")
         self.closed = False
 
-    def _value(self, records: dict) -> list:
+    @staticmethod
+    def _value(polled: dict, stored: dict) -> list:
         """[["poll", what its polls returned], ["process", what it stored]] since the previous op."""
-        return [["poll", self.child.take_polled()], ["process", records]]
+        return [["poll", polled], ["process", stored]]
 
     def invoke(self, op: dict[str, Any]) -> dict[str, Any]:
         f = op["f"]
         try:
             if f == "crash":
-                records, log = self.child.kill()
-                return {"type": "info", "value": self._value(records), "rebalance-log": log,
+                if self.child.proc is not None:
+                    self.child.aim(CRASH_AIM_WAIT, self.rng)
+                polled, stored, log = self.child.kill()
+                return {"type": "info", "value": self._value(polled, stored), "rebalance-log": log,
                         "error": "consumer process killed on purpose (SIGKILL)"}
             if f == "stop":
-                records, log = self.child.stop()
-                return {"type": "ok", "value": self._value(records), "rebalance-log": log}
+                polled, stored, log = self.child.stop()
+                return {"type": "ok", "value": self._value(polled, stored), "rebalance-log": log}
             if f == "process":
                 if self.child.proc is None:
                     self.child.start()
-                records, log, ended = self.child.take(PROCESS_WAIT)
-                if ended:
-                    more, more_log = self.child.kill()
-                    for k, recs in more.items():
-                        records.setdefault(k, []).extend(recs)
-                    return {"type": "info", "value": self._value(records), "rebalance-log": log + more_log,
+                polled, stored, log = self.child.take(PROCESS_WAIT)
+                if self.child.ended:
+                    more_polled, more, more_log = self.child.kill()
+                    for into, extra in ((polled, more_polled), (stored, more)):
+                        for k, recs in extra.items():
+                            into.setdefault(k, []).extend(recs)
+                    return {"type": "info", "value": self._value(polled, stored), "rebalance-log": log + more_log,
                             "error": f"consumer process exited ({self.child.proc.returncode}): see "
                                      f"logs/consumer-{self.process}.log"}
-                completion = {"type": "ok", "value": self._value(records)}
+                completion = {"type": "ok", "value": self._value(polled, stored)}
                 if log:
                     completion["rebalance-log"] = log
                 return completion
         except Exception as e:  # noqa: BLE001
-            return {"type": "info", "value": self._value({}), "error": f"{type(e).__name__}: {e}"}
+            return {"type": "info", "value": self._value({}, {}), "error": f"{type(e).__name__}: {e}"}
         raise ValueError(f"unknown op {f!r}")
 
     def close(self) -> None:
@@ -259,8 +288,7 @@ class ConsumerClient:
             return
         self.closed = True
         if self.child.proc is not None and self.child.proc.returncode is None:
-            records, _ = self.child.stop()
-            value = self._value(records)
+            value = self._value(*self.child.stop()[:2])
             if any(mop[1] for mop in value):
                 self.workload.unrecorded(self.process, value)
 
