@@ -45,7 +45,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONSUMER_SCRIPT = Path(__file__).resolve().parent / "pipeline_consumer.py"
 #: seconds a `process` op waits for the first record its consumer process stores
 PROCESS_WAIT = 0.5
-#: seconds a crash waits for its consumer process to be processing a batch (else it kills it where it is)
+#: seconds a crash waits for its consumer process's committed and stored offsets to disagree mid-batch (else
+#: it kills it where it is)
 CRASH_AIM_WAIT = 3.0
 #: records a consumer process takes from one `consume` call: auto-commit commits them all when they are returned
 BATCH = 10
@@ -117,6 +118,8 @@ class ConsumerProcess:
         self.stored: dict[str, list] = {}
         self.log: list = []
         self.held: set = set()
+        #: key -> the offset after the last record it stored
+        self.positions: dict[str, int] = {}
         self.ended = False
 
     def start(self) -> None:
@@ -157,6 +160,7 @@ class ConsumerProcess:
             self.stored.setdefault(ev["k"], []).append([ev["o"], ev["v"]])
             self.max_id = max(self.max_id, ev["id"])
             self.held.discard((ev["k"], ev["o"]))
+            self.positions[ev["k"]] = max(self.positions.get(ev["k"], 0), ev["o"] + 1)
         elif e in ("assigned", "revoked", "rejected"):
             self.log.append(ev)
         return True
@@ -174,19 +178,25 @@ class ConsumerProcess:
         return out
 
     def aim(self, wait: float, rng: random.Random) -> None:
-        """Before a crash: wait up to `wait` seconds until the process holds records its poll returned and it has
-        not stored (it is processing a batch), then for a random part of the time that batch takes, so the kill
-        lands at a uniformly random point of processing -- where a commit mode's weakness lives."""
+        """Before a crash: wait up to `wait` seconds until the process is processing a batch (it holds records its
+        poll returned and it has not stored) while the group's committed offsets and what it stored disagree --
+        either committed past a record it holds ("ahead": a kill now loses it) or behind a record it stored
+        ("behind": a kill now re-delivers it), which of the two chosen at random. That is where a commit mode's
+        weakness lives; a mode without it never shows the disagreement and its process is killed where it is
+        when the wait ends."""
+        want = rng.choice(("ahead", "behind"))
         deadline = time.monotonic() + wait
-        while not self.held and (remaining := deadline - time.monotonic()) > 0 and self.pump(remaining):
-            pass
-        if not self.held:
-            return
-        spec_ms = self.overrides.get("process_ms", self.workload.test.process_ms)
-        until = time.monotonic() + rng.uniform(0.0, len(self.held) * spec_ms / 1000.0)
-        while (remaining := until - time.monotonic()) > 0:
-            self.pump(remaining)
-            if self.ended:
+        while (remaining := deadline - time.monotonic()) > 0 and not self.ended:
+            self.pump(min(remaining, 0.02))
+            while self.pump(0):
+                pass
+            if not self.held:
+                continue
+            committed = self.workload.committed_offsets()
+            if want == "ahead":
+                if any(committed.get(k, -1) > o for k, o in self.held):
+                    return
+            elif any(pos > committed.get(k, 0) for k, pos in self.positions.items()):
                 return
 
     def unreported(self, records: dict) -> dict:
@@ -309,6 +319,8 @@ class PipelineWorkload(Workload):
         self._max_acked: dict[str, int] = {}
         self._unrecorded: list[tuple[int, dict]] = []
         self._lock = threading.Lock()
+        self._reader = None
+        self._reader_lock = threading.Lock()
 
     @property
     def group_id(self) -> str:
@@ -376,6 +388,17 @@ class PipelineWorkload(Workload):
                 if isinstance(mop[2], list) and mop[2][0] is not None:
                     self._max_acked[mop[1]] = max(self._max_acked.get(mop[1], -1), mop[2][0])
 
+    def committed_offsets(self) -> dict[str, int]:
+        """The group's committed offsets now (the store's in exactly-once-store), for aiming crashes; {} if they
+        cannot be read. One non-member consumer of the group, shared by the worker threads."""
+        with self._reader_lock:
+            if self._reader is None and self.test.commit_mode != "exactly-once-store":
+                from confluent_kafka import Consumer
+                self._reader = Consumer({"bootstrap.servers": self.cluster.bootstrap_servers(),
+                                         "group.id": self.group_id, "enable.auto.commit": "false",
+                                         "client.id": "acked-pipeline-aim", "logger": self.client_logger})
+            return self._group_positions(self._reader, timeout=2)
+
     def unrecorded(self, process: int, value: list) -> None:
         with self._lock:
             self._unrecorded.append((process, value))
@@ -386,7 +409,7 @@ class PipelineWorkload(Workload):
 
     # ---- the final phase -----------------------------------------------------------
 
-    def _group_positions(self, committed_reader) -> dict[str, int]:
+    def _group_positions(self, committed_reader, timeout: float = 5) -> dict[str, int]:
         """Where the group stands per key: its committed offsets, or the store's in exactly-once-store."""
         if self.test.commit_mode == "exactly-once-store":
             db = sqlite3.connect(self.store_path, timeout=60)
@@ -397,7 +420,7 @@ class PipelineWorkload(Workload):
         from confluent_kafka import TopicPartition
         tps = [TopicPartition(*self.topics.keymap.topic_partition(k)) for k in self.keys]
         try:
-            got = committed_reader.committed(tps, timeout=5)
+            got = committed_reader.committed(tps, timeout=timeout)
         except Exception:  # noqa: BLE001 -- asked again at the next round
             return {}
         return {self.topics.keymap.key_of(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
@@ -476,8 +499,12 @@ class PipelineWorkload(Workload):
         return []
 
     def teardown(self) -> None:
-        if self.topics is not None:
-            self.topics.close()
+        try:
+            if self._reader is not None:
+                self._reader.close()
+        finally:
+            if self.topics is not None:
+                self.topics.close()
 
     def check(self, history, run_dir, test) -> dict[str, Any]:
         from checkers import pipeline
