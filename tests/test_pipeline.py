@@ -108,8 +108,8 @@ def test_a_stored_value_nobody_sent_is_always_bad():
 
 # ---- whole runs on the local backend -------------------------------------------------------------------
 
-#: 2 producer slots and 1 consumer slot, whose process is crashed about every 4 s (mid-processing: at a random
-#: point of the batch it holds, see ConsumerProcess.aim) and replaced by a new member of the group; processing
+#: 2 producer slots and 1 consumer slot, whose process is crashed about every 4 s (mid-batch, when its committed
+#: and stored offsets disagree if they do within 3 s: ConsumerProcess.aim) and replaced by a new member of the group; processing
 #: takes 40 ms a record (a batch of 10: 400 ms) and auto-commit commits every 500 ms; a broker is killed every
 #: 4 s. Short group timeouts so a killed member's partitions move within the run. One consumer, not two: with
 #: two, crashes every few seconds kept the group rebalancing, processes often died before their first

@@ -5,7 +5,7 @@ pipeline when its processes crash and its group rebalances. Producer slots send 
 workload does (its `ConfluentClient`); consumer slots each drive one consumer *process*
 (workloads/pipeline_consumer.py: a real OS process in the run's consumer group, subscribed, which processes
 each record by storing it in the run's SQLite store and commits by `--commit-mode`). A `crash` op SIGKILLs
-that process mid-processing (at a random point of the batch it holds, `ConsumerProcess.aim`), and the slot's
+that process mid-processing (when its committed and stored offsets disagree, `ConsumerProcess.aim`), and the slot's
 next process starts a new one, which joins the group: a real rebalance.
 
 History ops of a consumer slot (docs/history-format.md):
