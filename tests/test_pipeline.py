@@ -136,10 +136,25 @@ def pipeline_run(acked_run, mode: str, seed: int):
     return result
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(300)
+def test_auto_commit_is_caught_losing_or_duplicating(acked_run):
+    """make test's short version: a finding in one of three runs (duplicates show in most runs; the loss,
+    which needs a crash between poll and store, in about one run of four: the nightly shows both)."""
+    seen: dict[int, dict] = {}
+    for seed in (1, 2, 3):
+        result = pipeline_run(acked_run, "auto-commit", seed)
+        assert result.valid is True, result.results["bad-anomaly-types"]   # it promises nothing
+        seen[seed] = result.results["anomaly-counts"]
+        if any({"lost-in-pipeline", "duplicate-delivery"} & set(c) for c in seen.values()):
+            break
+    assert any({"lost-in-pipeline", "duplicate-delivery"} & set(c) for c in seen.values()), seen
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_auto_commit_is_caught_losing_and_duplicating_across_seeds(acked_run):
     seen: dict[int, dict] = {}
-    for seed in (1, 2, 3, 4, 5):   # usually one or two runs: the loop stops once both were seen
+    for seed in range(1, 13):   # usually a few runs: the loop stops once both were seen
         result = pipeline_run(acked_run, "auto-commit", seed)
         assert result.valid is True, result.results["bad-anomaly-types"]   # it promises nothing
         seen[seed] = result.results["anomaly-counts"]
