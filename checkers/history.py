@@ -30,7 +30,7 @@ RUN_INVOKE = {"process": HARNESS, "type": "invoke", "f": RUN_F, "value": {"write
 
 #: the client functions of the history format (docs/history-format.md); every other function in the checker's
 #: stats.by-f is a fault's (the nemesis process)
-CLIENT_FUNCTIONS = ("send", "poll", "txn", "assign", "subscribe", "crash")
+CLIENT_FUNCTIONS = ("send", "poll", "txn", "assign", "subscribe", "crash", "process", "stop")
 
 
 def client_ops(by_f: dict) -> dict[str, int]:

@@ -111,6 +111,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
 ]}
 
 CLIENTS = ("confluent-kafka", "kafka-python")
+#: the pipeline workload's commit modes (KAFKA-RELIABILITY.md, "Consumers"; workloads/pipeline.py)
+COMMIT_MODES = ("auto-commit", "commit-each", "commit-every-n", "at-least-once", "exactly-once-store")
 
 
 @dataclasses.dataclass
@@ -172,6 +174,13 @@ class TestDescription:
     crash_client_interval: float = 10.0
     #: a run directory whose realized fault schedule (nemesis.json) this run plays again
     replay: str | None = None
+    #: the pipeline workload (docs/workloads.md): how its consumers commit -- auto-commit, commit-each,
+    #: commit-every-n, at-least-once or exactly-once-store
+    commit_mode: str = "at-least-once"
+    #: the pipeline workload: milliseconds a consumer spends "processing" one record before it stores it
+    process_ms: float = 20.0
+    #: the pipeline workload's commit-every-n: records processed between commits
+    commit_every: int = 10
 
     # ---- derived -----------------------------------------------------------------
 
@@ -233,6 +242,11 @@ class TestDescription:
         if self.replay is not None and not (Path(self.replay) / "nemesis.json").is_file():
             raise ConfigError(f"--replay {self.replay}: no nemesis.json there; give a run directory of a run "
                               f"that had a nemesis (results/<name>/<timestamp>)")
+        if self.commit_mode not in COMMIT_MODES:
+            raise ConfigError(f"commit_mode must be one of {', '.join(COMMIT_MODES)}, not {self.commit_mode!r}")
+        if self.process_ms < 0 or self.commit_every < 1:
+            raise ConfigError(f"process_ms must be 0 or more and commit_every at least 1, not {self.process_ms} "
+                              f"and {self.commit_every}")
         if self.kill_target not in ("leader", "random"):
             raise ConfigError(f"kill_target must be 'leader' or 'random', not {self.kill_target!r}")
         if self.effective_sub_via() not in ("assign", "subscribe"):

@@ -67,6 +67,11 @@ def register(subparsers) -> None:
     p.add_argument("--op-timeout", type=float, help="seconds before a send or poll is recorded as info")
     p.add_argument("--crash-client-interval", type=float, metavar="SECONDS",
                    help="roughly how long a single client runs before it is crashed (0: never)")
+    from harness.config import COMMIT_MODES
+    p.add_argument("--commit-mode", choices=COMMIT_MODES, help="the pipeline workload: how its consumers commit "
+                   "(docs/workloads.md)")
+    p.add_argument("--process-ms", type=float, help="the pipeline workload: milliseconds to process one record")
+    p.add_argument("--commit-every", type=int, help="the pipeline workload's commit-every-n: records per commit")
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     _show_defaults(p)
     p.set_defaults(func=cmd_run)
@@ -129,7 +134,8 @@ def description_from_args(args: argparse.Namespace) -> TestDescription:
                   "nemesis_interval",
                   "nemesis_schedule",
                   "kill_target", "sub_via", "delivery", "client", "seed", "results_dir", "final_time_limit",
-                  "key_count", "max_writes_per_key", "max_sends_per_op", "op_timeout", "crash_client_interval"):
+                  "key_count", "max_writes_per_key", "max_sends_per_op", "op_timeout", "crash_client_interval",
+                  "commit_mode", "process_ms", "commit_every"):
         v = getattr(args, field, None)
         if v is not None:
             overrides[field] = v

@@ -250,7 +250,7 @@ def test_a_description_naming_a_registered_workload_runs_that_workload(tmp_path,
 
 def test_the_default_workload_is_the_queue_and_an_unknown_one_is_refused_with_the_choices(tmp_path):
     assert isinstance(Runner(_description(tmp_path)).workload, QueueWorkload)
-    with pytest.raises(ConfigError, match="unknown workload 'pipe'; choose one of: queue"):
+    with pytest.raises(ConfigError, match="unknown workload 'pipe'; choose one of: queue, pipeline"):
         _description(tmp_path, workload="pipe").validate()
 
 

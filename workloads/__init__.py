@@ -7,9 +7,11 @@ Jepsen test's command line (`--workload`). A workload is a module here with a
 from __future__ import annotations
 
 from workloads.base import Workload
+from workloads.pipeline import PipelineWorkload
 from workloads.queue import QueueWorkload
 
 #: name -> the workload class, built as cls(test description, log)
 WORKLOADS: dict[str, type[Workload]] = {
     "queue": QueueWorkload,
+    "pipeline": PipelineWorkload,
 }
