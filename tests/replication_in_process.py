@@ -316,18 +316,26 @@ class Cluster:
         self.deliver(to, p)
         return vs
 
-    def deliver(self, to=None, p: int | None = None) -> None:
+    def deliver(self, to=None, p: int | None = None, state: VersionedState | None = None) -> None:
         """The state watch of partition p (of every partition with a state by default) fires on the nodes `to`
-        (every node by default)."""
+        (every node by default), with `state` if given: one the watch would have delivered earlier."""
         keys = sorted(self.state) if p is None else [(TOPIC, p)]
         for i in (self.replicas if to is None else to):
             node = self.nodes[i]
             for key in keys:
                 node.note_fetchers()
-                node.rm._apply_state(TOPIC, key[1], self.state[key], self.replicas, self.info)
+                node.rm._apply_state(TOPIC, key[1], state or self.state[key], self.replicas, self.info)
                 node.note_fetchers()
             for f in node.fetchers:
                 f.task.cancel()         # the test drives the fetchers (replicate), not their connection loops
+        self.settle()
+
+    def delete_topic(self) -> None:
+        """The topic's state znodes are gone: the state watches fire with no state on every node."""
+        for key in sorted(self.state):
+            del self.state[key]
+            for node in self.nodes.values():
+                node.rm._apply_state(TOPIC, key[1], None, (), None)
         self.settle()
 
     def compare_and_set_isr(self, key, current: VersionedState, new_isr) -> VersionedState | None:

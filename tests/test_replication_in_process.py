@@ -635,7 +635,7 @@ def test_a_follower_does_not_truncate_against_a_leader_that_has_not_seen_its_epo
     wire = c.replicate(2)                        # broker 1 still leads epoch 1 as far as it knows
     assert [r.api_key for r in wire.requests] == [23]
     assert log_of(c, 2) == [(1, 0), (1, 1)]
-    c.nodes[1].rm._apply_state(TOPIC, 0, epoch_2, c.replicas, c.info)   # broker 1 follows 3: cuts x, takes b
+    c.deliver([1], state=epoch_2)                # broker 1 follows 3: cuts x, takes b
     c.replicate(1)
     c.deliver([1, 3])                            # and leads epoch 3
     c.replicate(2)
@@ -650,7 +650,7 @@ def test_a_follower_whose_leader_learns_its_epoch_between_its_two_requests_is_no
     c.produce(3, ["b"], acks=1)
     c.elect(1, 3, [1, 3, 2], to=[2])
     answer = c.in_flight(2, 23)                  # broker 1, in epoch 1, answers UNKNOWN_LEADER_EPOCH
-    c.nodes[1].rm._apply_state(TOPIC, 0, epoch_2, c.replicas, c.info)
+    c.deliver([1], state=epoch_2)
     c.replicate(1)
     c.deliver([1, 3])                            # broker 1 leads epoch 3 with a and b; broker 3 has both
     c.replicate(3)
@@ -760,10 +760,7 @@ def test_a_deleted_topics_replicas_are_neither_led_nor_followed_nor_read(cluster
     c.elect(1, 1, [1, 2, 3])
     c.produce(1, ["a"])
     c.replicate(2, rounds=2)
-    del c.state[KEY]
-    for node in c.nodes.values():                # the state znode is gone
-        node.rm._apply_state(TOPIC, 0, None, (), None)
-    c.settle()
+    c.delete_topic()
     assert c.nodes[1].leader_state is None and fetching(c, 2) == []
     assert KEY not in c.nodes[1].rm.states and KEY not in c.nodes[2].rm.states
     for node in (1, 2):
