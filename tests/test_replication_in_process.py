@@ -642,6 +642,21 @@ def test_a_follower_does_not_truncate_against_a_leader_that_has_not_seen_its_epo
     assert log_of(c, 2) == [(1, 0), (2, 1)] == log_of(c, 1)
 
 
+def test_a_follower_that_hears_of_its_new_leader_before_the_leader_does_waits_for_it_and_then_follows(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2, 3])
+    c.produce(1, ["a"])
+    for f in (2, 3):
+        c.replicate(f, rounds=2)
+    c.elect(2, 2, [2, 3], to=[3])                # the state watch fires on broker 3 first
+    wire = c.replicate(3)                        # broker 2 does not lead yet: OffsetForLeaderEpoch is refused
+    assert [r.api_key for r in wire.requests] == [23] and log_of(c, 3) == [(1, 0)]
+    c.deliver([1, 2])
+    c.produce(2, ["b"], acks=1)
+    c.replicate(3)
+    assert log_of(c, 3) == [(1, 0), (2, 1)] == log_of(c, 2)
+
+
 def test_a_follower_whose_leader_learns_its_epoch_between_its_two_requests_is_not_counted_before_it_truncated(cluster):
     c = cluster()
     with_x_on_1_and_2(c)
