@@ -743,23 +743,12 @@ class HistoryPass:
             if recs and type(o0) is int and o0 >= 0:
                 end = o0 + n
                 if end <= len(recs) and recs[o0:end] == pairs:
-                    ol = end - 1
-                    rdone = ks.rdone
-                    if ol >= rdone:  # not all read before: reads, unseen, highest read
-                        new = ks.vals[o0 if o0 > rdone else rdone:end]
-                        _read_first(ks.read, new, idx)
-                        if ks.unseen:
-                            ks.unseen.difference_update(new)
-                        if o0 <= rdone:
-                            ks.rdone = end
-                        if ol > ks.maxread:
-                            ks.maxread = ol
-                            ks.maxread_op = idx
+                    pos = _read_run(ks, o0, end, idx)   # reads, unseen, highest read of what was not read before
                     if read_pos is not None:
                         prev = pr.get(k)
                         if prev is not None and o0 != prev[0] + 1:
                             self._poll_step(p, k, prev, o0, idx)
-                        pr[k] = (ol, idx, pairs[-1][1])
+                        pr[k] = pos
                     continue
             if type(o0) is int and o0 <= ks.maxread:  # a re-read outside the canonical prefix
                 ks.rereads += n
