@@ -950,3 +950,13 @@ def test_a_fetch_of_a_version_without_leader_epochs_log_start_or_sessions_is_ans
     req = fetch_request(0, version=4)
     got = fetched_on_the_wire(req, handlers.fetch(c.nodes[1].broker, req))
     assert got[None] == (NONE, 0) and got[KEY].offsets == [0] and got[KEY].high_watermark == 1
+
+
+def test_earliest_is_the_log_start_also_when_no_record_is_committed_yet(cluster):
+    # -2 is not a timestamp: answered by the log start, not by the timestamp search, whose answers stop below
+    # the high watermark (make mutation: `ts == 2` survived; it answered -1 here)
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    assert c.list_offsets(1, -2) == (NONE, 0)
+    c.produce(1, ["a"], acks=1)                        # offset 0, above the high watermark
+    assert c.list_offsets(1, -2) == (NONE, 0) and c.list_offsets(1, -1) == (NONE, 0)
