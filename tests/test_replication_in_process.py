@@ -120,16 +120,21 @@ def test_a_waiting_acks_all_write_is_answered_when_the_isr_shrinks_to_members_th
     assert c.answered(waiting) == (NONE, 0)
 
 
-def test_a_waiting_acks_all_write_times_out_at_its_deadline_and_not_before(cluster):
-    c = cluster()
-    c.elect(1, 1, [1, 2])
-    waiting = c.produce(1, ["a"], timeout_ms=100)
-    c.now += 99
+def answer_at_deadline(c: Cluster, waiting, ms: int):
+    """The leader's answer to a waiting write once `ms` have passed, having checked there was none 1 ms before."""
+    c.now += ms - 1
     c.tick(1)
     assert c.answered(waiting) is None
     c.now += 1
     c.tick(1)
-    assert c.answered(waiting) == (REQUEST_TIMED_OUT, 0)
+    return c.answered(waiting)
+
+
+def test_a_waiting_acks_all_write_times_out_at_its_deadline_and_not_before(cluster):
+    c = cluster()
+    c.elect(1, 1, [1, 2])
+    waiting = c.produce(1, ["a"], timeout_ms=100)
+    assert answer_at_deadline(c, waiting, 100) == (REQUEST_TIMED_OUT, 0)
 
 
 def test_a_leader_that_loses_leadership_fails_its_waiting_writes_and_takes_no_more(cluster):
@@ -469,12 +474,7 @@ def test_produce_refuses_bad_acks_and_transactions_and_uses_the_broker_timeout_w
     assert produce_answer(handlers.produce(c.nodes[1].broker, req)) == (handlers.INVALID_REQUEST, -1)
     assert c.nodes[1].partition.log_end_offset == 0
     waiting = c.produce(1, ["a"], timeout_ms=0)       # request.timeout.ms (30 s) applies
-    c.now += 29999
-    c.tick(1)
-    assert c.answered(waiting) is None
-    c.now += 1
-    c.tick(1)
-    assert c.answered(waiting) == (REQUEST_TIMED_OUT, 0)
+    assert answer_at_deadline(c, waiting, 30_000) == (REQUEST_TIMED_OUT, 0)
 
 
 def test_a_standalone_broker_refuses_acks_all_when_min_insync_replicas_exceeds_one(tmp_path):
