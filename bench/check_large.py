@@ -25,7 +25,7 @@ same run, alternating so all see the same load:
   so a change is measured against its base under the same load.
 
 Usage: .venv/bin/python bench/check_large.py [--events 1000000] [--shape synth read-heavy] [--keep DIR]
-       [--repeat N] [--jobs 1 2] [--compare TREE]
+       [--repeat N] [--compare TREE]
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def parse_only(path, library="msgspec"):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def acked_check(path, jobs, tree=None):
+def acked_check(path, tree=None):
     """`acked check` on path; tree: run the checkers package of that checkout instead (python -m)."""
     exe = os.path.join(os.path.dirname(sys.executable), "acked")
     env = None
@@ -135,13 +135,10 @@ def acked_check(path, jobs, tree=None):
         env = dict(os.environ, PYTHONPATH=tree)
     else:
         cmd = [exe, "check", path, "--json"]
-    if jobs != 1:  # only a tree from before issue 16 part 2 has --jobs
-        cmd += ["--jobs", str(jobs)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=tree or ROOT, env=env, stdout=out, stderr=err)
-        # this child's own usage (with --jobs 2, its forked helper's too): RUSAGE_CHILDREN's peak RSS
-        # would be the largest child so far
+        # this child's own usage: RUSAGE_CHILDREN's peak RSS would be the largest child so far
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -163,9 +160,6 @@ def main(argv=None):
     ap.add_argument("--keys", type=int, default=8, help="read-heavy: keys (8, the workload's key_count)")
     ap.add_argument("--keep", help="directory to keep the generated histories in (default: a temp dir, removed)")
     ap.add_argument("--repeat", type=int, default=1, help="timed repetitions (best is reported)")
-    ap.add_argument("--jobs", type=int, nargs="+", default=[1],
-                    help="acked check --jobs values to time (default 1; --jobs 2 only for a --compare tree from "
-                         "before issue 16 part 2, which removed it)")
     ap.add_argument("--compare", metavar="TREE",
                     help="also time the checker of another checkout on the same files, alternating with this one")
     args = ap.parse_args(argv)
@@ -176,32 +170,30 @@ def main(argv=None):
             rows = []
             for target in (args.events // 10, args.events):
                 path, n, reads = history_file(d, target, shape, args)
-                for jobs in args.jobs:
-                    # parse and check alternate, so both see the same load
-                    runs = [(parse_only(path), parse_only(path, "orjson"), acked_check(path, jobs))
-                            for _ in range(args.repeat)]
-                    ms_wall = min(p[0] for p, _, _ in runs)
-                    ms_cpu = min(p[1] for p, _, _ in runs)
-                    oj_wall = min(o[0] for _, o, _ in runs)
-                    oj_cpu = min(o[1] for _, o, _ in runs)
-                    parse_wall, parse_cpu = min(ms_wall, oj_wall), min(ms_cpu, oj_cpu)
-                    best = min((r for _, _, r in runs), key=lambda r: r["wall"])
-                    best_cpu = min(r["cpu"] for _, _, r in runs)
-                    rows.append((n, jobs, best_cpu, best))
-                    print(f"{shape} {n:>9} events {reads:>9} records read, --jobs {jobs}: parse msgspec "
-                          f"wall {ms_wall:.2f} s cpu {ms_cpu:.2f} s, orjson wall {oj_wall:.2f} s cpu {oj_cpu:.2f} s | "
-                          f"acked check wall {best['wall']:.2f} s cpu {best['cpu']:.2f} s (best cpu {best_cpu:.2f} s) "
-                          f"peak RSS {best['maxrss_mb']:.0f} MB exit {best['exit']} valid {best['valid']} | "
-                          f"check/fastest parse wall {best['wall'] / parse_wall:.2f}x cpu {best_cpu / parse_cpu:.2f}x | "
-                          f"{n / best['wall'] / 1e3:.0f}k events/s, {reads / best['wall'] / 1e6:.2f}M records read/s "
-                          f"wall ({n / best_cpu / 1e3:.0f}k events/s, {reads / best_cpu / 1e6:.2f}M records/s cpu)",
-                          flush=True)
-                    if best["exit"] not in (0, 1, 2):
-                        print("  stderr:", best["stderr"])
-            for jobs in args.jobs:
-                (n1, _, c1, r1), (n2, _, c2, r2) = [r for r in rows if r[1] == jobs]
-                print(f"{shape} growth --jobs {jobs}: {n2 / n1:.1f}x events -> {r2['wall'] / r1['wall']:.2f}x wall "
-                      f"time, {c2 / c1:.2f}x cpu time (interpreter start-up included)")
+                # parse and check alternate, so both see the same load
+                runs = [(parse_only(path), parse_only(path, "orjson"), acked_check(path))
+                        for _ in range(args.repeat)]
+                ms_wall = min(p[0] for p, _, _ in runs)
+                ms_cpu = min(p[1] for p, _, _ in runs)
+                oj_wall = min(o[0] for _, o, _ in runs)
+                oj_cpu = min(o[1] for _, o, _ in runs)
+                parse_wall, parse_cpu = min(ms_wall, oj_wall), min(ms_cpu, oj_cpu)
+                best = min((r for _, _, r in runs), key=lambda r: r["wall"])
+                best_cpu = min(r["cpu"] for _, _, r in runs)
+                rows.append((n, best_cpu, best))
+                print(f"{shape} {n:>9} events {reads:>9} records read: parse msgspec "
+                      f"wall {ms_wall:.2f} s cpu {ms_cpu:.2f} s, orjson wall {oj_wall:.2f} s cpu {oj_cpu:.2f} s | "
+                      f"acked check wall {best['wall']:.2f} s cpu {best['cpu']:.2f} s (best cpu {best_cpu:.2f} s) "
+                      f"peak RSS {best['maxrss_mb']:.0f} MB exit {best['exit']} valid {best['valid']} | "
+                      f"check/fastest parse wall {best['wall'] / parse_wall:.2f}x cpu {best_cpu / parse_cpu:.2f}x | "
+                      f"{n / best['wall'] / 1e3:.0f}k events/s, {reads / best['wall'] / 1e6:.2f}M records read/s "
+                      f"wall ({n / best_cpu / 1e3:.0f}k events/s, {reads / best_cpu / 1e6:.2f}M records/s cpu)",
+                      flush=True)
+                if best["exit"] not in (0, 1, 2):
+                    print("  stderr:", best["stderr"])
+            (n1, c1, r1), (n2, c2, r2) = rows
+            print(f"{shape} growth: {n2 / n1:.1f}x events -> {r2['wall'] / r1['wall']:.2f}x wall "
+                  f"time, {c2 / c1:.2f}x cpu time (interpreter start-up included)")
 
 
 def compare(args):
@@ -211,25 +203,22 @@ def compare(args):
         for shape in args.shape:
             for target in (args.events // 10, args.events):
                 path, n, reads = history_file(d, target, shape, args)
-                for jobs in args.jobs:
-                    # --jobs 2 is only the base tree's (issue 16 part 2 removed it)
-                    these = [(name, tree) for name, tree in trees if jobs == 1 or name == "base"]
-                    runs = {name: [] for name, _ in these}
-                    for _ in range(args.repeat):
-                        for name, tree in these:
-                            runs[name].append(acked_check(path, jobs, tree))
-                    best = {name: (min(r["wall"] for r in rs), min(r["cpu"] for r in rs),
-                                   max(r["maxrss_mb"] for r in rs), {(r["exit"], r["valid"]) for r in rs})
-                            for name, rs in runs.items()}
+                these = trees
+                runs = {name: [] for name, _ in these}
+                for _ in range(args.repeat):
                     for name, tree in these:
-                        w, c, m, outcome = best[name]
-                        print(f"{shape} {n:>9} events, --jobs {jobs}, {name} ({tree}): best wall {w:.2f} s, "
-                              f"best cpu {c:.2f} s, peak RSS {m:.0f} MB, exit/valid {sorted(outcome)}, "
-                              f"{reads / c / 1e6:.2f}M records read per cpu s")
-                    if len(these) == 2:
-                        print(f"{shape} {n:>9} events, --jobs {jobs}: this/base wall "
-                              f"{best['this'][0] / best['base'][0]:.3f}x, cpu {best['this'][1] / best['base'][1]:.3f}x "
-                              f"({args.repeat} alternating runs each)", flush=True)
+                        runs[name].append(acked_check(path, tree))
+                best = {name: (min(r["wall"] for r in rs), min(r["cpu"] for r in rs),
+                               max(r["maxrss_mb"] for r in rs), {(r["exit"], r["valid"]) for r in rs})
+                        for name, rs in runs.items()}
+                for name, tree in these:
+                    w, c, m, outcome = best[name]
+                    print(f"{shape} {n:>9} events, {name} ({tree}): best wall {w:.2f} s, "
+                          f"best cpu {c:.2f} s, peak RSS {m:.0f} MB, exit/valid {sorted(outcome)}, "
+                          f"{reads / c / 1e6:.2f}M records read per cpu s")
+                print(f"{shape} {n:>9} events: this/base wall "
+                      f"{best['this'][0] / best['base'][0]:.3f}x, cpu {best['this'][1] / best['base'][1]:.3f}x "
+                      f"({args.repeat} alternating runs each)", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ from conftest import docker_nemesis_cluster, key_topics, wait_until
 from nemesis.acks import LoseAcksNemesis
 from nemesis.core import Context
 from nemesis.disk import DiskErrorsNemesis, DiskStallNemesis, LoseUnfsyncedNemesis
-from workloads.queue import KeyMap, QueueRoles
+from workloads.kafka_topics import KafkaRoles, KeyMap
 
 pytestmark = pytest.mark.docker
 
@@ -38,7 +38,7 @@ def topics(cluster):
 
 @pytest.fixture
 def ctx(cluster, topics):
-    c = Context(cluster, random.Random(1), QueueRoles(topics, "acked-test", lambda: [KEY]))
+    c = Context(cluster, random.Random(1), KafkaRoles(topics, "acked-test", lambda: [KEY]))
     yield c
     # every test leaves the cluster whole for the next: faults cleared, brokers running, ISR full
     for nemesis in (DiskStallNemesis(), LoseAcksNemesis()):

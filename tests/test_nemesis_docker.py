@@ -17,7 +17,7 @@ from nemesis.core import Context
 from nemesis.faults import CHAIN, ClockNemesis, PartitionNemesis, ProcessNemesis
 from nemesis.packet import PacketNemesis
 from nemesis.sequences import IsolateLeaderThenKill
-from workloads.queue import QueueRoles
+from workloads.kafka_topics import KafkaRoles
 
 pytestmark = pytest.mark.docker
 
@@ -78,7 +78,7 @@ def writes(cluster, topics):
 
 @pytest.fixture
 def ctx(cluster, topics):
-    c = Context(cluster, random.Random(1), QueueRoles(topics, "acked-test", lambda: [KEY]))
+    c = Context(cluster, random.Random(1), KafkaRoles(topics, "acked-test", lambda: [KEY]))
     yield c
     # every test leaves the cluster whole for the next: brokers running, ISR full
     for node in cluster.nodes:

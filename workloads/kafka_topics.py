@@ -198,3 +198,30 @@ class Topics:
             return p.leader if p is not None and p.leader >= 0 else None
         except Exception:
             return None
+
+
+class KafkaRoles:
+    """A Kafka workload's answers to the nemesis's role questions (nemesis.core.Roles): leaders, ISRs and
+    the controller from fresh metadata requests, the group's coordinator, and the keys being written now
+    (the queue and pipeline workloads both answer with it)."""
+
+    def __init__(self, topics: Topics, group: str, hot_keys):
+        self.topics, self.group, self._hot_keys = topics, group, hot_keys
+
+    def leader_of(self, key: str) -> int | None:
+        return self.topics.leader_of(key)
+
+    def replicas_of(self, key: str) -> list[int]:
+        return self.topics.replicas_of(key)
+
+    def isr_of(self, key: str) -> list[int]:
+        return self.topics.isr_of(key)
+
+    def controller(self) -> int | None:
+        return self.topics.controller()
+
+    def coordinator_of(self, group: str | None = None) -> int | None:
+        return self.topics.coordinator_of(group or self.group)
+
+    def hot_keys(self) -> list[str]:
+        return self._hot_keys()

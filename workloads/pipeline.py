@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from workloads.base import Workload
-from workloads.kafka_topics import KeyMap, Topics
+from workloads.kafka_topics import KafkaRoles, KeyMap, Topics
 from workloads.pipeline_consumer import create_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -367,8 +367,7 @@ class PipelineWorkload(Workload):
                                            d.max_sends_per_op, d.crash_client_interval)
 
     def roles(self):
-        from workloads.queue import QueueRoles
-        return QueueRoles(self.topics, self.group_id, lambda: list(self.keys))
+        return KafkaRoles(self.topics, self.group_id, lambda: list(self.keys))
 
     def client(self, process: int):
         slot = process % self.test.concurrency_count()

@@ -26,7 +26,6 @@ record the store refused), {"e": "stopped"}. A line "stop" on stdin stops it aft
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
 import threading

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable
 
 from workloads.base import Workload
-from workloads.kafka_topics import OFFSETS_TOPIC, KeyMap, Topics  # noqa: F401 -- this module's names too
+from workloads.kafka_topics import OFFSETS_TOPIC, KafkaRoles, KeyMap, Topics  # noqa: F401 -- this module's names too
 
 #: librdkafka error names that prove a record was never appended, whatever the retries
 _LOCAL_REJECTIONS = {
@@ -62,32 +62,6 @@ def classify_send_error(name: str, retries: int) -> str:
     if name in _BROKER_REJECTIONS and retries == 0:
         return "fail"
     return "info"
-
-
-class QueueRoles:
-    """The queue workload's answers to the nemesis's role questions (nemesis.core.Roles): leaders, ISRs and
-    the controller from fresh metadata requests, the group's coordinator, and the keys being written now."""
-
-    def __init__(self, topics: Topics, group: str, hot_keys):
-        self.topics, self.group, self._hot_keys = topics, group, hot_keys
-
-    def leader_of(self, key: str) -> int | None:
-        return self.topics.leader_of(key)
-
-    def replicas_of(self, key: str) -> list[int]:
-        return self.topics.replicas_of(key)
-
-    def isr_of(self, key: str) -> list[int]:
-        return self.topics.isr_of(key)
-
-    def controller(self) -> int | None:
-        return self.topics.controller()
-
-    def coordinator_of(self, group: str | None = None) -> int | None:
-        return self.topics.coordinator_of(group or self.group)
-
-    def hot_keys(self) -> list[str]:
-        return self._hot_keys()
 
 
 def confluent_producer(bootstrap: str, producer_config: dict[str, str], client_id: str, logger=None):
@@ -592,8 +566,8 @@ class QueueWorkload(Workload):
         for key in list(self.generator.active):
             self.topics.ensure(key)
 
-    def roles(self) -> QueueRoles:
-        return QueueRoles(self.topics, self.group_id, self.hot_keys)
+    def roles(self) -> KafkaRoles:
+        return KafkaRoles(self.topics, self.group_id, self.hot_keys)
 
     def hot_keys(self) -> list[str]:
         """Keys acknowledged within the last second first: their leader has fresh writes that a fault may
