@@ -118,7 +118,12 @@ class Partition:
         else:
             self.epoch_cache = LeaderEpochCache([(leader_epoch, log_.log_start_offset)])
         self.producers = ProducerState()
-        self.producers.rebuild(log_.batch_headers())
+        headers = log_.batch_headers()
+        if epoch_cache_path is not None:
+            headers = self._checking_epochs(headers)
+        self.producers.rebuild(headers)   # one pass over the log's batches for both
+        if self._epochs_changed:
+            self.save_epoch_cache()
         # Single node: everything that survived recovery is committed.
         self.high_watermark = log_.log_end_offset
         self.listeners: list[Callable[["Partition"], None]] = []
@@ -194,6 +199,15 @@ class Partition:
         self.is_leader = True
         if self.epoch_cache.assign(leader_epoch, self.log_end_offset):
             self.save_epoch_cache()
+
+    _epochs_changed = False
+
+    def _checking_epochs(self, headers):
+        """The log's batch headers, each checked against the epoch cache on the way (agree_with_batch)."""
+        for h in headers:
+            if self.epoch_cache.agree_with_batch(h.base_offset, h.partition_leader_epoch):
+                self._epochs_changed = True
+            yield h
 
     def save_epoch_cache(self) -> None:
         if self.epoch_cache_path is not None:

@@ -123,6 +123,21 @@ class LeaderEpochCache:
         self._entries.append(EpochEntry(epoch, start_offset))
         return True
 
+    def agree_with_batch(self, base_offset: int, epoch: int) -> bool:
+        """The log holds a batch at `base_offset` written in `epoch`. Where the cache names another epoch for
+        it, the batch is the truth: a power loss can undo a truncation (and the appends after it) while the
+        cache, written durably, still records the epochs that followed (safe x mixed in make test: a restarted
+        follower kept an epoch-0 record at an offset its cache gave to epoch 1, asked the leader for epoch 1's
+        end, truncated nothing and diverged below the high watermark). Entries from that offset on, or of a
+        later epoch, are dropped and the batch's epoch starts there. Returns whether the cache changed."""
+        if epoch < 0 or self.epoch_for_offset(base_offset) == epoch:
+            return False
+        keep = [e for e in self._entries if e.start_offset < base_offset and e.epoch <= epoch]
+        if not keep or keep[-1].epoch != epoch:
+            keep.append(EpochEntry(epoch, base_offset))
+        self._entries = keep
+        return True
+
     def truncate_from_end(self, end_offset: int) -> None:
         """The log was truncated to `end_offset` (exclusive): forget epochs that start at or past it."""
         self._entries = [e for e in self._entries if e.start_offset < end_offset]

@@ -291,6 +291,30 @@ def test_leader_epochs_are_stamped_recorded_persisted_and_truncated(tmp_path):
     reopened.close()
 
 
+def test_a_log_whose_truncation_a_power_loss_undid_overrules_the_epoch_cache_on_restart(tmp_path):
+    """The cache is written durably, the log's truncation and the appends after it may not be: after a power loss
+    the log can hold an old epoch's batch at an offset the cache gives to a newer epoch. The broker must believe
+    the batches, or it asks the leader for the newer epoch's end, truncates nothing and diverges below the high
+    watermark (found by make test's safe x mixed: replica-divergence after lose-unfsynced)."""
+    cfg = TopicConfig(BrokerConfig({}), {})
+    ckpt = str(tmp_path / "epochs")
+    p = Partition("t", 0, Log(str(tmp_path / "log")), cfg, epoch_cache_path=ckpt)
+    p.become_leader(0)
+    p.append_as_leader(build_batch([b"a", b"b"]))
+    p.append_as_leader(build_batch([b"c"]))          # offset 2, epoch 0: never replicated
+    p.close()
+    with open(ckpt, "w") as f:                       # what the durable cache said after truncating 2 and
+        f.write("0\n2\n0 0\n1 2\n")               # following epoch 1 from there
+    reopened = Partition("t", 0, Log(str(tmp_path / "log")), cfg, epoch_cache_path=ckpt)
+    assert [(e.epoch, e.start_offset) for e in reopened.epoch_cache.entries] == [(0, 0)]
+    assert reopened.epoch_cache.end_offset_for(0, reopened.log_end_offset) == (0, 3)
+    assert open(ckpt).read() == "0\n1\n0 0\n"      # and on disk
+    reopened.close()
+    again = Partition("t", 0, Log(str(tmp_path / "log")), cfg, epoch_cache_path=ckpt)   # agreeing: unchanged
+    assert [(e.epoch, e.start_offset) for e in again.epoch_cache.entries] == [(0, 0)]
+    again.close()
+
+
 def test_a_partition_whose_topic_id_file_came_back_empty_keeps_its_log(tmp_path):
     """A power loss can empty an unfsynced partition.metadata (found by the lose-unfsynced fault, which made
     the broker delete a directory of fsynced records). An empty or torn file names no topic: the log stays and

@@ -508,3 +508,14 @@ def test_truncation_stops_at_the_followers_own_next_epoch_when_it_began_before_t
     # The follower led epoch 3 from offset 2; the leader never had epoch 3 and its epoch 1 ends at 4.
     follower = LeaderEpochCache([(1, 0), (3, 2)])
     assert truncation_point(follower, 5, 0, leader_epoch=1, leader_end_offset=4) == Truncation(2, True)
+
+
+def test_epoch_cache_agrees_with_a_batch_by_dropping_what_the_batch_contradicts():
+    c = LeaderEpochCache([(0, 0), (1, 108), (2, 120)])
+    assert not c.agree_with_batch(50, 0) and not c.agree_with_batch(110, 1)     # agreeing batches change nothing
+    assert c.agree_with_batch(108, 0)                # an epoch-0 batch where epoch 1 was recorded
+    assert [(e.epoch, e.start_offset) for e in c.entries] == [(0, 0)]
+    c = LeaderEpochCache([(0, 0)])
+    assert c.agree_with_batch(30, 2)                 # an epoch the cache lost: it starts at its first batch
+    assert [(e.epoch, e.start_offset) for e in c.entries] == [(0, 0), (2, 30)]
+    assert not c.agree_with_batch(40, -1)            # a batch without an epoch says nothing
